@@ -1,0 +1,14 @@
+"""dlkern: compiled kernels (Numba on the CPU, Triton on the GPU) behind torch's own API.
+
+    import dlkern.functional as DF   # mirrors torch.nn.functional
+    import dlkern.nn as dnn          # drop-in modules, same state_dict as torch's
+
+``dlkern.stats()`` counts the calls that fell back to torch; ``DLKERN_STRICT=1`` makes such a
+fallback an error; ``DLKERN_BACKEND`` (numba, triton, torch) overrides the backend choice.
+"""
+from dlkern import _threads  # noqa: F401  (pins thread counts before any kernel compiles)
+from dlkern._dispatch import reset_stats, stats
+from dlkern import functional, nn  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["functional", "nn", "stats", "reset_stats"]

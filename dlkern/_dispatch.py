@@ -1,0 +1,84 @@
+"""The one dispatch point: which backend runs an op, and the fallback switch of DESIGN.md.
+
+* ``backend_for(op, *tensors)`` returns ``"numba"`` (CPU float32/float64), ``"triton"`` (CUDA, or
+  CPU tensors under ``DLKERN_BACKEND=triton`` with ``TRITON_INTERPRET=1``) or ``None`` when dlkern
+  has no kernel for the case; the caller then calls ``fallback``, which counts the fallback in
+  ``dlkern.stats()`` or, under ``DLKERN_STRICT=1``, raises instead.
+* ``DLKERN_BACKEND`` (``numba``, ``triton`` or ``torch``) overrides the choice; ``torch`` sends every
+  call to torch (counted as fallbacks), for A/B comparisons.
+* ``new_output`` allocates every kernel output; under ``DLKERN_POISON_OUTPUTS=1`` (the tests) it is
+  filled with NaN first, so an element a kernel forgets to write shows up.
+
+Environment variables are read at each call, so tests can set them with monkeypatch.
+"""
+import os
+import threading
+from collections import Counter
+
+import torch
+
+_CPU_DTYPES = (torch.float32, torch.float64)
+_lock = threading.Lock()
+_fallbacks = Counter()
+
+# Op families that have Triton kernels; filled in by dlkern.ops modules when kernels/triton has them.
+TRITON_OPS = set()
+
+
+def _flag(name):
+    return os.environ.get(name, "0").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def strict():
+    return _flag("DLKERN_STRICT")
+
+
+def backend_for(op, *tensors):
+    """The backend for ``op`` on these tensors (None entries are ignored), or None for a fallback."""
+    tensors = [t for t in tensors if t is not None]
+    forced = os.environ.get("DLKERN_BACKEND", "").strip().lower()
+    if forced == "torch":
+        return None
+    devices = {t.device.type for t in tensors}
+    dtypes = {t.dtype for t in tensors}
+    if len(devices) != 1 or len(dtypes) != 1:
+        return None
+    device, dtype = devices.pop(), dtypes.pop()
+    want_triton = device == "cuda" or (forced == "triton" and _flag("TRITON_INTERPRET"))
+    if want_triton:
+        return "triton" if op in TRITON_OPS else None
+    if device == "cpu" and dtype in _CPU_DTYPES:
+        return "numba"
+    return None
+
+
+def fallback(op, *tensors):
+    """Record that ``op`` runs on torch for these tensors, or raise under DLKERN_STRICT=1."""
+    desc = ", ".join(f"{t.dtype} on {t.device}" for t in tensors if t is not None)
+    if strict():
+        raise RuntimeError(
+            f"dlkern: no kernel for {op} with {desc or 'these arguments'} "
+            f"(DLKERN_BACKEND={os.environ.get('DLKERN_BACKEND', '') or 'auto'}); "
+            "DLKERN_STRICT=1 forbids the fallback to torch"
+        )
+    with _lock:
+        _fallbacks[op] += 1
+
+
+def stats():
+    """Counts of calls that fell back to torch, per op: ``{"fallbacks": {op: count}}``."""
+    with _lock:
+        return {"fallbacks": dict(_fallbacks)}
+
+
+def reset_stats():
+    with _lock:
+        _fallbacks.clear()
+
+
+def new_output(shape, like, memory_format=torch.contiguous_format):
+    """An output tensor for a kernel: empty, or NaN-filled under DLKERN_POISON_OUTPUTS=1."""
+    out = torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=memory_format)
+    if _flag("DLKERN_POISON_OUTPUTS"):
+        out.fill_(float("nan"))
+    return out

@@ -1,0 +1,4 @@
+"""dlkern.nn: drop-in modules, subclasses of their torch twins with identical state_dicts."""
+from dlkern.nn.conv import Conv1d, Conv2d, Conv3d
+
+__all__ = ["Conv1d", "Conv2d", "Conv3d"]

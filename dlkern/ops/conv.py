@@ -1,0 +1,158 @@
+"""Convolution as torch custom ops: canonicalisation to rank 3, registration, autograd, dispatch.
+
+Three ops in the ``dlkern`` namespace, each with a fake (meta) implementation:
+
+* ``dlkern::conv(input, weight, bias, stride, padding, dilation, groups, output_size)``
+* ``dlkern::conv_backward_input(grad_output, weight, input_size, stride, padding, dilation, groups)``
+* ``dlkern::conv_backward_weight(grad_output, input, weight_size, stride, padding, dilation, groups,
+  bias_grad) -> (grad_weight, grad_bias)``
+
+``input`` is batched, ``(N, C_in, *spatial)`` with 1 to 3 spatial axes; ``padding`` is the padding
+before each axis and ``output_size`` the spatial output size (so asymmetric 'same' padding needs
+no extra argument). Arguments are checked by dlkern._validate before these ops are called. The
+backward ops are the gradient of the forward; transposed convolution reuses them.
+"""
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from dlkern import _dispatch
+from dlkern.kernels.numba import conv as numba_conv
+
+
+def _rank3(values, fill):
+    """Pad a per-axis tuple of 1-3 values to 3 (leading axes get ``fill``): rank-3 canonical form."""
+    return (fill,) * (3 - len(values)) + tuple(int(v) for v in values)
+
+
+def _as_rank3_array(t):
+    """A C-contiguous NumPy view (or copy) of ``t`` as (N, C, D, H, W); never writes to ``t``."""
+    t = t.detach().contiguous()
+    shape = tuple(t.shape[:2]) + _rank3(t.shape[2:], 1)
+    return t.numpy().reshape(shape)
+
+
+def _layout_of(t):
+    """The memory format torch gives a convolution's output for this input."""
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
+        return torch.channels_last
+    if t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d) and not t.is_contiguous():
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+def _run_into(result, write):
+    """Let ``write(array)`` fill ``result`` (rank-3 view), going through a contiguous buffer if needed."""
+    if result.is_contiguous():
+        shape = tuple(result.shape[:2]) + _rank3(result.shape[2:], 1)
+        write(result.numpy().reshape(shape))
+        return result
+    buffer = _dispatch.new_output(result.shape, result)
+    _run_into(buffer, write)
+    result.copy_(buffer)
+    return result
+
+
+@torch.library.custom_op("dlkern::conv", mutates_args=())
+def conv(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int],
+         padding: Sequence[int], dilation: Sequence[int], groups: int,
+         output_size: Sequence[int]) -> Tensor:
+    out = _dispatch.new_output((input.shape[0], weight.shape[0], *output_size), input,
+                               memory_format=_layout_of(input))
+    x = _as_rank3_array(input)
+    w = _as_rank3_array(weight)
+    b = None if bias is None else bias.detach().contiguous().numpy()
+    _run_into(out, lambda o: numba_conv.conv_forward(
+        x, w, b, _rank3(stride, 1), _rank3(padding, 0), _rank3(dilation, 1), groups, o))
+    return out
+
+
+@conv.register_fake
+def _(input, weight, bias, stride, padding, dilation, groups, output_size):
+    return torch.empty((input.shape[0], weight.shape[0], *output_size), dtype=input.dtype,
+                       device=input.device, memory_format=_layout_of(input))
+
+
+@torch.library.custom_op("dlkern::conv_backward_input", mutates_args=())
+def conv_backward_input(grad_output: Tensor, weight: Tensor, input_size: Sequence[int],
+                        stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
+                        groups: int) -> Tensor:
+    grad_input = _dispatch.new_output(tuple(input_size), grad_output,
+                                      memory_format=_layout_of(grad_output))
+    dy = _as_rank3_array(grad_output)
+    w = _as_rank3_array(weight)
+    _run_into(grad_input, lambda dx: numba_conv.conv_backward_input(
+        dy, w, _rank3(stride, 1), _rank3(padding, 0), _rank3(dilation, 1), groups, dx))
+    return grad_input
+
+
+@conv_backward_input.register_fake
+def _(grad_output, weight, input_size, stride, padding, dilation, groups):
+    return torch.empty(tuple(input_size), dtype=grad_output.dtype, device=grad_output.device,
+                       memory_format=_layout_of(grad_output))
+
+
+@torch.library.custom_op("dlkern::conv_backward_weight", mutates_args=())
+def conv_backward_weight(grad_output: Tensor, input: Tensor, weight_size: Sequence[int],
+                         stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
+                         groups: int, bias_grad: bool) -> Tuple[Tensor, Tensor]:
+    x = _as_rank3_array(input)
+    dy = _as_rank3_array(grad_output)
+    w_shape = tuple(weight_size[:2]) + _rank3(weight_size[2:], 1)
+    dw, db = numba_conv.conv_backward_weight(
+        x, dy, w_shape, _rank3(stride, 1), _rank3(padding, 0), _rank3(dilation, 1), groups, bias_grad)
+    grad_weight = torch.from_numpy(dw).reshape(tuple(weight_size))
+    grad_bias = torch.from_numpy(db) if bias_grad else grad_output.new_empty((0,))
+    return grad_weight, grad_bias
+
+
+@conv_backward_weight.register_fake
+def _(grad_output, input, weight_size, stride, padding, dilation, groups, bias_grad):
+    grad_bias = grad_output.new_empty((weight_size[0],) if bias_grad else (0,))
+    return grad_output.new_empty(tuple(weight_size)), grad_bias
+
+
+def _conv_setup_context(ctx, inputs, output):
+    input, weight, bias, stride, padding, dilation, groups, output_size = inputs
+    ctx.save_for_backward(input, weight)
+    ctx.has_bias = bias is not None
+    ctx.params = (list(stride), list(padding), list(dilation), groups)
+
+
+def _conv_backward(ctx, grad_output):
+    input, weight = ctx.saved_tensors
+    stride, padding, dilation, groups = ctx.params
+    need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
+    grad_input = grad_weight = grad_bias = None
+    if need_input:
+        grad_input = conv_backward_input(grad_output, weight, list(input.shape), stride, padding,
+                                         dilation, groups)
+    if need_weight or (need_bias and ctx.has_bias):
+        want_bias = bool(need_bias and ctx.has_bias)
+        gw, gb = conv_backward_weight(grad_output, input, list(weight.shape), stride, padding,
+                                      dilation, groups, want_bias)
+        grad_weight = gw if need_weight else None
+        grad_bias = gb if want_bias else None
+    return grad_input, grad_weight, grad_bias, None, None, None, None, None
+
+
+conv.register_autograd(_conv_backward, setup_context=_conv_setup_context)
+
+
+_TORCH_CONV = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d,
+               3: torch.nn.functional.conv3d}
+
+
+def convolution(op, input, weight, bias, stride, padding, dilation, groups, nsp):
+    """The public convolution: check, pick the backend, run (or fall back to torch)."""
+    from dlkern import _validate
+
+    x, unbatched, stride_t, pad_lo, dil_t, out_spatial = _validate.conv_args(
+        op, input, weight, bias, stride, padding, dilation, groups, nsp)
+    if _dispatch.backend_for("conv", x, weight, bias) != "numba":
+        _dispatch.fallback("conv", x, weight, bias)
+        return _TORCH_CONV[nsp](input, weight, bias, stride, padding, dilation, groups)
+    out = conv(x, weight, bias, list(stride_t), list(pad_lo), list(dil_t), int(groups),
+               list(out_spatial))
+    return out.squeeze(0) if unbatched else out
