@@ -1,0 +1,1 @@
+import dlkern  # noqa: F401  (pins torch and Numba thread counts)
