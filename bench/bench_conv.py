@@ -6,9 +6,9 @@ forward+backward, one benchmark group per shape. Shapes come from dlkern.benchma
 import pytest
 import torch
 
-from dlkern.benchmark import SUITES
+from dlkern.benchmark import suites
 
-CASES = SUITES["conv"]
+CASES = suites()["conv"]
 
 
 @pytest.mark.parametrize("provider", ["torch", "dlkern"])

@@ -7,9 +7,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m dlkern")
     sub = parser.add_subparsers(dest="command", required=True)
     bench = sub.add_parser("bench", help="benchmark dlkern against torch on this machine")
-    from dlkern.benchmark import SUITES
+    from dlkern.benchmark import suites
 
-    bench.add_argument("--op", action="append", choices=sorted(SUITES),
+    bench.add_argument("--op", action="append", choices=sorted(suites()),
                        help="op family to run (repeatable); default: all")
     bench.add_argument("--quick", action="store_true", help="fewer repeats")
     bench.add_argument("--json", metavar="FILE", help="write the results as JSON")

@@ -16,9 +16,6 @@ import tempfile
 import time
 
 import torch
-import torch.nn.functional as F
-
-import dlkern.functional as DF
 
 
 @dataclasses.dataclass
@@ -33,53 +30,25 @@ class Case:
     target: float = None     # forward speedup target of the issue, if any
     target_fwd_bwd: float = None
     fwd_bwd: bool = True
+    bytes: float = 0.0       # forward bytes moved at the least (inputs + outputs), for memory-bound ops
+    memory_bound: bool = False  # report GB/s and % of bandwidth instead of GFLOP/s and % of peak
 
     def inputs(self, requires_grad=False, dtype=torch.float32):
         return self.build(dtype, requires_grad)
 
 
-def _conv_case(name, n, c_in, c_out, spatial, kernel, stride=1, padding=0, dilation=1, groups=1,
-               target=None, target_fwd_bwd=None):
-    rank = len(spatial)
-    kernel = (kernel,) * rank if isinstance(kernel, int) else tuple(kernel)
+def suites():
+    """{op family: [Case, ...]}: every module in dlkern/suites/ contributes its CASES."""
+    import importlib
+    import pkgutil
 
-    def build(dtype, requires_grad):
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn((n, c_in) + tuple(spatial), generator=g, dtype=dtype)
-        w = torch.randn((c_out, c_in // groups) + kernel, generator=g, dtype=dtype) * 0.1
-        b = torch.randn(c_out, generator=g, dtype=dtype)
-        for t in (x, w, b):
-            t.requires_grad_(requires_grad)
-        return (x, w, b), dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    from dlkern import suites as package
 
-    with torch.no_grad():
-        (x, w, b), kw = build(torch.float32, False)
-        out_shape = getattr(F, f"conv{rank}d")(torch.empty(1, c_in, *spatial, device="meta"),
-                                               w.to("meta"), None, **kw).shape
-    flops = 2.0 * n * c_out * math.prod(out_shape[2:]) * (c_in // groups) * math.prod(kernel)
-    return Case(name, "conv", build, getattr(F, f"conv{rank}d"), getattr(DF, f"conv{rank}d"),
-                flops, target, target_fwd_bwd)
-
-
-SUITES = {
-    "conv": [
-        _conv_case("conv2d N32 C64->64 56x56 k3 p1", 32, 64, 64, (56, 56), 3, padding=1,
-                   target=0.9, target_fwd_bwd=0.8),
-        _conv_case("conv2d N8 C3->64 224x224 k7 s2 p3", 8, 3, 64, (224, 224), 7, stride=2,
-                   padding=3, target=1.2),
-        _conv_case("conv2d N1 C256->256 14x14 k3 p1", 1, 256, 256, (14, 14), 3, padding=1,
-                   target=1.0),
-        _conv_case("conv2d N16 C128->256 28x28 k1", 16, 128, 256, (28, 28), 1, target=0.9),
-        _conv_case("conv2d N16 C128->128 28x28 k3 p1 g8", 16, 128, 128, (28, 28), 3, padding=1,
-                   groups=8, target=1.0),
-        _conv_case("conv1d N32 C128->128 L1024 k5 p2", 32, 128, 128, (1024,), 5, padding=2,
-                   target=0.9, target_fwd_bwd=0.8),
-        _conv_case("conv1d N16 C64->64 L2048 k3 d4 same", 16, 64, 64, (2048,), 3, padding="same",
-                   dilation=4, target=1.0),
-        _conv_case("conv3d N4 C16->32 16x56x56 k3 p1", 4, 16, 32, (16, 56, 56), 3, padding=1,
-                   target=0.9),
-    ],
-}
+    found = {}
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"dlkern.suites.{info.name}")
+        found[module.OP] = module.CASES
+    return found
 
 
 def measure_peak_gflops(size=2048, repeats=5):
@@ -145,7 +114,7 @@ def _forward_backward(fn, args, kwargs, grad_out):
     return call
 
 
-def run_case(case, mode, peak_gflops, repeats, warmup):
+def run_case(case, mode, peak_gflops, bandwidth_gbs, repeats, warmup):
     """Time one case in one mode ("forward" or "forward+backward"); returns a result dict."""
     if mode == "forward":
         args, kwargs = case.inputs(False)
@@ -166,9 +135,16 @@ def run_case(case, mode, peak_gflops, repeats, warmup):
         err = float("nan")
     t_torch, t_dl = time_pair(torch_call, dlkern_call, repeats, warmup)
     gflops = flops / t_dl / 1e9
+    moved = case.bytes * (1 if mode == "forward" else 3)
+    gbs = moved / t_dl / 1e9
+    if case.memory_bound:
+        rate, pct = gbs, 100.0 * gbs / bandwidth_gbs
+    else:
+        rate, pct = gflops, 100.0 * gflops / peak_gflops
     return dict(name=case.name, op=case.op, mode=mode, torch_ms=t_torch * 1e3, dlkern_ms=t_dl * 1e3,
                 speedup=t_torch / t_dl, dlkern_gflops=gflops, torch_gflops=flops / t_torch / 1e9,
-                pct_peak=100.0 * gflops / peak_gflops, max_abs_err=err, target=target)
+                dlkern_gbs=gbs, memory_bound=case.memory_bound, rate=rate, pct_limit=pct,
+                max_abs_err=err, target=target)
 
 
 _FIRST_CALL_SNIPPET = """
@@ -212,16 +188,18 @@ def machine_info(peak, bandwidth):
 
 def format_table(results, peak, bandwidth):
     header = (f"{'shape':40s} {'mode':9s} {'torch ms':>9s} {'dlkern ms':>9s} {'speedup':>8s} "
-              f"{'target':>7s} {'GFLOP/s':>8s} {'% peak':>7s} {'max err':>9s}")
-    lines = [f"machine: peak {peak:.0f} GFLOP/s (fp32 matmul), bandwidth {bandwidth:.1f} GB/s (copy)",
+              f"{'target':>7s} {'rate':>12s} {'% limit':>8s} {'max err':>9s}")
+    lines = [f"machine: peak {peak:.0f} GFLOP/s (fp32 matmul), bandwidth {bandwidth:.1f} GB/s (copy); "
+             "% limit = rate / peak (GF/s) or / bandwidth (GB/s)",
              header, "-" * len(header)]
     for r in results:
         target = "" if r["target"] is None else f"{r['target']:.1f}x"
         met = "" if r["target"] is None else (" ok" if r["speedup"] >= r["target"] else " MISS")
         err = "" if math.isnan(r["max_abs_err"]) else f"{r['max_abs_err']:.1e}"
         mode = "fwd" if r["mode"] == "forward" else "fwd+bwd"
+        unit = "GB/s" if r["memory_bound"] else "GF/s"
         lines.append(f"{r['name']:40s} {mode:9s} {r['torch_ms']:9.2f} {r['dlkern_ms']:9.2f} "
-                     f"{r['speedup']:7.2f}x {target:>7s} {r['dlkern_gflops']:8.1f} {r['pct_peak']:6.1f}% "
+                     f"{r['speedup']:7.2f}x {target:>7s} {r['rate']:7.1f} {unit:4s} {r['pct_limit']:6.1f}%  "
                      f"{err:>9s}{met}")
     return "\n".join(lines)
 
@@ -266,17 +244,18 @@ class Progress:
 
 
 def run(ops=None, quick=False, json_path=None, plot_path=None, first_call=True):
-    ops = ops or list(SUITES)
+    all_suites = suites()
+    ops = ops or list(all_suites)
     repeats, warmup = (3, 1) if quick else (9, 2)
     peak = measure_peak_gflops()
     bandwidth = measure_bandwidth_gbs()
-    jobs = [(c, m) for op in ops for c in SUITES[op]
+    jobs = [(c, m) for op in ops for c in all_suites[op]
             for m in (("forward", "forward+backward") if c.fwd_bwd else ("forward",))]
     progress = Progress(len(jobs))
     results = []
     for case, mode in jobs:
         progress.step(f"{case.name} {mode}")
-        results.append(run_case(case, mode, peak, repeats, warmup))
+        results.append(run_case(case, mode, peak, bandwidth, repeats, warmup))
     progress.close()
     print(format_table(results, peak, bandwidth))
     report = dict(machine=machine_info(peak, bandwidth), results=results)

@@ -1,0 +1,429 @@
+"""Convolution kernels for the CPU: forward, gradient of the input, gradient of weight and bias.
+
+Every convolution is a rank-3 convolution here. Arrays are C-contiguous NumPy arrays:
+
+    x    (N, C_in, D, H, W)          input; 1-d and 2-d convolutions have D = H = 1 (and W for 1-d)
+    w    (C_out, C_in / groups, KD, KH, KW)
+    out  (N, C_out, OD, OH, OW)      OD = (D + pad_lo + pad_hi - dil*(KD-1) - 1) // stride + 1, ...
+
+``pad`` is the padding before the first element of each spatial axis; the padding after the last
+element only changes the output size, which the caller passes through ``out``'s shape (that is how
+asymmetric 'same' padding is expressed).
+
+The method is a tiled implicit GEMM. A work item is (image, group, tile of output pixels[, block
+of channels]). It packs the input patches of its tile into a per-thread column buffer
+``cols[K, tile]`` (K = C_in/groups * KD*KH*KW) that stays in the core's L2 cache, and multiplies
+it by the group's weight matrix with BLAS on the calling thread (``gemm``), writing straight into
+the strided output tile. Size-1 dimensions make the rank-3 loops collapse to rank 1 or 2. A
+1x1x1 kernel with stride 1 and no padding needs no packing: the input is already the column
+matrix. The gradient of the input multiplies by the transposed weight and scatters the columns
+back (col2im); each item owns a block of input channels of one image, so no two threads add into
+the same element. The gradient of the weight accumulates per thread into its own buffer, summed
+at the end.
+
+Parallelism: one ``prange`` over the work items; BLAS runs single-threaded inside each item.
+"""
+import numba
+import numpy as np
+
+from ._jit import blas_set_local_threads, gemm, jit, jit_parallel
+
+# Bytes of one thread's column buffer: half of the 2 MiB L2 of one core.
+_COLUMN_BUFFER_BYTES = 1 << 20
+
+
+@jit
+def _ceil_div(a, b):
+    return -((-a) // b)
+
+
+@jit
+def _valid_range(offset, stride, size, count):
+    """Output positions o in [0, count) whose input index o*stride + offset lies in [0, size)."""
+    lo = 0
+    if offset < 0:
+        lo = _ceil_div(-offset, stride)
+    hi = count
+    last = size - 1 - offset
+    if last < 0:
+        hi = 0
+    else:
+        hi = min(count, last // stride + 1)
+    if hi < lo:
+        hi = lo
+    return lo, hi
+
+
+@jit
+def _zero(a, lo, hi):
+    """a[lo:hi] = 0 for a 1-d array; nothing when hi <= lo (never a wrapped-around slice)."""
+    if hi <= lo:
+        return
+    s = a[lo:hi]
+    for i in range(s.size):
+        s[i] = 0.0
+
+
+@jit
+def _copy(dst, d0, src, s0, n, step):
+    """dst[d0 + q] = src[s0 + q*step] for q < n (1-d arrays). Steps 1 and 2 are literal constants
+    in their loops so that LLVM vectorises them (the slices also remove the index wraparound)."""
+    if n <= 0:
+        return
+    d = dst[d0:d0 + n]
+    if step == 1:
+        s = src[s0:s0 + n]
+        for q in range(n):
+            d[q] = s[q]
+    elif step == 2:
+        s = src[s0:s0 + 2 * n - 1]
+        for q in range(n):
+            d[q] = s[2 * q]
+    else:
+        for q in range(n):
+            d[q] = src[s0 + q * step]
+
+
+@jit
+def _add(dst, d0, src, s0, n, step):
+    """dst[d0 + q*step] += src[s0 + q] for q < n: the adjoint of _copy."""
+    if n <= 0:
+        return
+    s = src[s0:s0 + n]
+    if step == 1:
+        d = dst[d0:d0 + n]
+        for q in range(n):
+            d[q] += s[q]
+    else:
+        for q in range(n):
+            dst[d0 + q * step] += s[q]
+
+
+@jit
+def _patches(x, n, c0, cin, kd_n, kh_n, kw_n, od_n, oh_n, ow_n, sd, sh, sw, pd, ph, pw, dd, dh, dw,
+             p0, pt, cols, adjoint):
+    """im2col of the output pixels [p0, p0 + pt) of image n, channels [c0, c0 + cin); or its adjoint.
+
+    cols is 1-d, holding the (K, pt) column matrix row after row, K = cin*KD*KH*KW, rows r =
+    (c, kd, kh, kw). adjoint False: cols[r, j] = x[n, c0 + c, i_d, i_h, i_w] for output pixel
+    p0 + j, 0 where the patch reaches into the padding. adjoint True: x[n, c0 + c, i_d, i_h, i_w]
+    += cols[r, j] over the same pairs (x is then dx; cols is clobbered).
+    """
+    d_in = x.shape[2]
+    h_in = x.shape[3]
+    w_in = x.shape[4]
+    xf = x.reshape(x.size)
+    plane_in = h_in * w_in
+    plane = oh_n * ow_n
+    if sh == 1 and sw == 1 and ow_n == w_in:
+        # Output rows as wide as input rows, unit strides: over one output plane, a kernel offset
+        # (kh, kw) reads the input plane flattened, shifted by a constant. One contiguous copy per
+        # (run, row r), then the few pixels whose read wrapped around a row edge are zeroed.
+        j = 0
+        while j < pt:
+            od = (p0 + j) // plane
+            q0 = p0 + j - od * plane
+            q1 = min(plane, q0 + pt - j)
+            r = 0
+            for c in range(cin):
+                for kd in range(kd_n):
+                    i_d = od * sd - pd + kd * dd
+                    base = ((n * x.shape[1] + c0 + c) * d_in + i_d) * plane_in
+                    for kh in range(kh_n):
+                        # output rows reading inside the input: 0 <= oh + kh*dh - ph < h_in
+                        a = max(q0, min(q1, max(0, ph - kh * dh) * ow_n))
+                        b = max(a, min(q1, min(oh_n, h_in + ph - kh * dh) * ow_n))
+                        if i_d < 0 or i_d >= d_in:
+                            b = a
+                        for kw in range(kw_n):
+                            e = kw * dw - pw
+                            shift = (kh * dh - ph) * w_in + e
+                            # clamp to the input plane: what is cut off is in the edge columns
+                            a2 = min(max(a, -shift), b)
+                            b2 = max(min(b, plane_in - shift), a2)
+                            row = r * pt + j - q0
+                            r += 1
+                            # edge columns: ow + e outside [0, w_in)
+                            e_lo = min(max(-e, 0), ow_n)
+                            e_hi = max(min(ow_n - e, ow_n), e_lo)
+                            if adjoint:
+                                _edge_zero(cols, row, a2, b2, ow_n, e_lo, e_hi)
+                                _add(xf, base + a2 + shift, cols, row + a2, b2 - a2, 1)
+                            else:
+                                _zero(cols, row + q0, row + a2)
+                                _copy(cols, row + a2, xf, base + a2 + shift, b2 - a2, 1)
+                                _zero(cols, row + b2, row + q1)
+                                _edge_zero(cols, row, a2, b2, ow_n, e_lo, e_hi)
+            j += q1 - q0
+        return
+    # General strides and widths: runs of pixels within one output row.
+    j = 0
+    od = p0 // plane
+    oh = (p0 - od * plane) // ow_n
+    ow0 = p0 - od * plane - oh * ow_n
+    while j < pt:
+        seg = min(ow_n - ow0, pt - j)
+        r = 0
+        for c in range(cin):
+            for kd in range(kd_n):
+                i_d = od * sd - pd + kd * dd
+                for kh in range(kh_n):
+                    i_h = oh * sh - ph + kh * dh
+                    inside = 0 <= i_d < d_in and 0 <= i_h < h_in
+                    base = (((n * x.shape[1] + c0 + c) * d_in + i_d) * h_in + i_h) * w_in
+                    for kw in range(kw_n):
+                        row = r * pt + j
+                        r += 1
+                        e = kw * dw - pw
+                        lo, hi = _valid_range(e, sw, w_in, ow_n)
+                        q_lo = min(max(lo - ow0, 0), seg)
+                        q_hi = max(min(hi - ow0, seg), q_lo)
+                        if not inside:
+                            q_hi = q_lo
+                        start = base + (ow0 + q_lo) * sw + e
+                        if adjoint:
+                            _add(xf, start, cols, row + q_lo, q_hi - q_lo, sw)
+                        else:
+                            _zero(cols, row, row + q_lo)
+                            _copy(cols, row + q_lo, xf, start, q_hi - q_lo, sw)
+                            _zero(cols, row + q_hi, row + seg)
+        j += seg
+        ow0 = 0
+        oh += 1
+        if oh == oh_n:
+            oh = 0
+            od += 1
+
+
+@jit
+def _edge_zero(cols, row, a, b, width, e_lo, e_hi):
+    """cols[row + q] = 0 for q in [a, b) whose column q % width is outside [e_lo, e_hi)."""
+    if a >= b or (e_lo == 0 and e_hi == width):
+        return
+    for oh in range(a // width, (b - 1) // width + 1):
+        q = oh * width
+        _zero(cols, row + max(q, a), row + min(q + e_lo, b))
+        _zero(cols, row + max(q + e_hi, a), row + min(q + width, b))
+
+
+@jit_parallel
+def _forward_kernel(x, w, bias, has_bias, out, sd, sh, sw, pd, ph, pw, dd, dh, dw, groups,
+                    tile, co_blocks, direct, scratch, is_double):
+    n_img, c_in, _, _, _ = x.shape
+    c_out, cin_g, kd_n, kh_n, kw_n = w.shape
+    _, _, od_n, oh_n, ow_n = out.shape
+    pixels = od_n * oh_n * ow_n
+    k_len = cin_g * kd_n * kh_n * kw_n
+    cout_g = c_out // groups
+    n_tiles = (pixels + tile - 1) // tile
+    co_step = (cout_g + co_blocks - 1) // co_blocks
+    item_size = out.itemsize
+    n_items = n_img * groups * n_tiles * co_blocks
+    for item in numba.prange(n_items):
+        blas_set_local_threads(1)
+        cb = item % co_blocks
+        rest = item // co_blocks
+        t = rest % n_tiles
+        rest = rest // n_tiles
+        g = rest % groups
+        n = rest // groups
+        co0 = g * cout_g + cb * co_step
+        co_n = min(co_step, cout_g - cb * co_step)
+        p0 = t * tile
+        pt = min(tile, pixels - p0)
+        if co_n <= 0:
+            continue
+        if direct:
+            b_addr = x.ctypes.data + ((n * c_in + g * cin_g) * pixels + p0) * item_size
+            ldb = pixels
+        else:
+            tid = numba.get_thread_id()
+            cols = scratch[tid]
+            _patches(x, n, g * cin_g, cin_g, kd_n, kh_n, kw_n, od_n, oh_n, ow_n,
+                     sd, sh, sw, pd, ph, pw, dd, dh, dw, p0, pt, cols, False)
+            b_addr = cols.ctypes.data
+            ldb = pt
+        out_addr = out.ctypes.data + ((n * c_out + co0) * pixels + p0) * item_size
+        gemm(is_double, 0, 0, co_n, pt, k_len, 1.0, w.ctypes.data + co0 * k_len * item_size, k_len,
+             b_addr, ldb, 0.0, out_addr, pixels)
+        if has_bias:
+            flat = out[n].reshape((c_out, pixels))
+            for co in range(co0, co0 + co_n):
+                b = bias[co]
+                for j in range(p0, p0 + pt):
+                    flat[co, j] += b
+
+
+@jit_parallel
+def _backward_input_kernel(dy, w, dx, sd, sh, sw, pd, ph, pw, dd, dh, dw, groups,
+                           tile, ci_blocks, direct, scratch, is_double):
+    n_img, c_out, od_n, oh_n, ow_n = dy.shape
+    _, cin_g, kd_n, kh_n, kw_n = w.shape
+    c_in = dx.shape[1]
+    pixels = od_n * oh_n * ow_n
+    in_pixels = dx.shape[2] * dx.shape[3] * dx.shape[4]
+    kvol = kd_n * kh_n * kw_n
+    k_len = cin_g * kvol
+    cout_g = c_out // groups
+    ci_step = (cin_g + ci_blocks - 1) // ci_blocks
+    item_size = dx.itemsize
+    n_tiles = (pixels + tile - 1) // tile
+    for item in numba.prange(n_img * groups * ci_blocks):
+        blas_set_local_threads(1)
+        cb = item % ci_blocks
+        rest = item // ci_blocks
+        g = rest % groups
+        n = rest // groups
+        ci_lo = cb * ci_step
+        ci_n = min(ci_step, cin_g - ci_lo)
+        if ci_n <= 0:
+            continue
+        c0 = g * cin_g + ci_lo
+        w_addr = w.ctypes.data + (g * cout_g * k_len + ci_lo * kvol) * item_size
+        dy_base = dy.ctypes.data + (n * c_out + g * cout_g) * pixels * item_size
+        if direct:
+            # 1x1x1, stride 1, no padding: dx[n, c0:c0+ci_n] = w_g[:, block]^T @ dy[n, g]
+            gemm(is_double, 1, 0, ci_n, pixels, cout_g, 1.0, w_addr, k_len, dy_base, pixels, 0.0,
+                 dx.ctypes.data + (n * c_in + c0) * in_pixels * item_size, in_pixels)
+            continue
+        dx[n, c0:c0 + ci_n] = 0.0
+        tid = numba.get_thread_id()
+        for t in range(n_tiles):
+            p0 = t * tile
+            pt = min(tile, pixels - p0)
+            cols = scratch[tid]
+            gemm(is_double, 1, 0, ci_n * kvol, pt, cout_g, 1.0, w_addr, k_len,
+                 dy_base + p0 * item_size, pixels, 0.0, cols.ctypes.data, pt)
+            _patches(dx, n, c0, ci_n, kd_n, kh_n, kw_n, od_n, oh_n, ow_n,
+                     sd, sh, sw, pd, ph, pw, dd, dh, dw, p0, pt, cols, True)
+
+
+@jit_parallel
+def _backward_weight_kernel(x, dy, dw_parts, db_parts, want_bias, sd, sh, sw, pd, ph, pw,
+                            dd, dh, dw, groups, tile, direct, scratch, is_double):
+    n_img, c_in, _, _, _ = x.shape
+    _, c_out, od_n, oh_n, ow_n = dy.shape
+    _, _, cin_g, kd_n, kh_n, kw_n = dw_parts.shape
+    pixels = od_n * oh_n * ow_n
+    k_len = cin_g * kd_n * kh_n * kw_n
+    cout_g = c_out // groups
+    n_tiles = (pixels + tile - 1) // tile
+    item_size = x.itemsize
+    for item in numba.prange(n_img * groups * n_tiles):
+        blas_set_local_threads(1)
+        tid = numba.get_thread_id()
+        t = item % n_tiles
+        rest = item // n_tiles
+        g = rest % groups
+        n = rest // groups
+        p0 = t * tile
+        pt = min(tile, pixels - p0)
+        if direct:
+            b_addr = x.ctypes.data + ((n * c_in + g * cin_g) * pixels + p0) * item_size
+            ldb = pixels
+        else:
+            cols = scratch[tid]
+            _patches(x, n, g * cin_g, cin_g, kd_n, kh_n, kw_n, od_n, oh_n, ow_n,
+                     sd, sh, sw, pd, ph, pw, dd, dh, dw, p0, pt, cols, False)
+            b_addr = cols.ctypes.data
+            ldb = pt
+        dy_addr = dy.ctypes.data + ((n * c_out + g * cout_g) * pixels + p0) * item_size
+        part = dw_parts[tid]
+        gemm(is_double, 0, 1, cout_g, k_len, pt, 1.0, dy_addr, pixels, b_addr, ldb, 1.0,
+             part.ctypes.data + g * cout_g * k_len * item_size, k_len)
+        if want_bias:
+            flat = dy[n].reshape((c_out, pixels))
+            for co in range(g * cout_g, (g + 1) * cout_g):
+                s = 0.0
+                for j in range(p0, p0 + pt):
+                    s += flat[co, j]
+                db_parts[tid, co] += s
+
+
+def _is_direct(w_shape, stride, padding, in_spatial, out_spatial):
+    return (tuple(w_shape[2:]) == (1, 1, 1) and tuple(stride) == (1, 1, 1)
+            and tuple(padding) == (0, 0, 0) and tuple(in_spatial) == tuple(out_spatial))
+
+
+def _tile_for(k_len, pixels, item_size, min_items, images_x_groups):
+    """Pixels per tile: fills the column buffer, then shrinks until there are enough work items."""
+    tile = max(16, _COLUMN_BUFFER_BYTES // max(1, k_len * item_size))
+    tile = min(tile, pixels)
+    while images_x_groups * (-(-pixels // tile)) < min_items and tile > 32:
+        tile = max(32, tile // 2)
+    return max(1, tile)
+
+
+def conv_forward(x, w, bias, stride, padding, dilation, groups, out):
+    """out = conv(x, w) + bias. Shapes as in the module docstring; bias is (C_out,) or None."""
+    n_img = x.shape[0]
+    if out.size == 0:
+        return out
+    threads = numba.get_num_threads()
+    cin_g = w.shape[1]
+    k_len = cin_g * w.shape[2] * w.shape[3] * w.shape[4]
+    pixels = out.shape[2] * out.shape[3] * out.shape[4]
+    if k_len == 0:
+        out[...] = 0.0 if bias is None else bias.reshape(1, -1, 1, 1, 1)
+        return out
+    direct = _is_direct(w.shape, stride, padding, x.shape[2:], out.shape[2:])
+    tile = _tile_for(k_len, pixels, x.itemsize, 2 * threads, n_img * groups)
+    n_tiles = -(-pixels // tile)
+    co_blocks = 1
+    cout_g = w.shape[0] // groups
+    while n_img * groups * n_tiles * co_blocks < 2 * threads and co_blocks < cout_g:
+        co_blocks *= 2
+    co_blocks = min(co_blocks, cout_g)
+    scratch = np.empty((threads, 0 if direct else k_len * tile), dtype=x.dtype)
+    has_bias = bias is not None
+    if bias is None:
+        bias = np.zeros(1, dtype=x.dtype)
+    _forward_kernel(x, w, bias, has_bias, out, *stride, *padding, *dilation, groups,
+                    tile, co_blocks, direct, scratch, x.dtype == np.float64)
+    return out
+
+
+def conv_backward_input(dy, w, stride, padding, dilation, groups, dx):
+    """dx = the gradient of conv(x, w) with respect to x, given dy = the gradient of its output."""
+    if dx.size == 0:
+        return dx
+    if dy.size == 0:
+        dx[...] = 0.0
+        return dx
+    threads = numba.get_num_threads()
+    n_img = dy.shape[0]
+    cin_g = w.shape[1]
+    kvol = w.shape[2] * w.shape[3] * w.shape[4]
+    pixels = dy.shape[2] * dy.shape[3] * dy.shape[4]
+    direct = _is_direct(w.shape, stride, padding, dx.shape[2:], dy.shape[2:])
+    ci_blocks = 1
+    while n_img * groups * ci_blocks < 2 * threads and ci_blocks < cin_g:
+        ci_blocks *= 2
+    ci_blocks = min(ci_blocks, cin_g)
+    rows = (-(-cin_g // ci_blocks)) * kvol
+    tile = min(pixels, max(16, _COLUMN_BUFFER_BYTES // max(1, rows * dy.itemsize)))
+    scratch = np.empty((threads, 0 if direct else rows * tile), dtype=dy.dtype)
+    _backward_input_kernel(dy, w, dx, *stride, *padding, *dilation, groups, tile, ci_blocks,
+                           direct, scratch, dy.dtype == np.float64)
+    return dx
+
+
+def conv_backward_weight(x, dy, w_shape, stride, padding, dilation, groups, want_bias):
+    """(dw, db): the gradients of conv(x, w) + bias with respect to w and bias (db None if not wanted)."""
+    threads = numba.get_num_threads()
+    dw_parts = np.zeros((threads,) + tuple(w_shape), dtype=x.dtype)
+    db_parts = np.zeros((threads, w_shape[0]), dtype=x.dtype)
+    n_img = x.shape[0]
+    pixels = dy.shape[2] * dy.shape[3] * dy.shape[4]
+    k_len = int(np.prod(w_shape[1:]))
+    if n_img > 0 and pixels > 0 and k_len > 0:
+        direct = _is_direct(w_shape, stride, padding, x.shape[2:], dy.shape[2:])
+        tile = _tile_for(k_len, pixels, x.itemsize, 2 * threads, n_img * groups)
+        scratch = np.empty((threads, 0 if direct else k_len * tile), dtype=x.dtype)
+        _backward_weight_kernel(x, dy, dw_parts, db_parts, want_bias, *stride, *padding, *dilation,
+                                groups, tile, direct, scratch, x.dtype == np.float64)
+    elif n_img > 0 and pixels > 0 and want_bias:
+        db_parts[0] = dy.sum(axis=(0, 2, 3, 4))
+    dw = dw_parts.sum(axis=0) if threads > 1 else dw_parts[0]
+    db = (db_parts.sum(axis=0) if threads > 1 else db_parts[0]) if want_bias else None
+    return dw, db
