@@ -128,3 +128,86 @@ def conv_args(op, input, weight, bias, stride, padding, dilation, groups, nsp):
         )
     out_spatial = tuple((p - k) // s + 1 for p, k, s in zip(padded, dilated, stride))
     return x, unbatched, stride, pad_lo, dilation, out_spatial
+
+
+def conv_transpose_args(op, input, weight, bias, stride, padding, output_padding, groups,
+                        dilation, nsp):
+    """Check a transposed convolution call of spatial rank ``nsp`` and canonicalise it.
+
+    Returns ``(batched_input, unbatched, stride, padding, output_padding, dilation, out_spatial)``.
+    The weight is (C_in, C_out / groups, *kernel), as torch's.
+    """
+    check_tensor(input, "input")
+    check_tensor(weight, "weight")
+    if bias is not None:
+        check_tensor(bias, "bias")
+    if isinstance(padding, str):
+        raise TypeError(f"{op}(): argument 'padding' must be tuple of ints, not str")
+    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral):
+        raise TypeError(f"{op}: groups must be an int, got {groups!r}")
+    groups = int(groups)
+    if weight.dim() != nsp + 2:
+        raise RuntimeError(
+            f"{op}: expected weight to be {nsp + 2}-dimensional (in_channels, out_channels/groups, "
+            f"*kernel), but got weight of size {_shape(weight)}"
+        )
+    stride = expand_param(stride, nsp, "stride")
+    padding = expand_param(padding, nsp, "padding")
+    output_padding = expand_param(output_padding, nsp, "output_padding")
+    dilation = expand_param(dilation, nsp, "dilation")
+    if input.dim() not in (nsp + 1, nsp + 2):
+        raise RuntimeError(
+            f"Expected {nsp + 1}D (unbatched) or {nsp + 2}D (batched) input to {op}, but got input "
+            f"of size: {_shape(input)}"
+        )
+    unbatched = input.dim() == nsp + 1
+    x = input.unsqueeze(0) if unbatched else input
+    if x.dtype != weight.dtype:
+        raise RuntimeError(f"{op}: input type ({x.dtype}) and weight type ({weight.dtype}) should be the same")
+    if bias is not None and bias.dtype != weight.dtype:
+        raise RuntimeError(f"{op}: input type ({x.dtype}) and bias type ({bias.dtype}) should be the same")
+    devices = {t.device for t in (x, weight, bias) if t is not None}
+    if len(devices) != 1:
+        raise RuntimeError(f"{op}: expected input, weight and bias on one device, got {sorted(map(str, devices))}")
+    if any(s <= 0 for s in stride):
+        raise RuntimeError(f"{op}: non-positive stride is not supported (stride={list(stride)})")
+    if any(d <= 0 for d in dilation):
+        raise RuntimeError(f"{op}: non-positive dilation is not supported (dilation={list(dilation)})")
+    if any(p < 0 for p in padding):
+        raise RuntimeError(f"{op}: negative padding is not supported (padding={list(padding)})")
+    if any(p < 0 for p in output_padding):
+        raise RuntimeError(f"{op}: negative output_padding is not supported (output_padding={list(output_padding)})")
+    if any(op_ >= s and op_ >= d for op_, s, d in zip(output_padding, stride, dilation)):
+        raise RuntimeError(
+            f"{op}: output padding must be smaller than either stride or dilation, but got "
+            f"output_padding={list(output_padding)}, stride={list(stride)}, dilation={list(dilation)}"
+        )
+    if groups <= 0:
+        raise RuntimeError(f"{op}: non-positive groups is not supported (groups={groups})")
+    c_in, cout_g = weight.shape[0], weight.shape[1]
+    if c_in % groups != 0:
+        raise RuntimeError(
+            f"Given groups={groups}, expected weight to be divisible by {groups} at dimension 0, "
+            f"but got weight of size {_shape(weight)} instead"
+        )
+    if x.shape[1] != c_in:
+        raise RuntimeError(
+            f"Given transposed=1, weight of size {_shape(weight)}, expected input{_shape(x)} to "
+            f"have {c_in} channels, but got {x.shape[1]} channels instead"
+        )
+    c_out = cout_g * groups
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != c_out):
+        raise RuntimeError(
+            f"Given transposed=1, weight of size {_shape(weight)}, expected bias to be 1-dimensional "
+            f"with {c_out} elements, but got bias of size {_shape(bias)} instead"
+        )
+    kernel = tuple(weight.shape[2:])
+    out_spatial = tuple((i - 1) * s - 2 * p + d * (k - 1) + o + 1 for i, s, p, d, k, o in
+                        zip(x.shape[2:], stride, padding, dilation, kernel, output_padding))
+    if any(o < 0 for o in out_spatial):
+        raise RuntimeError(
+            f"{op}: the output size {list(out_spatial)} computed from input {_shape(x)}, weight "
+            f"{_shape(weight)}, stride {list(stride)}, padding {list(padding)}, output_padding "
+            f"{list(output_padding)} and dilation {list(dilation)} is negative"
+        )
+    return x, unbatched, stride, padding, output_padding, dilation, out_spatial

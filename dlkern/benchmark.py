@@ -187,7 +187,7 @@ def machine_info(peak, bandwidth):
 
 
 def format_table(results, peak, bandwidth):
-    header = (f"{'shape':40s} {'mode':9s} {'torch ms':>9s} {'dlkern ms':>9s} {'speedup':>8s} "
+    header = (f"{'shape':50s} {'mode':9s} {'torch ms':>9s} {'dlkern ms':>9s} {'speedup':>8s} "
               f"{'target':>7s} {'rate':>12s} {'% limit':>8s} {'max err':>9s}")
     lines = [f"machine: peak {peak:.0f} GFLOP/s (fp32 matmul), bandwidth {bandwidth:.1f} GB/s (copy); "
              "% limit = rate / peak (GF/s) or / bandwidth (GB/s)",
@@ -198,7 +198,7 @@ def format_table(results, peak, bandwidth):
         err = "" if math.isnan(r["max_abs_err"]) else f"{r['max_abs_err']:.1e}"
         mode = "fwd" if r["mode"] == "forward" else "fwd+bwd"
         unit = "GB/s" if r["memory_bound"] else "GF/s"
-        lines.append(f"{r['name']:40s} {mode:9s} {r['torch_ms']:9.2f} {r['dlkern_ms']:9.2f} "
+        lines.append(f"{r['name']:50s} {mode:9s} {r['torch_ms']:9.2f} {r['dlkern_ms']:9.2f} "
                      f"{r['speedup']:7.2f}x {target:>7s} {r['rate']:7.1f} {unit:4s} {r['pct_limit']:6.1f}%  "
                      f"{err:>9s}{met}")
     return "\n".join(lines)

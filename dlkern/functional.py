@@ -18,3 +18,29 @@ def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
 
 __all__ = ["conv1d", "conv2d", "conv3d"]
+
+from dlkern.ops.conv_transpose import convolution_transpose  # noqa: E402
+
+
+def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1):
+    """As torch.nn.functional.conv_transpose1d, computed by dlkern's kernels."""
+    return convolution_transpose("conv_transpose1d", input, weight, bias, stride, padding,
+                                 output_padding, groups, dilation, 1)
+
+
+def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1):
+    """As torch.nn.functional.conv_transpose2d, computed by dlkern's kernels."""
+    return convolution_transpose("conv_transpose2d", input, weight, bias, stride, padding,
+                                 output_padding, groups, dilation, 2)
+
+
+def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1):
+    """As torch.nn.functional.conv_transpose3d, computed by dlkern's kernels."""
+    return convolution_transpose("conv_transpose3d", input, weight, bias, stride, padding,
+                                 output_padding, groups, dilation, 3)
+
+
+__all__ += ["conv_transpose1d", "conv_transpose2d", "conv_transpose3d"]

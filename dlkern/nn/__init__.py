@@ -2,3 +2,6 @@
 from dlkern.nn.conv import Conv1d, Conv2d, Conv3d
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d"]
+from dlkern.nn.conv import ConvTranspose1d, ConvTranspose2d, ConvTranspose3d  # noqa: E402
+
+__all__ += ["ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"]

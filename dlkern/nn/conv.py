@@ -35,3 +35,36 @@ class Conv2d(_DlkernConvMixin, torch.nn.Conv2d):
 class Conv3d(_DlkernConvMixin, torch.nn.Conv3d):
     """torch.nn.Conv3d computed by dlkern."""
     _dlkern_conv = staticmethod(DF.conv3d)
+
+
+class _DlkernConvTransposeMixin:
+    _dlkern_conv_transpose = None  # the dlkern.functional conv_transpose of the module's rank
+    _spatial_dims = None
+
+    def forward(self, input, output_size=None):
+        # As torch's ConvTranspose*d.forward: only zero padding; output_size picks output_padding.
+        if self.padding_mode != "zeros":
+            raise ValueError(f'Only "zeros" padding mode is supported for {type(self).__name__}')
+        output_padding = self._output_padding(input, output_size, self.stride, self.padding,
+                                              self.kernel_size, self._spatial_dims, self.dilation)
+        return type(self)._dlkern_conv_transpose(input, self.weight, self.bias, self.stride,
+                                                 self.padding, output_padding, self.groups,
+                                                 self.dilation)
+
+
+class ConvTranspose1d(_DlkernConvTransposeMixin, torch.nn.ConvTranspose1d):
+    """torch.nn.ConvTranspose1d computed by dlkern."""
+    _dlkern_conv_transpose = staticmethod(DF.conv_transpose1d)
+    _spatial_dims = 1
+
+
+class ConvTranspose2d(_DlkernConvTransposeMixin, torch.nn.ConvTranspose2d):
+    """torch.nn.ConvTranspose2d computed by dlkern."""
+    _dlkern_conv_transpose = staticmethod(DF.conv_transpose2d)
+    _spatial_dims = 2
+
+
+class ConvTranspose3d(_DlkernConvTransposeMixin, torch.nn.ConvTranspose3d):
+    """torch.nn.ConvTranspose3d computed by dlkern."""
+    _dlkern_conv_transpose = staticmethod(DF.conv_transpose3d)
+    _spatial_dims = 3
