@@ -6,6 +6,9 @@
 ``dlkern.stats()`` counts the calls that fell back to torch; ``DLKERN_STRICT=1`` makes such a
 fallback an error; ``DLKERN_BACKEND`` (numba, triton, torch) overrides the backend choice.
 """
+import torch._dynamo  # noqa: F401  (torch's custom-op dispatch imports it on the first call of any
+#                              custom op, ~1 s; paying it at import keeps the first call fast)
+
 from dlkern import _threads  # noqa: F401  (pins thread counts before any kernel compiles)
 from dlkern._dispatch import reset_stats, stats
 from dlkern import functional, nn  # noqa: E402
