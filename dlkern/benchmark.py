@@ -99,14 +99,14 @@ def time_pair(torch_call, dlkern_call, repeats, warmup, rounds=3):
     return t_times[len(t_times) // 2], d_times[len(d_times) // 2]
 
 
-def _forward(fn, args, kwargs):
+def forward_call(fn, args, kwargs):
     def call():
         with torch.no_grad():
             return fn(*args, **kwargs)
     return call
 
 
-def _forward_backward(fn, args, kwargs, grad_out):
+def forward_backward_call(fn, args, kwargs, grad_out):
     def call():
         for t in args:
             t.grad = None
@@ -118,8 +118,8 @@ def run_case(case, mode, peak_gflops, bandwidth_gbs, repeats, warmup):
     """Time one case in one mode ("forward" or "forward+backward"); returns a result dict."""
     if mode == "forward":
         args, kwargs = case.inputs(False)
-        torch_call = _forward(case.torch_fn, args, kwargs)
-        dlkern_call = _forward(case.dlkern_fn, args, kwargs)
+        torch_call = forward_call(case.torch_fn, args, kwargs)
+        dlkern_call = forward_call(case.dlkern_fn, args, kwargs)
         flops = case.flops
         target = case.target
         with torch.no_grad():
@@ -128,8 +128,8 @@ def run_case(case, mode, peak_gflops, bandwidth_gbs, repeats, warmup):
         args, kwargs = case.inputs(True)
         with torch.no_grad():
             grad_out = torch.randn_like(case.torch_fn(*args, **kwargs))
-        torch_call = _forward_backward(case.torch_fn, args, kwargs, grad_out)
-        dlkern_call = _forward_backward(case.dlkern_fn, args, kwargs, grad_out)
+        torch_call = forward_backward_call(case.torch_fn, args, kwargs, grad_out)
+        dlkern_call = forward_backward_call(case.dlkern_fn, args, kwargs, grad_out)
         flops = 3 * case.flops
         target = case.target_fwd_bwd
         err = float("nan")
