@@ -2,21 +2,36 @@
 """Row-major, strided GEMM entry point for the Numba kernels, compiled ahead of time.
 
 Numba's own ``np.dot`` needs contiguous operands, cannot accumulate into its output (no beta) and
-cannot write into a strided slice of a larger array.  The convolution kernels need all three: an
-output tile is a column block of ``out[n, g]`` (leading dimension = output pixels), and the weight
-gradient accumulates over images and tiles into one buffer.  This module wraps the Fortran BLAS
-``sgemm``/``dgemm`` from ``scipy.linalg.cython_blas`` behind a C function with a row-major interface
-and integer addresses, callable from nopython code through ctypes with no GIL and no Python objects.
-
-The C function is
+cannot write into a strided slice of a larger array. The kernels need all three: an output tile
+is a column block of ``out[n, g]`` (leading dimension = output pixels), and weight gradients
+accumulate over images and tiles into one buffer. This module wraps a Fortran BLAS
+``sgemm``/``dgemm`` behind a C function with a row-major interface taking integer addresses,
+callable from nopython code with no GIL and no Python objects:
 
     gemm_rowmajor(is_double, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 
-computing ``C[m, n] = alpha * op(A) @ op(B) + beta * C`` on row-major matrices whose rows are
-``lda``/``ldb``/``ldc`` elements apart; ``a``, ``b``, ``c`` are addresses (size_t).
+computes ``C[m, n] = alpha * op(A) @ op(B) + beta * C`` on row-major matrices whose rows are
+``lda``/``ldb``/``ldc`` elements apart.
+
+Which BLAS: scipy's (``scipy.linalg.cython_blas``, OpenBLAS) unless ``use_blas`` installs other
+Fortran ``sgemm_``/``dgemm_`` entry points (dlkern.kernels.numba._jit installs the MKL that torch's
+CPU library carries when it exports them: single-threaded, it runs the kernels' small products up
+to ~2.5x faster than OpenBLAS here). ``set_local_threads(n)`` sets the calling thread's BLAS
+thread count in every BLAS in use (1 inside parallel kernels; 0 restores the global setting).
 """
 from libc.stddef cimport size_t
 from scipy.linalg.cython_blas cimport sgemm, dgemm
+
+ctypedef void (*sgemm_t)(char*, char*, int*, int*, int*, float*, float*, int*, float*, int*,
+                         float*, float*, int*) noexcept nogil
+ctypedef void (*dgemm_t)(char*, char*, int*, int*, int*, double*, double*, int*, double*, int*,
+                         double*, double*, int*) noexcept nogil
+ctypedef int (*set_threads_t)(int) noexcept nogil
+
+cdef sgemm_t _sgemm = sgemm
+cdef dgemm_t _dgemm = dgemm
+cdef set_threads_t _set_threads_a = NULL
+cdef set_threads_t _set_threads_b = NULL
 
 
 cdef void gemm_rowmajor(int is_double, int trans_a, int trans_b, int m, int n, int k,
@@ -31,26 +46,46 @@ cdef void gemm_rowmajor(int is_double, int trans_a, int trans_b, int m, int n, i
     if m <= 0 or n <= 0:
         return
     if is_double:
-        dgemm(&tb, &ta, &n, &m, &k, &alpha, <double*>b, &ldb, <double*>a, &lda,
-              &beta, <double*>c, &ldc)
+        _dgemm(&tb, &ta, &n, &m, &k, &alpha, <double*>b, &ldb, <double*>a, &lda,
+               &beta, <double*>c, &ldc)
     else:
-        sgemm(&tb, &ta, &n, &m, &k, &falpha, <float*>b, &ldb, <float*>a, &lda,
-              &fbeta, <float*>c, &ldc)
+        _sgemm(&tb, &ta, &n, &m, &k, &falpha, <float*>b, &ldb, <float*>a, &lda,
+               &fbeta, <float*>c, &ldc)
 
 
-cdef int set_threads_noop(int n) noexcept nogil:
-    # Stand-in for openblas_set_num_threads_local when scipy's OpenBLAS does not export it.
+cdef int set_local_threads(int n) noexcept nogil:
+    if _set_threads_a != NULL:
+        _set_threads_a(n)
+    if _set_threads_b != NULL:
+        _set_threads_b(n)
     return 0
 
 
-def set_threads_noop_address():
-    """The address of a C function ``int f(int)`` that does nothing (see dlkern.kernels.numba._jit)."""
-    return <size_t>&set_threads_noop
+def use_blas(size_t sgemm_address, size_t dgemm_address):
+    """Route gemm_rowmajor to these Fortran sgemm_/dgemm_ entry points (0, 0: scipy's again)."""
+    global _sgemm, _dgemm
+    if sgemm_address == 0 or dgemm_address == 0:
+        _sgemm, _dgemm = sgemm, dgemm
+    else:
+        _sgemm = <sgemm_t>sgemm_address
+        _dgemm = <dgemm_t>dgemm_address
+
+
+def use_thread_setters(size_t first, size_t second):
+    """``int f(int)`` functions that set the calling thread's BLAS thread count (0 = none)."""
+    global _set_threads_a, _set_threads_b
+    _set_threads_a = <set_threads_t>first if first else NULL
+    _set_threads_b = <set_threads_t>second if second else NULL
 
 
 def gemm_rowmajor_address():
-    """The address of the C function ``gemm_rowmajor``, for ``ctypes.CFUNCTYPE``."""
+    """The address of the C function ``gemm_rowmajor``, for registration with LLVM."""
     return <size_t>&gemm_rowmajor
+
+
+def set_local_threads_address():
+    """The address of the C function ``set_local_threads``."""
+    return <size_t>&set_local_threads
 
 
 def gemm(a, b, c, double alpha=1.0, double beta=0.0, bint trans_a=False, bint trans_b=False):

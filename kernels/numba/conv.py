@@ -26,7 +26,8 @@ back (col2im); each item owns a block of input channels of one image, so no two 
 the same element. The gradient of the weight accumulates per thread into its own buffer, summed
 at the end.
 
-Parallelism: one ``prange`` over the work items; BLAS runs single-threaded inside each item.
+Parallelism: one ``prange`` over the work items, each a serial ``@jit`` function; BLAS runs
+single-threaded inside each item (blas_set_local_threads) and is handed back after it.
 """
 import numba
 import numpy as np
@@ -233,9 +234,10 @@ def _gemm_blocked(is_double, trans_a, m, n, k, a_addr, lda, b_addr, ldb, c_addr,
              0.0, c_addr + j * item_size, ldc)
 
 
-@jit_parallel
-def _forward_kernel(x, w, bias, has_bias, out, sd, sh, sw, pd, ph, pw, dd, dh, dw, groups,
-                    tile, co_blocks, direct, scratch, is_double):
+@jit
+def _forward_item(item, x, w, bias, has_bias, out, sd, sh, sw, pd, ph, pw, dd, dh, dw, groups,
+                  tile, co_blocks, direct, scratch, is_double):
+    """One work item of the forward: output channels block x pixel tile of one image and group."""
     n_img, c_in, _, _, _ = x.shape
     c_out, cin_g, kd_n, kh_n, kw_n = w.shape
     _, _, od_n, oh_n, ow_n = out.shape
@@ -245,45 +247,55 @@ def _forward_kernel(x, w, bias, has_bias, out, sd, sh, sw, pd, ph, pw, dd, dh, d
     n_tiles = (pixels + tile - 1) // tile
     co_step = (cout_g + co_blocks - 1) // co_blocks
     item_size = out.itemsize
-    n_items = n_img * groups * n_tiles * co_blocks
-    for item in numba.prange(n_items):
-        blas_set_local_threads(1)
-        cb = item % co_blocks
-        rest = item // co_blocks
-        t = rest % n_tiles
-        rest = rest // n_tiles
-        g = rest % groups
-        n = rest // groups
-        co0 = g * cout_g + cb * co_step
-        co_n = min(co_step, cout_g - cb * co_step)
-        p0 = t * tile
-        pt = min(tile, pixels - p0)
-        if co_n <= 0:
-            continue
-        if direct:
-            b_addr = x.ctypes.data + ((n * c_in + g * cin_g) * pixels + p0) * item_size
-            ldb = pixels
-        else:
-            tid = numba.get_thread_id()
-            cols = scratch[tid]
-            _patches(x, n, g * cin_g, cin_g, kd_n, kh_n, kw_n, od_n, oh_n, ow_n,
-                     sd, sh, sw, pd, ph, pw, dd, dh, dw, p0, pt, cols, False)
-            b_addr = cols.ctypes.data
-            ldb = pt
-        out_addr = out.ctypes.data + ((n * c_out + co0) * pixels + p0) * item_size
-        _gemm_blocked(is_double, 0, co_n, pt, k_len, w.ctypes.data + co0 * k_len * item_size, k_len,
-                      b_addr, ldb, out_addr, pixels, item_size)
-        if has_bias:
-            flat = out[n].reshape((c_out, pixels))
-            for co in range(co0, co0 + co_n):
-                b = bias[co]
-                for j in range(p0, p0 + pt):
-                    flat[co, j] += b
+    cb = item % co_blocks
+    rest = item // co_blocks
+    t = rest % n_tiles
+    rest = rest // n_tiles
+    g = rest % groups
+    n = rest // groups
+    co0 = g * cout_g + cb * co_step
+    co_n = min(co_step, cout_g - cb * co_step)
+    p0 = t * tile
+    pt = min(tile, pixels - p0)
+    if co_n <= 0:
+        return
+    if direct:
+        b_addr = x.ctypes.data + ((n * c_in + g * cin_g) * pixels + p0) * item_size
+        ldb = pixels
+    else:
+        cols = scratch[numba.get_thread_id()]
+        _patches(x, n, g * cin_g, cin_g, kd_n, kh_n, kw_n, od_n, oh_n, ow_n,
+                 sd, sh, sw, pd, ph, pw, dd, dh, dw, p0, pt, cols, False)
+        b_addr = cols.ctypes.data
+        ldb = pt
+    out_addr = out.ctypes.data + ((n * c_out + co0) * pixels + p0) * item_size
+    _gemm_blocked(is_double, 0, co_n, pt, k_len, w.ctypes.data + co0 * k_len * item_size, k_len,
+                  b_addr, ldb, out_addr, pixels, item_size)
+    if has_bias:
+        flat = out[n].reshape((c_out, pixels))
+        for co in range(co0, co0 + co_n):
+            b = bias[co]
+            for j in range(p0, p0 + pt):
+                flat[co, j] += b
 
 
 @jit_parallel
-def _backward_input_kernel(dy, w, dx, sd, sh, sw, pd, ph, pw, dd, dh, dw, groups,
-                           tile, ci_blocks, direct, scratch, is_double):
+def _forward_kernel(x, w, bias, has_bias, out, sd, sh, sw, pd, ph, pw, dd, dh, dw, groups,
+                    tile, co_blocks, direct, scratch, is_double):
+    pixels = out.shape[2] * out.shape[3] * out.shape[4]
+    n_tiles = (pixels + tile - 1) // tile
+    for item in numba.prange(x.shape[0] * groups * n_tiles * co_blocks):
+        blas_set_local_threads(1)
+        _forward_item(item, x, w, bias, has_bias, out, sd, sh, sw, pd, ph, pw, dd, dh, dw, groups,
+                      tile, co_blocks, direct, scratch, is_double)
+        blas_set_local_threads(0)
+
+
+@jit
+def _backward_input_item(item, dy, w, dx, sd, sh, sw, pd, ph, pw, dd, dh, dw, groups,
+                         tile, ci_blocks, direct, scratch, is_double):
+    """One work item of the input gradient: a block of input channels of one image and group,
+    all pixel tiles (the item owns those channels of dx: its col2im adds race with no one)."""
     n_img, c_out, od_n, oh_n, ow_n = dy.shape
     _, cin_g, kd_n, kh_n, kw_n = w.shape
     c_in = dx.shape[1]
@@ -295,40 +307,49 @@ def _backward_input_kernel(dy, w, dx, sd, sh, sw, pd, ph, pw, dd, dh, dw, groups
     ci_step = (cin_g + ci_blocks - 1) // ci_blocks
     item_size = dx.itemsize
     n_tiles = (pixels + tile - 1) // tile
-    for item in numba.prange(n_img * groups * ci_blocks):
-        blas_set_local_threads(1)
-        cb = item % ci_blocks
-        rest = item // ci_blocks
-        g = rest % groups
-        n = rest // groups
-        ci_lo = cb * ci_step
-        ci_n = min(ci_step, cin_g - ci_lo)
-        if ci_n <= 0:
-            continue
-        c0 = g * cin_g + ci_lo
-        w_addr = w.ctypes.data + (g * cout_g * k_len + ci_lo * kvol) * item_size
-        dy_base = dy.ctypes.data + (n * c_out + g * cout_g) * pixels * item_size
-        if direct:
-            # 1x1x1, stride 1, no padding: dx[n, c0:c0+ci_n] = w_g[:, block]^T @ dy[n, g]
-            _gemm_blocked(is_double, 1, ci_n, pixels, cout_g, w_addr, k_len, dy_base, pixels,
-                          dx.ctypes.data + (n * c_in + c0) * in_pixels * item_size, in_pixels,
-                          item_size)
-            continue
-        dx[n, c0:c0 + ci_n] = 0.0
-        tid = numba.get_thread_id()
-        for t in range(n_tiles):
-            p0 = t * tile
-            pt = min(tile, pixels - p0)
-            cols = scratch[tid]
-            _gemm_blocked(is_double, 1, ci_n * kvol, pt, cout_g, w_addr, k_len,
-                          dy_base + p0 * item_size, pixels, cols.ctypes.data, pt, item_size)
-            _patches(dx, n, c0, ci_n, kd_n, kh_n, kw_n, od_n, oh_n, ow_n,
-                     sd, sh, sw, pd, ph, pw, dd, dh, dw, p0, pt, cols, True)
+    cb = item % ci_blocks
+    rest = item // ci_blocks
+    g = rest % groups
+    n = rest // groups
+    ci_lo = cb * ci_step
+    ci_n = min(ci_step, cin_g - ci_lo)
+    if ci_n <= 0:
+        return
+    c0 = g * cin_g + ci_lo
+    w_addr = w.ctypes.data + (g * cout_g * k_len + ci_lo * kvol) * item_size
+    dy_base = dy.ctypes.data + (n * c_out + g * cout_g) * pixels * item_size
+    if direct:
+        # 1x1x1, stride 1, no padding: dx[n, c0:c0+ci_n] = w_g[:, block]^T @ dy[n, g]
+        _gemm_blocked(is_double, 1, ci_n, pixels, cout_g, w_addr, k_len, dy_base, pixels,
+                      dx.ctypes.data + (n * c_in + c0) * in_pixels * item_size, in_pixels,
+                      item_size)
+        return
+    dx[n, c0:c0 + ci_n] = 0.0
+    cols = scratch[numba.get_thread_id()]
+    for t in range(n_tiles):
+        p0 = t * tile
+        pt = min(tile, pixels - p0)
+        _gemm_blocked(is_double, 1, ci_n * kvol, pt, cout_g, w_addr, k_len,
+                      dy_base + p0 * item_size, pixels, cols.ctypes.data, pt, item_size)
+        _patches(dx, n, c0, ci_n, kd_n, kh_n, kw_n, od_n, oh_n, ow_n,
+                 sd, sh, sw, pd, ph, pw, dd, dh, dw, p0, pt, cols, True)
 
 
 @jit_parallel
-def _backward_weight_kernel(x, dy, dw_parts, db_parts, want_bias, sd, sh, sw, pd, ph, pw,
-                            dd, dh, dw, groups, tile, direct, scratch, is_double):
+def _backward_input_kernel(dy, w, dx, sd, sh, sw, pd, ph, pw, dd, dh, dw, groups,
+                           tile, ci_blocks, direct, scratch, is_double):
+    for item in numba.prange(dy.shape[0] * groups * ci_blocks):
+        blas_set_local_threads(1)
+        _backward_input_item(item, dy, w, dx, sd, sh, sw, pd, ph, pw, dd, dh, dw, groups,
+                             tile, ci_blocks, direct, scratch, is_double)
+        blas_set_local_threads(0)
+
+
+@jit
+def _backward_weight_item(item, x, dy, dw_parts, db_parts, want_bias, sd, sh, sw, pd, ph, pw,
+                          dd, dh, dw, groups, tile, direct, scratch, is_double):
+    """One work item of the weight gradient: a pixel tile of one image and group, accumulated
+    into the calling thread's own partial sums (dw_parts[tid], db_parts[tid])."""
     n_img, c_in, _, _, _ = x.shape
     _, c_out, od_n, oh_n, ow_n = dy.shape
     _, _, cin_g, kd_n, kh_n, kw_n = dw_parts.shape
@@ -337,35 +358,45 @@ def _backward_weight_kernel(x, dy, dw_parts, db_parts, want_bias, sd, sh, sw, pd
     cout_g = c_out // groups
     n_tiles = (pixels + tile - 1) // tile
     item_size = x.itemsize
-    for item in numba.prange(n_img * groups * n_tiles):
+    tid = numba.get_thread_id()
+    t = item % n_tiles
+    rest = item // n_tiles
+    g = rest % groups
+    n = rest // groups
+    p0 = t * tile
+    pt = min(tile, pixels - p0)
+    if direct:
+        b_addr = x.ctypes.data + ((n * c_in + g * cin_g) * pixels + p0) * item_size
+        ldb = pixels
+    else:
+        cols = scratch[tid]
+        _patches(x, n, g * cin_g, cin_g, kd_n, kh_n, kw_n, od_n, oh_n, ow_n,
+                 sd, sh, sw, pd, ph, pw, dd, dh, dw, p0, pt, cols, False)
+        b_addr = cols.ctypes.data
+        ldb = pt
+    dy_addr = dy.ctypes.data + ((n * c_out + g * cout_g) * pixels + p0) * item_size
+    part = dw_parts[tid]
+    gemm(is_double, 0, 1, cout_g, k_len, pt, 1.0, dy_addr, pixels, b_addr, ldb, 1.0,
+         part.ctypes.data + g * cout_g * k_len * item_size, k_len)
+    if want_bias:
+        flat = dy[n].reshape((c_out, pixels))
+        for co in range(g * cout_g, (g + 1) * cout_g):
+            s = 0.0
+            for j in range(p0, p0 + pt):
+                s += flat[co, j]
+            db_parts[tid, co] += s
+
+
+@jit_parallel
+def _backward_weight_kernel(x, dy, dw_parts, db_parts, want_bias, sd, sh, sw, pd, ph, pw,
+                            dd, dh, dw, groups, tile, direct, scratch, is_double):
+    pixels = dy.shape[2] * dy.shape[3] * dy.shape[4]
+    n_tiles = (pixels + tile - 1) // tile
+    for item in numba.prange(x.shape[0] * groups * n_tiles):
         blas_set_local_threads(1)
-        tid = numba.get_thread_id()
-        t = item % n_tiles
-        rest = item // n_tiles
-        g = rest % groups
-        n = rest // groups
-        p0 = t * tile
-        pt = min(tile, pixels - p0)
-        if direct:
-            b_addr = x.ctypes.data + ((n * c_in + g * cin_g) * pixels + p0) * item_size
-            ldb = pixels
-        else:
-            cols = scratch[tid]
-            _patches(x, n, g * cin_g, cin_g, kd_n, kh_n, kw_n, od_n, oh_n, ow_n,
-                     sd, sh, sw, pd, ph, pw, dd, dh, dw, p0, pt, cols, False)
-            b_addr = cols.ctypes.data
-            ldb = pt
-        dy_addr = dy.ctypes.data + ((n * c_out + g * cout_g) * pixels + p0) * item_size
-        part = dw_parts[tid]
-        gemm(is_double, 0, 1, cout_g, k_len, pt, 1.0, dy_addr, pixels, b_addr, ldb, 1.0,
-             part.ctypes.data + g * cout_g * k_len * item_size, k_len)
-        if want_bias:
-            flat = dy[n].reshape((c_out, pixels))
-            for co in range(g * cout_g, (g + 1) * cout_g):
-                s = 0.0
-                for j in range(p0, p0 + pt):
-                    s += flat[co, j]
-                db_parts[tid, co] += s
+        _backward_weight_item(item, x, dy, dw_parts, db_parts, want_bias, sd, sh, sw, pd, ph, pw,
+                              dd, dh, dw, groups, tile, direct, scratch, is_double)
+        blas_set_local_threads(0)
 
 
 def _is_direct(w_shape, stride, padding, in_spatial, out_spatial):
