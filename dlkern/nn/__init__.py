@@ -5,3 +5,12 @@ __all__ = ["Conv1d", "Conv2d", "Conv3d"]
 from dlkern.nn.conv import ConvTranspose1d, ConvTranspose2d, ConvTranspose3d  # noqa: E402
 
 __all__ += ["ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"]
+from dlkern.nn.rnn import GRU, LSTM, GRUCell, LSTMCell  # noqa: E402
+
+__all__ += ["LSTMCell", "GRUCell", "LSTM", "GRU"]
+from dlkern.nn.attention import MultiheadAttention  # noqa: E402
+
+__all__ += ["MultiheadAttention"]
+from dlkern.nn.separable import SeparableConv1d, SeparableConv2d, SpatialSeparableConv2d  # noqa: E402
+
+__all__ += ["SeparableConv1d", "SeparableConv2d", "SpatialSeparableConv2d"]

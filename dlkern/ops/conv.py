@@ -19,6 +19,33 @@ from torch import Tensor
 
 from dlkern import _dispatch
 from dlkern.kernels.numba import conv as numba_conv
+from dlkern.kernels.numba import depthwise as numba_depthwise
+
+
+def _is_depthwise(weight_shape, groups):
+    """groups == C_in (one input channel per group), any multiplier: the direct depthwise kernels
+    (memory-bound) instead of the implicit GEMM, whose per-group products would be 1 x K x tile."""
+    return groups > 1 and weight_shape[1] == 1
+
+
+def _forward_kernel(x, w, b, stride, padding, dilation, groups, out):
+    if _is_depthwise(w.shape, groups):
+        return numba_depthwise.depthwise_forward(x, w, b, stride, padding, dilation, out)
+    return numba_conv.conv_forward(x, w, b, stride, padding, dilation, groups, out)
+
+
+def _backward_input_kernel(dy, w, stride, padding, dilation, groups, dx):
+    if _is_depthwise(w.shape, groups):
+        return numba_depthwise.depthwise_backward_input(dy, w, stride, padding, dilation, dx)
+    return numba_conv.conv_backward_input(dy, w, stride, padding, dilation, groups, dx)
+
+
+def _backward_weight_kernel(x, dy, w_shape, stride, padding, dilation, groups, want_bias):
+    if _is_depthwise(w_shape, groups):
+        return numba_depthwise.depthwise_backward_weight(x, dy, w_shape, stride, padding, dilation,
+                                                         want_bias)
+    return numba_conv.conv_backward_weight(x, dy, w_shape, stride, padding, dilation, groups,
+                                           want_bias)
 
 
 def _rank3(values, fill):
@@ -63,7 +90,7 @@ def conv(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence
     x = _as_rank3_array(input)
     w = _as_rank3_array(weight)
     b = None if bias is None else bias.detach().contiguous().numpy()
-    _run_into(out, lambda o: numba_conv.conv_forward(
+    _run_into(out, lambda o: _forward_kernel(
         x, w, b, _rank3(stride, 1), _rank3(padding, 0), _rank3(dilation, 1), groups, o))
     return out
 
@@ -82,7 +109,7 @@ def conv_backward_input(grad_output: Tensor, weight: Tensor, input_size: Sequenc
                                       memory_format=_layout_of(grad_output))
     dy = _as_rank3_array(grad_output)
     w = _as_rank3_array(weight)
-    _run_into(grad_input, lambda dx: numba_conv.conv_backward_input(
+    _run_into(grad_input, lambda dx: _backward_input_kernel(
         dy, w, _rank3(stride, 1), _rank3(padding, 0), _rank3(dilation, 1), groups, dx))
     return grad_input
 
@@ -100,7 +127,7 @@ def conv_backward_weight(grad_output: Tensor, input: Tensor, weight_size: Sequen
     x = _as_rank3_array(input)
     dy = _as_rank3_array(grad_output)
     w_shape = tuple(weight_size[:2]) + _rank3(weight_size[2:], 1)
-    dw, db = numba_conv.conv_backward_weight(
+    dw, db = _backward_weight_kernel(
         x, dy, w_shape, _rank3(stride, 1), _rank3(padding, 0), _rank3(dilation, 1), groups, bias_grad)
     grad_weight = torch.from_numpy(dw).reshape(tuple(weight_size))
     grad_bias = torch.from_numpy(db) if bias_grad else grad_output.new_empty((0,))

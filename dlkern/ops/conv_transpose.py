@@ -22,8 +22,7 @@ from torch import Tensor
 
 from dlkern import _dispatch
 from dlkern.kernels.numba import channel as numba_channel
-from dlkern.kernels.numba import conv as numba_conv
-from dlkern.ops.conv import _as_rank3_array, _layout_of, _rank3, _run_into
+from dlkern.ops.conv import _as_rank3_array, _backward_input_kernel, _layout_of, _rank3, _run_into
 from dlkern.ops.conv import conv as conv_op
 from dlkern.ops.conv import conv_backward_weight as conv_backward_weight_op
 
@@ -50,8 +49,8 @@ def conv_transpose(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride
     b = None if bias is None else bias.detach().contiguous().numpy()
 
     def write(o):
-        numba_conv.conv_backward_input(x, w, _rank3(stride, 1), _rank3(padding, 0),
-                                       _rank3(dilation, 1), groups, o)
+        _backward_input_kernel(x, w, _rank3(stride, 1), _rank3(padding, 0), _rank3(dilation, 1),
+                               groups, o)
         if b is not None:
             numba_channel.add_channel_bias(o, b)
 

@@ -1,0 +1,379 @@
+"""Depthwise, depthwise-separable and spatial separable convolution as torch custom ops.
+
+Ops in the ``dlkern`` namespace, each with a fake (meta) implementation and autograd:
+
+* ``dlkern::depthwise_conv(input, weight, bias, stride, padding, dilation, output_size)``: conv with
+  groups == C_in (weight (C_in*m, 1, *k)), with ``depthwise_conv_backward_input`` and
+  ``depthwise_conv_backward_weight`` as its gradient ops.
+* ``dlkern::depthwise_separable_conv(input, depthwise_weight, pointwise_weight, depthwise_bias,
+  pointwise_bias, stride, padding, dilation, output_size)``: depthwise then 1x1, fused; gradient op
+  ``depthwise_separable_conv_backward``.
+* ``dlkern::spatial_separable_conv(input, weight_v, weight_h, bias_v, bias_h, stride, padding,
+  dilation, output_size)``: the (kh x 1) then (1 x kw) convolutions, fused; gradient op
+  ``spatial_separable_conv_backward``.
+
+As in dlkern.ops.conv: ``input`` is batched, ``padding`` is the low-side padding per axis and
+``output_size`` the spatial output size; arguments are checked by dlkern._validate before these
+ops run. Without a Numba kernel for the case (dtype, device) the public functions fall back to
+torch's two convolutions, counted by dlkern._dispatch.
+"""
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dlkern import _dispatch
+from dlkern.kernels.numba import depthwise as numba_depthwise
+from dlkern.kernels.numba import separable as numba_separable
+from dlkern.ops.conv import _as_rank3_array, _layout_of, _rank3, _run_into
+
+
+def _numpy(t):
+    return None if t is None else t.detach().contiguous().numpy()
+
+
+def _fill_output(result, write):
+    """``write(array)`` fills ``result`` (its own shape), through a contiguous buffer if needed."""
+    if result.is_contiguous():
+        write(result.numpy())
+        return result
+    buffer = _dispatch.new_output(result.shape, result)
+    write(buffer.numpy())
+    result.copy_(buffer)
+    return result
+
+
+def _empty_grad(like):
+    return like.new_empty((0,))
+
+
+# ---------------------------------------------------------------- depthwise convolution
+
+
+@torch.library.custom_op("dlkern::depthwise_conv", mutates_args=())
+def depthwise_conv(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int],
+                   padding: Sequence[int], dilation: Sequence[int],
+                   output_size: Sequence[int]) -> Tensor:
+    out = _dispatch.new_output((input.shape[0], weight.shape[0], *output_size), input,
+                               memory_format=_layout_of(input))
+    x = _as_rank3_array(input)
+    w = _as_rank3_array(weight)
+    _run_into(out, lambda o: numba_depthwise.depthwise_forward(
+        x, w, _numpy(bias), _rank3(stride, 1), _rank3(padding, 0), _rank3(dilation, 1), o))
+    return out
+
+
+@depthwise_conv.register_fake
+def _(input, weight, bias, stride, padding, dilation, output_size):
+    return torch.empty((input.shape[0], weight.shape[0], *output_size), dtype=input.dtype,
+                       device=input.device, memory_format=_layout_of(input))
+
+
+@torch.library.custom_op("dlkern::depthwise_conv_backward_input", mutates_args=())
+def depthwise_conv_backward_input(grad_output: Tensor, weight: Tensor, input_size: Sequence[int],
+                                  stride: Sequence[int], padding: Sequence[int],
+                                  dilation: Sequence[int]) -> Tensor:
+    grad_input = _dispatch.new_output(tuple(input_size), grad_output,
+                                      memory_format=_layout_of(grad_output))
+    dy = _as_rank3_array(grad_output)
+    w = _as_rank3_array(weight)
+    _run_into(grad_input, lambda dx: numba_depthwise.depthwise_backward_input(
+        dy, w, _rank3(stride, 1), _rank3(padding, 0), _rank3(dilation, 1), dx))
+    return grad_input
+
+
+@depthwise_conv_backward_input.register_fake
+def _(grad_output, weight, input_size, stride, padding, dilation):
+    return torch.empty(tuple(input_size), dtype=grad_output.dtype, device=grad_output.device,
+                       memory_format=_layout_of(grad_output))
+
+
+@torch.library.custom_op("dlkern::depthwise_conv_backward_weight", mutates_args=())
+def depthwise_conv_backward_weight(grad_output: Tensor, input: Tensor, weight_size: Sequence[int],
+                                   stride: Sequence[int], padding: Sequence[int],
+                                   dilation: Sequence[int], bias_grad: bool
+                                   ) -> Tuple[Tensor, Tensor]:
+    x = _as_rank3_array(input)
+    dy = _as_rank3_array(grad_output)
+    w_shape = tuple(weight_size[:2]) + _rank3(weight_size[2:], 1)
+    dw, db = numba_depthwise.depthwise_backward_weight(
+        x, dy, w_shape, _rank3(stride, 1), _rank3(padding, 0), _rank3(dilation, 1), bias_grad)
+    grad_weight = torch.from_numpy(dw).reshape(tuple(weight_size))
+    grad_bias = torch.from_numpy(db) if bias_grad else _empty_grad(grad_output)
+    return grad_weight, grad_bias
+
+
+@depthwise_conv_backward_weight.register_fake
+def _(grad_output, input, weight_size, stride, padding, dilation, bias_grad):
+    grad_bias = grad_output.new_empty((weight_size[0],) if bias_grad else (0,))
+    return grad_output.new_empty(tuple(weight_size)), grad_bias
+
+
+def _depthwise_setup_context(ctx, inputs, output):
+    input, weight, bias, stride, padding, dilation, output_size = inputs
+    ctx.save_for_backward(input, weight)
+    ctx.has_bias = bias is not None
+    ctx.params = (list(stride), list(padding), list(dilation))
+
+
+def _depthwise_backward(ctx, grad_output):
+    input, weight = ctx.saved_tensors
+    stride, padding, dilation = ctx.params
+    need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
+    grad_input = grad_weight = grad_bias = None
+    if need_input:
+        grad_input = depthwise_conv_backward_input(grad_output, weight, list(input.shape), stride,
+                                                   padding, dilation)
+    if need_weight or (need_bias and ctx.has_bias):
+        want_bias = bool(need_bias and ctx.has_bias)
+        gw, gb = depthwise_conv_backward_weight(grad_output, input, list(weight.shape), stride,
+                                                padding, dilation, want_bias)
+        grad_weight = gw if need_weight else None
+        grad_bias = gb if want_bias else None
+    return grad_input, grad_weight, grad_bias, None, None, None, None
+
+
+depthwise_conv.register_autograd(_depthwise_backward, setup_context=_depthwise_setup_context)
+
+_TORCH_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def depthwise_convolution(op, input, weight, bias, stride, padding, dilation, nsp):
+    """A convolution with groups == in_channels on the depthwise kernels (checks, dispatch)."""
+    from dlkern import _validate
+
+    x, unbatched, stride_t, pad_lo, dil_t, out_spatial = _validate.depthwise_args(
+        op, input, weight, bias, stride, padding, dilation, nsp)
+    if _dispatch.backend_for("depthwise_conv", x, weight, bias) != "numba":
+        _dispatch.fallback("depthwise_conv", x, weight, bias)
+        return _TORCH_CONV[nsp](input, weight, bias, stride, padding, dilation, x.shape[1])
+    out = depthwise_conv(x, weight, bias, list(stride_t), list(pad_lo), list(dil_t),
+                         list(out_spatial))
+    return out.squeeze(0) if unbatched else out
+
+
+# ---------------------------------------------------------------- depthwise-separable
+
+
+@torch.library.custom_op("dlkern::depthwise_separable_conv", mutates_args=())
+def depthwise_separable_conv(input: Tensor, depthwise_weight: Tensor, pointwise_weight: Tensor,
+                             depthwise_bias: Optional[Tensor], pointwise_bias: Optional[Tensor],
+                             stride: Sequence[int], padding: Sequence[int],
+                             dilation: Sequence[int], output_size: Sequence[int]) -> Tensor:
+    out = _dispatch.new_output((input.shape[0], pointwise_weight.shape[0], *output_size), input,
+                               memory_format=_layout_of(input))
+    x = _as_rank3_array(input)
+    wd = _as_rank3_array(depthwise_weight)
+    wp = _numpy(pointwise_weight).reshape(pointwise_weight.shape[0], -1)
+    _run_into(out, lambda o: numba_separable.dsconv_forward(
+        x, wd, _numpy(depthwise_bias), wp, _numpy(pointwise_bias), _rank3(stride, 1),
+        _rank3(padding, 0), _rank3(dilation, 1), o))
+    return out
+
+
+@depthwise_separable_conv.register_fake
+def _(input, depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias, stride, padding,
+      dilation, output_size):
+    return torch.empty((input.shape[0], pointwise_weight.shape[0], *output_size),
+                       dtype=input.dtype, device=input.device, memory_format=_layout_of(input))
+
+
+@torch.library.custom_op("dlkern::depthwise_separable_conv_backward", mutates_args=())
+def depthwise_separable_conv_backward(grad_output: Tensor, input: Tensor, depthwise_weight: Tensor,
+                                      pointwise_weight: Tensor, depthwise_bias: Optional[Tensor],
+                                      stride: Sequence[int], padding: Sequence[int],
+                                      dilation: Sequence[int], input_grad: bool
+                                      ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(grad input (empty unless input_grad), grad depthwise weight, grad pointwise weight,
+    grad depthwise bias, grad pointwise bias)."""
+    x = _as_rank3_array(input)
+    wd = _as_rank3_array(depthwise_weight)
+    wp = _numpy(pointwise_weight).reshape(pointwise_weight.shape[0], -1)
+    dy = _as_rank3_array(grad_output)
+    grads = []
+
+    def run(dx):
+        grads.extend(numba_separable.dsconv_backward(
+            x, wd, _numpy(depthwise_bias), wp, dy, _rank3(stride, 1), _rank3(padding, 0),
+            _rank3(dilation, 1), dx))
+
+    if input_grad:
+        grad_input = _dispatch.new_output(tuple(input.shape), grad_output,
+                                          memory_format=_layout_of(grad_output))
+        _run_into(grad_input, run)
+    else:
+        grad_input = _empty_grad(grad_output)
+        run(None)
+    dwd, dwp, dbd, dbp = (torch.from_numpy(g) for g in grads)
+    return (grad_input, dwd.reshape(depthwise_weight.shape), dwp.reshape(pointwise_weight.shape),
+            dbd, dbp)
+
+
+@depthwise_separable_conv_backward.register_fake
+def _(grad_output, input, depthwise_weight, pointwise_weight, depthwise_bias, stride, padding,
+      dilation, input_grad):
+    grad_input = (torch.empty(tuple(input.shape), dtype=grad_output.dtype,
+                              device=grad_output.device, memory_format=_layout_of(grad_output))
+                  if input_grad else grad_output.new_empty((0,)))
+    return (grad_input, grad_output.new_empty(depthwise_weight.shape),
+            grad_output.new_empty(pointwise_weight.shape),
+            grad_output.new_empty((depthwise_weight.shape[0],)),
+            grad_output.new_empty((pointwise_weight.shape[0],)))
+
+
+def _dsconv_setup_context(ctx, inputs, output):
+    input, wd, wp, bd, bp, stride, padding, dilation, output_size = inputs
+    ctx.save_for_backward(input, wd, wp, bd)
+    ctx.has_bias = (bd is not None, bp is not None)
+    ctx.params = (list(stride), list(padding), list(dilation))
+
+
+def _dsconv_backward(ctx, grad_output):
+    input, wd, wp, bd = ctx.saved_tensors
+    stride, padding, dilation = ctx.params
+    need = ctx.needs_input_grad[:5]
+    if not any(need):
+        return (None,) * 9
+    gx, gwd, gwp, gbd, gbp = depthwise_separable_conv_backward(
+        grad_output, input, wd, wp, bd, stride, padding, dilation, bool(need[0]))
+    keep = lambda g, k: g if need[k] else None  # noqa: E731
+    return (keep(gx, 0), keep(gwd, 1), keep(gwp, 2), keep(gbd, 3) if ctx.has_bias[0] else None,
+            keep(gbp, 4) if ctx.has_bias[1] else None, None, None, None, None)
+
+
+depthwise_separable_conv.register_autograd(_dsconv_backward, setup_context=_dsconv_setup_context)
+
+
+def depthwise_separable(op, input, depthwise_weight, pointwise_weight, depthwise_bias,
+                        pointwise_bias, stride, padding, dilation, nsp):
+    """The public depthwise-separable convolution: check, pick the backend, run or fall back."""
+    from dlkern import _validate
+
+    x, unbatched, stride_t, pad_lo, dil_t, out_spatial = _validate.depthwise_separable_args(
+        op, input, depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias, stride,
+        padding, dilation, nsp)
+    tensors = (x, depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias)
+    if _dispatch.backend_for("depthwise_separable_conv", *tensors) != "numba":
+        _dispatch.fallback("depthwise_separable_conv", *tensors)
+        mid = _TORCH_CONV[nsp](input, depthwise_weight, depthwise_bias, stride, padding, dilation,
+                               x.shape[1])
+        return _TORCH_CONV[nsp](mid, pointwise_weight, pointwise_bias)
+    out = depthwise_separable_conv(x, depthwise_weight, pointwise_weight, depthwise_bias,
+                                   pointwise_bias, list(stride_t), list(pad_lo), list(dil_t),
+                                   list(out_spatial))
+    return out.squeeze(0) if unbatched else out
+
+
+# ---------------------------------------------------------------- spatial separable
+
+
+def _spatial_arrays(input, weight_v, weight_h):
+    """x (N, C_in, H, W); wv (KH, C_mid, C_in); wh (C_out, C_mid*KW); all C-contiguous."""
+    x = input.detach().contiguous().numpy()
+    wv = weight_v.detach()[..., 0].permute(2, 0, 1).contiguous().numpy()
+    wh = weight_h.detach().contiguous().numpy().reshape(weight_h.shape[0], -1)
+    return x, wv, wh
+
+
+@torch.library.custom_op("dlkern::spatial_separable_conv", mutates_args=())
+def spatial_separable_conv(input: Tensor, weight_v: Tensor, weight_h: Tensor,
+                           bias_v: Optional[Tensor], bias_h: Optional[Tensor],
+                           stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
+                           output_size: Sequence[int]) -> Tensor:
+    out = _dispatch.new_output((input.shape[0], weight_h.shape[0], *output_size), input,
+                               memory_format=_layout_of(input))
+    x, wv, wh = _spatial_arrays(input, weight_v, weight_h)
+    _fill_output(out, lambda o: numba_separable.spatial_forward(
+        x, wv, _numpy(bias_v), wh, _numpy(bias_h), weight_h.shape[3], tuple(stride),
+        tuple(padding), tuple(dilation), o))
+    return out
+
+
+@spatial_separable_conv.register_fake
+def _(input, weight_v, weight_h, bias_v, bias_h, stride, padding, dilation, output_size):
+    return torch.empty((input.shape[0], weight_h.shape[0], *output_size), dtype=input.dtype,
+                       device=input.device, memory_format=_layout_of(input))
+
+
+@torch.library.custom_op("dlkern::spatial_separable_conv_backward", mutates_args=())
+def spatial_separable_conv_backward(grad_output: Tensor, input: Tensor, weight_v: Tensor,
+                                    weight_h: Tensor, bias_v: Optional[Tensor],
+                                    stride: Sequence[int], padding: Sequence[int],
+                                    dilation: Sequence[int], input_grad: bool
+                                    ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(grad input (empty unless input_grad), grad weight_v, grad weight_h, grad bias_v,
+    grad bias_h)."""
+    x, wv, wh = _spatial_arrays(input, weight_v, weight_h)
+    dy = grad_output.detach().contiguous().numpy()
+    grads = []
+
+    def run(dx):
+        grads.extend(numba_separable.spatial_backward(
+            x, wv, _numpy(bias_v), wh, dy, weight_h.shape[3], tuple(stride), tuple(padding),
+            tuple(dilation), dx))
+
+    if input_grad:
+        grad_input = _dispatch.new_output(tuple(input.shape), grad_output,
+                                          memory_format=_layout_of(grad_output))
+        _fill_output(grad_input, run)
+    else:
+        grad_input = _empty_grad(grad_output)
+        run(None)
+    dwv, dwh, dbv, dbh = (torch.from_numpy(g) for g in grads)
+    dwv = dwv.permute(1, 2, 0).unsqueeze(-1).contiguous()
+    return grad_input, dwv, dwh.reshape(weight_h.shape), dbv, dbh
+
+
+@spatial_separable_conv_backward.register_fake
+def _(grad_output, input, weight_v, weight_h, bias_v, stride, padding, dilation, input_grad):
+    grad_input = (torch.empty(tuple(input.shape), dtype=grad_output.dtype,
+                              device=grad_output.device, memory_format=_layout_of(grad_output))
+                  if input_grad else grad_output.new_empty((0,)))
+    return (grad_input, grad_output.new_empty(weight_v.shape),
+            grad_output.new_empty(weight_h.shape), grad_output.new_empty((weight_v.shape[0],)),
+            grad_output.new_empty((weight_h.shape[0],)))
+
+
+def _spatial_setup_context(ctx, inputs, output):
+    input, wv, wh, bv, bh, stride, padding, dilation, output_size = inputs
+    ctx.save_for_backward(input, wv, wh, bv)
+    ctx.has_bias = (bv is not None, bh is not None)
+    ctx.params = (list(stride), list(padding), list(dilation))
+
+
+def _spatial_backward(ctx, grad_output):
+    input, wv, wh, bv = ctx.saved_tensors
+    stride, padding, dilation = ctx.params
+    need = ctx.needs_input_grad[:5]
+    if not any(need):
+        return (None,) * 9
+    gx, gwv, gwh, gbv, gbh = spatial_separable_conv_backward(
+        grad_output, input, wv, wh, bv, stride, padding, dilation, bool(need[0]))
+    keep = lambda g, k: g if need[k] else None  # noqa: E731
+    return (keep(gx, 0), keep(gwv, 1), keep(gwh, 2), keep(gbv, 3) if ctx.has_bias[0] else None,
+            keep(gbh, 4) if ctx.has_bias[1] else None, None, None, None, None)
+
+
+spatial_separable_conv.register_autograd(_spatial_backward, setup_context=_spatial_setup_context)
+
+
+def spatial_separable(op, input, weight_v, weight_h, bias_v, bias_h, stride, padding, dilation):
+    """The public spatial separable convolution: check, pick the backend, run or fall back."""
+    from dlkern import _validate
+
+    x, unbatched, stride_t, pad_lo, dil_t, out_spatial, torch_args = \
+        _validate.spatial_separable_args(op, input, weight_v, weight_h, bias_v, bias_h, stride,
+                                         padding, dilation)
+    tensors = (x, weight_v, weight_h, bias_v, bias_h)
+    if _dispatch.backend_for("spatial_separable_conv", *tensors) != "numba":
+        _dispatch.fallback("spatial_separable_conv", *tensors)
+        (s_v, p_v, d_v), (s_h, p_h, d_h) = torch_args
+        mid = F.conv2d(input, weight_v, bias_v, s_v, p_v, d_v)
+        return F.conv2d(mid, weight_h, bias_h, s_h, p_h, d_h)
+    out = spatial_separable_conv(x, weight_v, weight_h, bias_v, bias_h, list(stride_t),
+                                 list(pad_lo), list(dil_t), list(out_spatial))
+    return out.squeeze(0) if unbatched else out
+
+
+__all__: List[str] = ["depthwise_convolution", "depthwise_separable", "spatial_separable"]

@@ -1,0 +1,451 @@
+"""Fused separable convolutions for the CPU: depthwise-separable and spatial separable.
+
+Depthwise-separable (rank-3 canonical, C-contiguous arrays):
+
+    x    (N, C, D, H, W)          input
+    wd   (C*m, 1, KD, KH, KW)     depthwise weight, bd (C*m,) or None
+    wp   (C_out, C*m)             pointwise weight (the 1x1 kernel as a matrix), bp (C_out,) or None
+    out  (N, C_out, OD, OH, OW)   its shape gives the output size; padding is the low-side padding
+
+Forward: a work item is (image, output depth, tile of output rows). It runs the depthwise kernel
+(depthwise._forward_tile) for every channel into a per-thread tile ``mid`` (C*m, rows*OW) sized to
+stay in L2, then multiplies it by the pointwise weight with BLAS straight into the output tile.
+The depthwise result never goes to memory as a whole.
+
+Backward: a work item is one image. The depthwise result of that image is recomputed into a
+per-thread buffer rather than saved by the forward pass: saving it would write and read back
+N*C*m*pixels elements through DRAM (more than the input itself when m >= 1), while recomputing
+reads the input, which the weight gradient reads anyway. Then, per image: grad of the pointwise
+weight += dy @ mid^T (BLAS, per-thread partial sums), dmid = wp^T @ dy (BLAS), and the depthwise
+gradients of input and weight from dmid with the depthwise kernels. An image per item keeps the
+input gradient race-free; images are many in training batches.
+
+Spatial separable (2-d, C-contiguous):
+
+    x     (N, C_in, H, W)
+    wv    (KH, C_mid, C_in)         vertical weight (C_mid, C_in, KH, 1) with the tap axis first
+    wh    (C_out, C_mid*KW)         horizontal weight (C_out, C_mid, 1, KW) as a matrix
+    out   (N, C_out, OH, OW)
+
+The vertical conv (stride (sh, 1), padding (ph, 0), dilation (dh, 1)) makes mid (C_mid, OH, W);
+the horizontal one (stride (1, sw), padding (0, pw), dilation (1, dw)) makes out from it. Row r of
+mid depends only on rows of x and feeds only row r of out, so a tile of output rows is
+self-contained: per item (image, row tile) mid is built by KH GEMMs (K = C_in), its horizontal
+patches are packed (C_mid*KW, rows*OW) and one GEMM (K = C_mid*KW) writes the output tile.
+Multiplies per output pixel: C_mid*C_in*KH*(W/OW) + C_out*C_mid*KW, against C_out*C_in*KH*KW for
+the full KH x KW conv: for k = 7 and C_in = C_mid = C_out = C, 14*C^2 instead of 49*C^2 (3.5x
+fewer).
+Backward per image, tile by tile: mid is recomputed, then dwh += dy @ cols^T, dcols = wh^T @ dy
+scattered back to dmid, dwv[kh] += dmid @ x_rows^T and dx_rows += wv[kh]^T @ dmid.
+"""
+import numba
+import numpy as np
+
+from ._jit import blas_set_local_threads, gemm, jit, jit_parallel
+from .depthwise import (_LANES, _backward_input_plane, _copy_row, _forward_tile, _lanes_sum,
+                        _padded_size, _weight_lanes, forward_scratch, tap_offsets)
+
+
+@jit_parallel
+def _dsconv_forward_kernel(x, wd, bd, has_bd, wp, bp, has_bp, out, sd, sh, sw, pd, ph, pw,
+                           dd, dh, dw, tile_rows, slabs, accs, mids, is_double):
+    n_img, c_in, d_in, h_in, w_in = x.shape
+    cm, _, kd_n, kh_n, kw_n = wd.shape
+    _, c_out, od_n, oh_n, ow_n = out.shape
+    m = cm // c_in
+    xf = x.reshape(x.size)
+    wdf = wd.reshape(wd.size)
+    of = out.reshape(out.size)
+    vol_in = d_in * h_in * w_in
+    vol_out = od_n * oh_n * ow_n
+    n_tiles = (oh_n + tile_rows - 1) // tile_rows
+    item_size = x.itemsize
+    for item in numba.prange(n_img * od_n * n_tiles):
+        blas_set_local_threads(1)
+        tid = numba.get_thread_id()
+        t = item % n_tiles
+        rest = item // n_tiles
+        od = rest % od_n
+        n = rest // od_n
+        oh0 = t * tile_rows
+        oh1 = min(oh_n, oh0 + tile_rows)
+        pt = (oh1 - oh0) * ow_n
+        mid = mids[tid]
+        for c in range(c_in):
+            _forward_tile(xf, (n * c_in + c) * vol_in, d_in, h_in, w_in, wdf, c * m, m, kd_n,
+                          kh_n, kw_n, bd, has_bd, od, oh0, oh1, ow_n, sd, sh, sw, pd, ph, pw,
+                          dd, dh, dw, slabs[tid], accs[tid], mid, c * m * pt, pt)
+        o0 = n * c_out * vol_out + od * oh_n * ow_n + oh0 * ow_n
+        gemm(is_double, 0, 0, c_out, pt, cm, 1.0, wp.ctypes.data, cm, mid.ctypes.data, pt, 0.0,
+             out.ctypes.data + o0 * item_size, vol_out)
+        if has_bp:
+            for co in range(c_out):
+                b = bp[co]
+                o = of[o0 + co * vol_out:o0 + co * vol_out + pt]
+                for q in range(pt):
+                    o[q] += b
+
+
+@jit_parallel
+def _dsconv_backward_kernel(x, wd, bd, has_bd, wp, dy, dx, dwd_parts, dwp_parts, want_dx,
+                            sd, sh, sw, pd, ph, pw, dd, dh, dw, slabs, accs, mids, dmids,
+                            bi_rows, bi_width, bi_slabs, bi_accs, hp, wpad, xps, dyws, parts,
+                            is_double):
+    n_img, c_in, d_in, h_in, w_in = x.shape
+    cm, _, kd_n, kh_n, kw_n = wd.shape
+    _, c_out, od_n, oh_n, ow_n = dy.shape
+    m = cm // c_in
+    kvol = kd_n * kh_n * kw_n
+    xf = x.reshape(x.size)
+    wdf = wd.reshape(wd.size)
+    dxf = dx.reshape(dx.size)
+    vol_in = d_in * h_in * w_in
+    vol_out = od_n * oh_n * ow_n
+    item_size = x.itemsize
+    unit = sh == 1 and sw == 1
+    r0 = 0 if unit else ph
+    c0 = 0 if unit else pw
+    for n in numba.prange(n_img):
+        blas_set_local_threads(1)
+        tid = numba.get_thread_id()
+        mid = mids[tid]
+        dmid = dmids[tid]
+        # the image's depthwise result, recomputed
+        for c in range(c_in):
+            for od in range(od_n):
+                _forward_tile(xf, (n * c_in + c) * vol_in, d_in, h_in, w_in, wdf, c * m, m, kd_n,
+                              kh_n, kw_n, bd, has_bd, od, 0, oh_n, ow_n, sd, sh, sw, pd, ph, pw,
+                              dd, dh, dw, slabs[tid], accs[tid], mid,
+                              c * m * vol_out + od * oh_n * ow_n, vol_out)
+        dy_addr = dy.ctypes.data + n * c_out * vol_out * item_size
+        # grad of the pointwise weight: dy (C_out, P) @ mid^T (P, C*m)
+        gemm(is_double, 0, 1, c_out, cm, vol_out, 1.0, dy_addr, vol_out, mid.ctypes.data, vol_out,
+             1.0, dwp_parts[tid].ctypes.data, cm)
+        # grad of the depthwise result: wp^T (C*m, C_out) @ dy (C_out, P)
+        gemm(is_double, 1, 0, cm, vol_out, c_out, 1.0, wp.ctypes.data, cm, dy_addr, vol_out, 0.0,
+             dmid.ctypes.data, vol_out)
+        if want_dx:
+            for c in range(c_in):
+                for i_d in range(d_in):
+                    acc = bi_accs[tid]
+                    _backward_input_plane(dmid, c * m * vol_out, wdf, c * m, m, kd_n, kh_n, kw_n,
+                                          od_n, oh_n, ow_n, h_in, w_in, i_d, sd, sh, sw, pd, ph,
+                                          pw, dd, dh, dw, bi_rows, bi_width, bi_slabs[tid], acc)
+                    for ih in range(h_in):
+                        _copy_row(dxf, (((n * c_in + c) * d_in + i_d) * h_in + ih) * w_in, acc,
+                                  (ih + r0) * bi_width + c0, w_in)
+        offs = tap_offsets(kh_n, kw_n, dh, dw, wpad)
+        zero = np.zeros(1, dtype=np.int64)
+        part = parts[tid]
+        for co in range(cm):
+            for i in range(kvol * _LANES):
+                part[i] = 0.0
+            _weight_lanes(xf, (n * c_in + co // m) * vol_in, d_in, h_in, w_in, dmid,
+                          co * vol_out, od_n, oh_n, ow_n, kd_n, kh_n, kw_n, sd, sh, sw, pd, ph,
+                          pw, dd, dh, dw, hp, wpad, xps[tid], dyws[tid], offs, zero, part)
+            for k in range(kvol):
+                dwd_parts[tid, co, k] += _lanes_sum(part, k * _LANES)
+
+
+@jit
+def _vertical_tile(x, n, wv, bv, has_bv, oh0, oh1, sh, ph, dh, mid, is_double):
+    """mid[(c, r, iw)] = bv[c] + the vertical conv of image n for output rows oh0 + r < oh1.
+
+    mid: 1-d, (C_mid, rows, W) row-major. x (N, C_in, H, W); wv (KH, C_mid, C_in).
+    """
+    _, c_in, h_in, w_in = x.shape
+    kh_n, c_mid, _ = wv.shape
+    rows = oh1 - oh0
+    pt = rows * w_in
+    item_size = x.itemsize
+    for c in range(c_mid):
+        b = bv[c] if has_bv else 0.0
+        d = mid[c * pt:(c + 1) * pt]
+        for q in range(pt):
+            d[q] = b
+    for kh in range(kh_n):
+        lo, hi = _row_range(oh0, oh1, sh, kh * dh - ph, h_in)
+        if hi <= lo:
+            continue
+        a_addr = wv.ctypes.data + kh * c_mid * c_in * item_size
+        if sh == 1:
+            ih = lo - ph + kh * dh
+            gemm(is_double, 0, 0, c_mid, (hi - lo) * w_in, c_in, 1.0, a_addr, c_in,
+                 x.ctypes.data + ((n * c_in * h_in) + ih) * w_in * item_size, h_in * w_in, 1.0,
+                 mid.ctypes.data + (lo - oh0) * w_in * item_size, pt)
+        else:
+            for oh in range(lo, hi):
+                ih = oh * sh - ph + kh * dh
+                gemm(is_double, 0, 0, c_mid, w_in, c_in, 1.0, a_addr, c_in,
+                     x.ctypes.data + ((n * c_in * h_in) + ih) * w_in * item_size, h_in * w_in,
+                     1.0, mid.ctypes.data + (oh - oh0) * w_in * item_size, pt)
+
+
+@jit
+def _row_range(oh0, oh1, sh, shift, h_in):
+    """Output rows oh in [oh0, oh1) whose input row oh*sh + shift lies in [0, h_in)."""
+    lo = oh0
+    if shift < 0:
+        lo = max(lo, (-shift + sh - 1) // sh)
+    hi = min(oh1, (h_in - 1 - shift) // sh + 1) if h_in - 1 - shift >= 0 else oh0
+    return lo, max(lo, hi)
+
+
+@jit
+def _horizontal_cols(mid, c_mid, rows, w_in, ow_n, kw_n, sw, pw, dw, cols, adjoint):
+    """cols[(c*KW + kw), r*OW + ow] = mid[c, r, ow*sw - pw + kw*dw] (0 outside the row); or, with
+    adjoint, mid[...] += cols[...] over the same pairs (mid must be zeroed by the caller)."""
+    pt_in = rows * w_in
+    pt = rows * ow_n
+    for c in range(c_mid):
+        for kw in range(kw_n):
+            e = kw * dw - pw
+            lo = 0 if e >= 0 else min(ow_n, (-e + sw - 1) // sw)
+            hi = max(lo, min(ow_n, (w_in - 1 - e) // sw + 1)) if w_in - 1 - e >= 0 else lo
+            row0 = (c * kw_n + kw) * pt
+            for r in range(rows):
+                col = cols[row0 + r * ow_n:row0 + (r + 1) * ow_n]
+                src = c * pt_in + r * w_in + e
+                if adjoint:
+                    for ow in range(lo, hi):
+                        mid[src + ow * sw] += col[ow]
+                else:
+                    for ow in range(lo):
+                        col[ow] = 0.0
+                    if sw == 1:
+                        s = mid[src + lo:src + hi]
+                        cl = col[lo:hi]
+                        for q in range(hi - lo):
+                            cl[q] = s[q]
+                    else:
+                        for ow in range(lo, hi):
+                            col[ow] = mid[src + ow * sw]
+                    for ow in range(hi, ow_n):
+                        col[ow] = 0.0
+
+
+@jit_parallel
+def _spatial_forward_kernel(x, wv, bv, has_bv, wh, bh, has_bh, out, sh, sw, ph, pw, dh, dw,
+                            kw_n, tile_rows, mids, colss, is_double):
+    n_img, _, _, w_in = x.shape
+    c_mid = wv.shape[1]
+    _, c_out, oh_n, ow_n = out.shape
+    n_tiles = (oh_n + tile_rows - 1) // tile_rows
+    of = out.reshape(out.size)
+    plane = oh_n * ow_n
+    item_size = x.itemsize
+    for item in numba.prange(n_img * n_tiles):
+        blas_set_local_threads(1)
+        tid = numba.get_thread_id()
+        t = item % n_tiles
+        n = item // n_tiles
+        oh0 = t * tile_rows
+        oh1 = min(oh_n, oh0 + tile_rows)
+        rows = oh1 - oh0
+        pt = rows * ow_n
+        _vertical_tile(x, n, wv, bv, has_bv, oh0, oh1, sh, ph, dh, mids[tid], is_double)
+        cols = colss[tid]
+        _horizontal_cols(mids[tid], c_mid, rows, w_in, ow_n, kw_n, sw, pw, dw, cols, False)
+        o0 = n * c_out * plane + oh0 * ow_n
+        gemm(is_double, 0, 0, c_out, pt, c_mid * kw_n, 1.0, wh.ctypes.data, c_mid * kw_n,
+             cols.ctypes.data, pt, 0.0, out.ctypes.data + o0 * item_size, plane)
+        if has_bh:
+            for co in range(c_out):
+                b = bh[co]
+                o = of[o0 + co * plane:o0 + co * plane + pt]
+                for q in range(pt):
+                    o[q] += b
+
+
+@jit_parallel
+def _spatial_backward_kernel(x, wv, bv, has_bv, wh, dy, dx, dwv_parts, dwh_parts, dbv_parts,
+                             sh, sw, ph, pw, dh, dw, kw_n, tile_rows, mids, colss, want_dx,
+                             is_double):
+    n_img, c_in, h_in, w_in = x.shape
+    kh_n, c_mid, _ = wv.shape
+    _, c_out, oh_n, ow_n = dy.shape
+    n_tiles = (oh_n + tile_rows - 1) // tile_rows
+    plane = oh_n * ow_n
+    k_h = c_mid * kw_n
+    item_size = x.itemsize
+    for n in numba.prange(n_img):
+        blas_set_local_threads(1)
+        tid = numba.get_thread_id()
+        mid = mids[tid]
+        cols = colss[tid]
+        if want_dx:
+            dx[n] = 0.0
+        for t in range(n_tiles):
+            oh0 = t * tile_rows
+            oh1 = min(oh_n, oh0 + tile_rows)
+            rows = oh1 - oh0
+            pt = rows * ow_n
+            pt_in = rows * w_in
+            _vertical_tile(x, n, wv, bv, has_bv, oh0, oh1, sh, ph, dh, mid, is_double)
+            _horizontal_cols(mid, c_mid, rows, w_in, ow_n, kw_n, sw, pw, dw, cols, False)
+            dy_addr = dy.ctypes.data + (n * c_out * plane + oh0 * ow_n) * item_size
+            gemm(is_double, 0, 1, c_out, k_h, pt, 1.0, dy_addr, plane, cols.ctypes.data, pt, 1.0,
+                 dwh_parts[tid].ctypes.data, k_h)
+            gemm(is_double, 1, 0, k_h, pt, c_out, 1.0, wh.ctypes.data, k_h, dy_addr, plane, 0.0,
+                 cols.ctypes.data, pt)
+            # dmid in place of mid
+            dm = mid[0:c_mid * pt_in]
+            for q in range(c_mid * pt_in):
+                dm[q] = 0.0
+            _horizontal_cols(mid, c_mid, rows, w_in, ow_n, kw_n, sw, pw, dw, cols, True)
+            for c in range(c_mid):
+                s = 0.0
+                for q in range(c * pt_in, (c + 1) * pt_in):
+                    s += mid[q]
+                dbv_parts[tid, c] += s
+            for kh in range(kh_n):
+                lo, hi = _row_range(oh0, oh1, sh, kh * dh - ph, h_in)
+                if hi <= lo:
+                    continue
+                w_addr = wv.ctypes.data + kh * c_mid * c_in * item_size
+                for oh in range(lo, hi) if sh != 1 else range(lo, lo + 1):
+                    span = (hi - lo) if sh == 1 else 1
+                    ih = oh * sh - ph + kh * dh
+                    x_addr = x.ctypes.data + (n * c_in * h_in + ih) * w_in * item_size
+                    dm_addr = mid.ctypes.data + (oh - oh0) * w_in * item_size
+                    dwv_addr = dwv_parts[tid].ctypes.data + kh * c_mid * c_in * item_size
+                    gemm(is_double, 0, 1, c_mid, c_in, span * w_in, 1.0, dm_addr, pt_in, x_addr,
+                         h_in * w_in, 1.0, dwv_addr, c_in)
+                    if want_dx:
+                        gemm(is_double, 1, 0, c_in, span * w_in, c_mid, 1.0, w_addr, c_in, dm_addr,
+                             pt_in, 1.0, dx.ctypes.data + (n * c_in * h_in + ih) * w_in * item_size,
+                             h_in * w_in)
+
+
+def _rows_per_tile(bytes_per_row, rows, items_per_row_set, threads, budget=1 << 19):
+    """Rows per tile: as many as fit the per-thread budget, fewer while work items are too few."""
+    tile = max(1, min(rows, budget // max(1, bytes_per_row)))
+    while items_per_row_set * (-(-rows // tile)) < 2 * threads and tile > 1:
+        tile = max(1, tile // 2)
+    return tile
+
+
+def dsconv_forward(x, wd, bd, wp, bp, stride, padding, dilation, out):
+    """out = pointwise(depthwise(x, wd) + bd, wp) + bp. Shapes as in the module docstring."""
+    if out.size == 0:
+        return out
+    threads = numba.get_num_threads()
+    cm = wd.shape[0]
+    n_img, _, od_n, oh_n, ow_n = out.shape
+    if cm == 0:
+        out[...] = 0.0 if bp is None else bp.reshape(1, -1, 1, 1, 1)
+        return out
+    tile_rows = _rows_per_tile(cm * ow_n * x.itemsize, oh_n, n_img * od_n, threads)
+    slabs, accs = forward_scratch(wd.shape, stride, dilation, tile_rows, ow_n, x.dtype, threads)
+    mids = np.empty((threads, cm * tile_rows * ow_n), dtype=x.dtype)
+    dummy = np.zeros(1, dtype=x.dtype)
+    _dsconv_forward_kernel(x, wd, dummy if bd is None else bd, bd is not None, wp,
+                           dummy if bp is None else bp, bp is not None, out, *stride, *padding,
+                           *dilation, tile_rows, slabs, accs, mids, x.dtype == np.float64)
+    return out
+
+
+def dsconv_backward(x, wd, bd, wp, dy, stride, padding, dilation, dx):
+    """Gradients of dsconv_forward: fills dx (or skips it when dx is None) and returns
+    (dwd (C*m, 1, KD, KH, KW), dwp (C_out, C*m), dbd (C*m,), dbp (C_out,))."""
+    threads = numba.get_num_threads()
+    n_img, c_in = x.shape[:2]
+    cm = wd.shape[0]
+    c_out = wp.shape[0]
+    od_n, oh_n, ow_n = dy.shape[2:]
+    kd_n, kh_n, kw_n = wd.shape[2:]
+    kvol = kd_n * kh_n * kw_n
+    dy64 = dy.sum(axis=(0, 2, 3, 4), dtype=np.float64)
+    dbp = dy64.astype(x.dtype)
+    # the depthwise bias gradient is the sum of dmid = wp^T dy over positions: wp^T (sum of dy)
+    dbd = (wp.astype(np.float64).T @ dy64).astype(x.dtype)
+    dwd_parts = np.zeros((threads, cm, kvol), dtype=np.float64)
+    dwp_parts = np.zeros((threads, c_out, cm), dtype=x.dtype)
+    if dy.size == 0 or cm == 0 or x.size == 0:
+        if dx is not None:
+            dx[...] = 0.0
+    else:
+        vol_out = od_n * oh_n * ow_n
+        slabs, accs = forward_scratch(wd.shape, stride, dilation, oh_n, ow_n, x.dtype, threads)
+        mids = np.empty((threads, cm * vol_out), dtype=x.dtype)
+        dmids = np.empty((threads, cm * vol_out), dtype=x.dtype)
+        m = cm // c_in
+        h_in, w_in = x.shape[3], x.shape[4]
+        if stride[1] == 1 and stride[2] == 1:
+            bi_rows = h_in + (kh_n - 1) * dilation[1]
+            bi_width = w_in + (kw_n - 1) * dilation[2]
+            bi_slab = m * kd_n * bi_rows * bi_width
+        else:
+            bi_rows = max(_padded_size(oh_n, kh_n, stride[1], dilation[1]), padding[1] + h_in)
+            bi_width = max(_padded_size(ow_n, kw_n, stride[2], dilation[2]), padding[2] + w_in)
+            bi_slab = 0
+        bi_slabs = np.empty((threads, bi_slab), dtype=x.dtype)
+        bi_accs = np.empty((threads, bi_rows * bi_width), dtype=x.dtype)
+        hp = _padded_size(oh_n, kh_n, stride[1], dilation[1])
+        wpad = _padded_size(ow_n, kw_n, stride[2], dilation[2])
+        xps = np.empty((threads, hp * wpad), dtype=x.dtype)
+        dyws = np.empty((threads, oh_n * wpad), dtype=x.dtype)
+        parts = np.empty((threads, kvol * _LANES), dtype=x.dtype)
+        dummy = np.zeros(1, dtype=x.dtype)
+        _dsconv_backward_kernel(x, wd, dummy if bd is None else bd, bd is not None, wp, dy,
+                                dummy.reshape(1, 1, 1, 1, 1) if dx is None else dx, dwd_parts,
+                                dwp_parts, dx is not None, *stride, *padding, *dilation, slabs,
+                                accs, mids, dmids, bi_rows, bi_width, bi_slabs, bi_accs, hp, wpad,
+                                xps, dyws, parts, x.dtype == np.float64)
+    dwd = dwd_parts.sum(axis=0).astype(x.dtype).reshape(wd.shape)
+    dwp = dwp_parts.sum(axis=0, dtype=np.float64).astype(x.dtype)
+    return dwd, dwp, dbd, dbp
+
+
+def _spatial_tile(c_mid, kw_n, w_in, ow_n, oh_n, n_img, itemsize, threads):
+    per_row = (c_mid * w_in + c_mid * kw_n * ow_n) * itemsize
+    return _rows_per_tile(per_row, oh_n, n_img, threads, budget=1 << 20)
+
+
+def spatial_forward(x, wv, bv, wh, bh, kw_n, stride, padding, dilation, out):
+    """out = horizontal(vertical(x, wv) + bv, wh) + bh. Shapes as in the module docstring;
+    stride, padding (low side), dilation: (vertical axis, horizontal axis)."""
+    if out.size == 0:
+        return out
+    threads = numba.get_num_threads()
+    n_img, _, oh_n, ow_n = out.shape
+    c_mid = wv.shape[1]
+    w_in = x.shape[3]
+    tile = _spatial_tile(c_mid, kw_n, w_in, ow_n, oh_n, n_img, x.itemsize, threads)
+    mids = np.empty((threads, c_mid * tile * w_in), dtype=x.dtype)
+    colss = np.empty((threads, c_mid * kw_n * tile * ow_n), dtype=x.dtype)
+    dummy = np.zeros(1, dtype=x.dtype)
+    _spatial_forward_kernel(x, wv, dummy if bv is None else bv, bv is not None, wh,
+                            dummy if bh is None else bh, bh is not None, out, stride[0], stride[1],
+                            padding[0], padding[1], dilation[0], dilation[1], kw_n, tile, mids,
+                            colss, x.dtype == np.float64)
+    return out
+
+
+def spatial_backward(x, wv, bv, wh, dy, kw_n, stride, padding, dilation, dx):
+    """Gradients of spatial_forward: fills dx (unless None) and returns (dwv (KH, C_mid, C_in),
+    dwh (C_out, C_mid*KW), dbv (C_mid,), dbh (C_out,))."""
+    threads = numba.get_num_threads()
+    n_img, c_in = x.shape[:2]
+    kh_n, c_mid, _ = wv.shape
+    c_out, oh_n, ow_n = dy.shape[1:]
+    dbh = dy.sum(axis=(0, 2, 3), dtype=np.float64).astype(x.dtype)
+    dwv_parts = np.zeros((threads, kh_n, c_mid, c_in), dtype=x.dtype)
+    dwh_parts = np.zeros((threads, c_out, c_mid * kw_n), dtype=x.dtype)
+    dbv_parts = np.zeros((threads, c_mid), dtype=np.float64)
+    if dy.size == 0 or x.size == 0 or c_mid == 0:
+        if dx is not None:
+            dx[...] = 0.0
+    else:
+        w_in = x.shape[3]
+        tile = _spatial_tile(c_mid, kw_n, w_in, ow_n, oh_n, 1, x.itemsize, threads)
+        mids = np.empty((threads, c_mid * tile * w_in), dtype=x.dtype)
+        colss = np.empty((threads, c_mid * kw_n * tile * ow_n), dtype=x.dtype)
+        dummy = np.zeros(1, dtype=x.dtype)
+        _spatial_backward_kernel(x, wv, dummy if bv is None else bv, bv is not None, wh, dy,
+                                 dummy.reshape(1, 1, 1, 1) if dx is None else dx, dwv_parts,
+                                 dwh_parts, dbv_parts, stride[0], stride[1], padding[0],
+                                 padding[1], dilation[0], dilation[1], kw_n, tile, mids, colss,
+                                 dx is not None, x.dtype == np.float64)
+    sum64 = lambda a: a.sum(axis=0, dtype=np.float64).astype(x.dtype)  # noqa: E731
+    return sum64(dwv_parts), sum64(dwh_parts), dbv_parts.sum(axis=0).astype(x.dtype), dbh

@@ -1,0 +1,55 @@
+"""The BLAS binding of the Numba kernels: correct products, and the calling thread's BLAS thread
+counts handed back after a kernel (the calling Python thread runs work items too)."""
+import ctypes
+import glob
+import os
+
+import numpy as np
+import pytest
+import scipy
+import torch
+
+import dlkern.functional as DF
+from dlkern.kernels.cython import gemm as gemm_module
+from dlkern.kernels.numba import _jit
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
+def test_rowmajor_gemm_matches_numpy(dtype, trans_a, trans_b):
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((7, 5) if trans_a else (5, 7)).astype(dtype)
+    b = rng.standard_normal((3, 7) if trans_b else (7, 3)).astype(dtype)
+    c = rng.standard_normal((5, 3)).astype(dtype)
+    expected = 0.5 * (a.T if trans_a else a) @ (b.T if trans_b else b) + 2.0 * c
+    gemm_module.gemm(a, b, c, alpha=0.5, beta=2.0, trans_a=trans_a, trans_b=trans_b)
+    np.testing.assert_allclose(c, expected, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
+
+
+def _run_kernels():
+    x = torch.randn(2, 8, 12, 12, requires_grad=True)
+    w = torch.randn(8, 8, 3, 3, requires_grad=True)
+    DF.conv2d(x, w, padding=1).sum().backward()
+    q = torch.randn(2, 2, 70, 16, requires_grad=True)
+    DF.scaled_dot_product_attention(q, q, q).sum().backward()
+
+
+@pytest.mark.skipif(_jit.BLAS != "mkl", reason="torch's library carries no MKL here")
+def test_mkl_threads_of_the_calling_thread_are_restored():
+    lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+    before = lib.MKL_Get_Max_Threads()
+    _run_kernels()
+    assert lib.MKL_Get_Max_Threads() == before
+
+
+def test_openblas_threads_of_the_calling_thread_are_restored():
+    base = os.path.dirname(os.path.dirname(scipy.__file__))
+    paths = glob.glob(os.path.join(base, "scipy.libs", "*openblas*.so*"))
+    if not paths:
+        pytest.skip("scipy's OpenBLAS library was not found")
+    get = getattr(ctypes.CDLL(paths[0]), "scipy_openblas_get_num_threads", None)
+    if get is None:
+        pytest.skip("this OpenBLAS has no scipy_openblas_get_num_threads")
+    before = get()
+    _run_kernels()
+    assert get() == before
