@@ -4,7 +4,6 @@ import random
 
 import pytest
 import torch
-import torch.nn.functional as F  # noqa: F401
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import dlkern
@@ -186,17 +185,12 @@ def test_layer_sweep(item):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_layer_unsorted_padded_batch(mode):
+def test_layer_unsorted_padded_batch(mode, monkeypatch):
     """pack_padded_sequence(enforce_sorted=False): hx and final states are permuted as torch."""
     cfg = dict(layers=2, bidirectional=True, batch_first=True, bias=True, hx=True, packed=True,
                sorted=False, proj=(mode == "lstm"))
-    global LENGTHS
-    saved = LENGTHS
-    LENGTHS = [5, 7, 1, 5]
-    try:
-        _run_layer(mode, cfg, torch.float64)
-    finally:
-        LENGTHS = saved
+    monkeypatch.setitem(globals(), "LENGTHS", [5, 7, 1, 5])
+    _run_layer(mode, cfg, torch.float64)
 
 
 @pytest.mark.parametrize("mode", MODES)

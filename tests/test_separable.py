@@ -12,7 +12,6 @@ import torch.nn.functional as F
 import dlkern
 import dlkern.functional as DF
 import dlkern.nn as dnn
-from dlkern.ops.separable import depthwise_convolution
 from helpers import assert_close, check_against_torch, float64_copy, make_tensor
 
 TORCH = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -47,8 +46,8 @@ def _out_shape(fn, *args, **kwargs):
 
 
 def depthwise(rank, x, w, b, **kwargs):
-    return depthwise_convolution(f"conv{rank}d", x, w, b, kwargs.get("stride", 1),
-                                 kwargs.get("padding", 0), kwargs.get("dilation", 1), rank)
+    # dlkern's conv routes groups == in_channels to the depthwise kernels.
+    return getattr(DF, f"conv{rank}d")(x, w, b, groups=x.shape[-rank - 1], **kwargs)
 
 
 def run_depthwise(rank, x, w, b, **kwargs):
@@ -287,8 +286,8 @@ def test_custom_op_registration():
     xc = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
     wd, bd, wp, bp = mk(6, 1, 3, 3), mk(6), mk(4, 6, 1, 1), mk(4)
     for inp in (x, xc):
-        torch.library.opcheck(torch.ops.dlkern.depthwise_conv.default,
-                              (inp, wd, bd, [2, 1], [1, 0], [1, 2], [4, 2]))
+        torch.library.opcheck(torch.ops.dlkern.conv.default,
+                              (inp, wd, bd, [2, 1], [1, 0], [1, 2], 3, [4, 2]))
         torch.library.opcheck(torch.ops.dlkern.depthwise_separable_conv.default,
                               (inp, wd, wp, bd, bp, [1, 1], [1, 1], [1, 1], [7, 6]))
         torch.library.opcheck(torch.ops.dlkern.spatial_separable_conv.default,

@@ -2,9 +2,6 @@
 
 Ops in the ``dlkern`` namespace, each with a fake (meta) implementation and autograd:
 
-* ``dlkern::depthwise_conv(input, weight, bias, stride, padding, dilation, output_size)``: conv with
-  groups == C_in (weight (C_in*m, 1, *k)), with ``depthwise_conv_backward_input`` and
-  ``depthwise_conv_backward_weight`` as its gradient ops.
 * ``dlkern::depthwise_separable_conv(input, depthwise_weight, pointwise_weight, depthwise_bias,
   pointwise_bias, stride, padding, dilation, output_size)``: depthwise then 1x1, fused; gradient op
   ``depthwise_separable_conv_backward``.
@@ -15,7 +12,8 @@ Ops in the ``dlkern`` namespace, each with a fake (meta) implementation and auto
 As in dlkern.ops.conv: ``input`` is batched, ``padding`` is the low-side padding per axis and
 ``output_size`` the spatial output size; arguments are checked by dlkern._validate before these
 ops run. Without a Numba kernel for the case (dtype, device) the public functions fall back to
-torch's two convolutions, counted by dlkern._dispatch.
+torch's two convolutions, counted by dlkern._dispatch. (A plain depthwise convolution is
+``dlkern::conv`` with groups == C_in: dlkern.ops.conv routes it to the depthwise kernels.)
 """
 from typing import List, Optional, Sequence, Tuple
 
@@ -24,9 +22,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dlkern import _dispatch
-from dlkern.kernels.numba import depthwise as numba_depthwise
 from dlkern.kernels.numba import separable as numba_separable
 from dlkern.ops.conv import _as_rank3_array, _layout_of, _rank3, _run_into
+
+_TORCH_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
 def _numpy(t):
@@ -49,108 +48,6 @@ def _empty_grad(like):
 
 
 # ---------------------------------------------------------------- depthwise convolution
-
-
-@torch.library.custom_op("dlkern::depthwise_conv", mutates_args=())
-def depthwise_conv(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int],
-                   padding: Sequence[int], dilation: Sequence[int],
-                   output_size: Sequence[int]) -> Tensor:
-    out = _dispatch.new_output((input.shape[0], weight.shape[0], *output_size), input,
-                               memory_format=_layout_of(input))
-    x = _as_rank3_array(input)
-    w = _as_rank3_array(weight)
-    _run_into(out, lambda o: numba_depthwise.depthwise_forward(
-        x, w, _numpy(bias), _rank3(stride, 1), _rank3(padding, 0), _rank3(dilation, 1), o))
-    return out
-
-
-@depthwise_conv.register_fake
-def _(input, weight, bias, stride, padding, dilation, output_size):
-    return torch.empty((input.shape[0], weight.shape[0], *output_size), dtype=input.dtype,
-                       device=input.device, memory_format=_layout_of(input))
-
-
-@torch.library.custom_op("dlkern::depthwise_conv_backward_input", mutates_args=())
-def depthwise_conv_backward_input(grad_output: Tensor, weight: Tensor, input_size: Sequence[int],
-                                  stride: Sequence[int], padding: Sequence[int],
-                                  dilation: Sequence[int]) -> Tensor:
-    grad_input = _dispatch.new_output(tuple(input_size), grad_output,
-                                      memory_format=_layout_of(grad_output))
-    dy = _as_rank3_array(grad_output)
-    w = _as_rank3_array(weight)
-    _run_into(grad_input, lambda dx: numba_depthwise.depthwise_backward_input(
-        dy, w, _rank3(stride, 1), _rank3(padding, 0), _rank3(dilation, 1), dx))
-    return grad_input
-
-
-@depthwise_conv_backward_input.register_fake
-def _(grad_output, weight, input_size, stride, padding, dilation):
-    return torch.empty(tuple(input_size), dtype=grad_output.dtype, device=grad_output.device,
-                       memory_format=_layout_of(grad_output))
-
-
-@torch.library.custom_op("dlkern::depthwise_conv_backward_weight", mutates_args=())
-def depthwise_conv_backward_weight(grad_output: Tensor, input: Tensor, weight_size: Sequence[int],
-                                   stride: Sequence[int], padding: Sequence[int],
-                                   dilation: Sequence[int], bias_grad: bool
-                                   ) -> Tuple[Tensor, Tensor]:
-    x = _as_rank3_array(input)
-    dy = _as_rank3_array(grad_output)
-    w_shape = tuple(weight_size[:2]) + _rank3(weight_size[2:], 1)
-    dw, db = numba_depthwise.depthwise_backward_weight(
-        x, dy, w_shape, _rank3(stride, 1), _rank3(padding, 0), _rank3(dilation, 1), bias_grad)
-    grad_weight = torch.from_numpy(dw).reshape(tuple(weight_size))
-    grad_bias = torch.from_numpy(db) if bias_grad else _empty_grad(grad_output)
-    return grad_weight, grad_bias
-
-
-@depthwise_conv_backward_weight.register_fake
-def _(grad_output, input, weight_size, stride, padding, dilation, bias_grad):
-    grad_bias = grad_output.new_empty((weight_size[0],) if bias_grad else (0,))
-    return grad_output.new_empty(tuple(weight_size)), grad_bias
-
-
-def _depthwise_setup_context(ctx, inputs, output):
-    input, weight, bias, stride, padding, dilation, output_size = inputs
-    ctx.save_for_backward(input, weight)
-    ctx.has_bias = bias is not None
-    ctx.params = (list(stride), list(padding), list(dilation))
-
-
-def _depthwise_backward(ctx, grad_output):
-    input, weight = ctx.saved_tensors
-    stride, padding, dilation = ctx.params
-    need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
-    grad_input = grad_weight = grad_bias = None
-    if need_input:
-        grad_input = depthwise_conv_backward_input(grad_output, weight, list(input.shape), stride,
-                                                   padding, dilation)
-    if need_weight or (need_bias and ctx.has_bias):
-        want_bias = bool(need_bias and ctx.has_bias)
-        gw, gb = depthwise_conv_backward_weight(grad_output, input, list(weight.shape), stride,
-                                                padding, dilation, want_bias)
-        grad_weight = gw if need_weight else None
-        grad_bias = gb if want_bias else None
-    return grad_input, grad_weight, grad_bias, None, None, None, None
-
-
-depthwise_conv.register_autograd(_depthwise_backward, setup_context=_depthwise_setup_context)
-
-_TORCH_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-
-
-def depthwise_convolution(op, input, weight, bias, stride, padding, dilation, nsp):
-    """A convolution with groups == in_channels on the depthwise kernels (checks, dispatch)."""
-    from dlkern import _validate
-
-    x, unbatched, stride_t, pad_lo, dil_t, out_spatial = _validate.depthwise_args(
-        op, input, weight, bias, stride, padding, dilation, nsp)
-    if _dispatch.backend_for("depthwise_conv", x, weight, bias) != "numba":
-        _dispatch.fallback("depthwise_conv", x, weight, bias)
-        return _TORCH_CONV[nsp](input, weight, bias, stride, padding, dilation, x.shape[1])
-    out = depthwise_conv(x, weight, bias, list(stride_t), list(pad_lo), list(dil_t),
-                         list(out_spatial))
-    return out.squeeze(0) if unbatched else out
 
 
 # ---------------------------------------------------------------- depthwise-separable
@@ -376,4 +273,4 @@ def spatial_separable(op, input, weight_v, weight_h, bias_v, bias_h, stride, pad
     return out.squeeze(0) if unbatched else out
 
 
-__all__: List[str] = ["depthwise_convolution", "depthwise_separable", "spatial_separable"]
+__all__: List[str] = ["depthwise_separable", "spatial_separable"]

@@ -8,7 +8,6 @@ import torch.nn.functional as F
 
 import dlkern.functional as DF
 from dlkern.benchmark import Case
-from dlkern.ops.separable import depthwise_convolution
 
 OP = "separable"
 _CONV = {1: F.conv1d, 2: F.conv2d}
@@ -19,7 +18,7 @@ def _torch_depthwise2d(x, w, b, padding):
 
 
 def _dlkern_depthwise2d(x, w, b, padding):
-    return depthwise_convolution("conv2d", x, w, b, 1, padding, 1, 2)
+    return DF.conv2d(x, w, b, padding=padding, groups=x.shape[1])
 
 
 def _depthwise_case(name, n, c, spatial, k, padding, target, target_fwd_bwd):
