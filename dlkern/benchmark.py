@@ -80,20 +80,33 @@ def median_time(fn, repeats=7, warmup=2):
     return times[len(times) // 2]
 
 
-def time_pair(torch_call, dlkern_call, repeats, warmup, rounds=3):
-    """Medians of torch and dlkern, timed in alternating blocks so drift hits both alike."""
-    t_times, d_times = [], []
+def time_pair(torch_call, dlkern_call, repeats, warmup, rounds=3, min_sample=0.02):
+    """Medians of torch and dlkern, timed in alternating blocks so drift hits both alike.
+
+    A call shorter than ``min_sample`` seconds is timed in a loop of calls long enough to reach
+    it (the same count for both providers), so a sub-millisecond op measures its steady-state
+    cost, not the wake-up of idle worker threads after the pause between blocks.
+    """
+    estimates = []
     for call in (torch_call, dlkern_call):
-        for _ in range(warmup):
+        for _ in range(max(1, warmup)):
+            start = time.perf_counter()
             call()
+            elapsed = time.perf_counter() - start
+        estimates.append(elapsed)
+    inner = max(1, min(1000, int(min_sample / max(1e-7, min(estimates)))))
+    t_times, d_times = [], []
     per_round = max(1, repeats // rounds)
     for _ in range(rounds):
         for call, sink in ((torch_call, t_times), (dlkern_call, d_times)):
             time.sleep(0.05)  # let the other library's spinning worker threads go idle
+            for _ in range(inner):  # and wake this one's up again before timing
+                call()
             for _ in range(per_round):
                 start = time.perf_counter()
-                call()
-                sink.append(time.perf_counter() - start)
+                for _ in range(inner):
+                    call()
+                sink.append((time.perf_counter() - start) / inner)
     t_times.sort()
     d_times.sort()
     return t_times[len(t_times) // 2], d_times[len(d_times) // 2]

@@ -58,7 +58,6 @@ def test_cell_functional(mode, batched, bias, dtype):
     tensors = [x, h, c, w_ih, w_hh, b_ih, b_hh] if mode == "lstm" else [x, h, w_ih, w_hh, b_ih, b_hh]
     red = INPUT + HIDDEN
     reductions = {"output": red, **{k: 3 * gh for k in range(len(tensors))}}
-    tensors = [t for t in tensors]
     dl, ref = _cell_fn(mode, DF), _cell_fn(mode, torch)
     if not bias:  # check_against_torch differentiates every tensor argument: bind the Nones
         n = len(tensors) - 2
@@ -195,10 +194,11 @@ def test_layer_unsorted_padded_batch(mode, monkeypatch):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_layer_unbatched_and_noncontiguous(mode, dtype):
+@pytest.mark.parametrize("bidirectional", [False, True])  # False: one work item, the serial path
+def test_layer_unbatched_and_noncontiguous(mode, dtype, bidirectional):
     torch.manual_seed(3)
-    ref = TORCH_LAYER[mode](INPUT, HIDDEN, num_layers=2, bidirectional=True).double()
-    mod = DL_LAYER[mode](INPUT, HIDDEN, num_layers=2, bidirectional=True)
+    ref = TORCH_LAYER[mode](INPUT, HIDDEN, num_layers=2, bidirectional=bidirectional).double()
+    mod = DL_LAYER[mode](INPUT, HIDDEN, num_layers=2, bidirectional=bidirectional)
     mod.load_state_dict(ref.state_dict())
     mod.to(dtype)
     x = make_tensor((SEQ, INPUT), dtype, layout="noncontiguous")

@@ -30,7 +30,7 @@ Transcendentals. Numba has no vector libm here (no SVML), and a scalar exp per g
 more than the matrix products at the target sizes. ``_exp_inplace`` is a vectorisable exp
 (Cody-Waite reduction, Taylor polynomial of degree 12 in float64 or 7 in float32, 2^k by building
 the exponent bits), accurate to a few ulp; sigmoid(x) = 1 / (1 + exp(-x)) and
-tanh(x) = 2 sigmoid(2x) - 1. Gate arithmetic runs in float64; exp runs in the data's dtype.
+tanh(x) = 2 sigmoid(2x) - 1. The forward's gate arithmetic runs in the data's dtype.
 
 BLAS. Every product goes through _jit's ``gemm``; each prange work item runs its BLAS calls on
 its own thread and hands the thread's BLAS setting back when it ends (_jit's convention).
@@ -124,7 +124,11 @@ def _lstm_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr, 
                        y, h_n, c_n, gates, cs, z, bits, hpre, is_double):
     """The time loop of rows [b0, b1) of direction d (see the module docstring for shapes).
 
-    z, bits: (rows * 4H,) scratch of the dtype and the int of its width; hpre: (rows * H,) scratch for the projection."""
+    z, bits: (rows * 4H,) scratch of the dtype and the int of its width; hpre: (rows * H,)
+    scratch for the projection. The gate arithmetic runs in the data's dtype, as torch's does (no
+    float literals below: they would promote float32 to float64, half the lanes per vector)."""
+    one = np.ones(1, dtype=gates.dtype)[0]
+    two = one + one
     steps = batch_sizes.shape[0]
     gh = w_hh.shape[1]
     hid = gh // 4
@@ -149,25 +153,25 @@ def _lstm_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr, 
             zr = z[r * gh:(r + 1) * gh]
             gr = g[r]
             for j in range(gh):
-                zr[j] = -(np.float64(gr[j]) + bi[j] + bh[j])
+                zr[j] = -(gr[j] + bi[j] + bh[j])
             for j in range(2 * hid, 3 * hid):
-                zr[j] *= 2.0
+                zr[j] *= two
         _exp_inplace(z, bits, nr * gh)
         for r in range(nr):
             zr = z[r * gh:(r + 1) * gh]
             gr = g[r]
             for j in range(gh):
-                gr[j] = 1.0 / (1.0 + zr[j])
+                gr[j] = one / (one + zr[j])
             for j in range(2 * hid, 3 * hid):
-                gr[j] = 2.0 * gr[j] - 1.0
+                gr[j] = two * gr[j] - one
             cr = c_n[d, b0 + r]
             csr = cs[d, r0 + r]
             zc = z[r * hid:(r + 1) * hid]
             for j in range(hid):
-                c = np.float64(gr[hid + j]) * cr[j] + np.float64(gr[j]) * gr[2 * hid + j]
+                c = gr[hid + j] * cr[j] + gr[j] * gr[2 * hid + j]
                 cr[j] = c
                 csr[j] = c
-                zc[j] = -2.0 * np.float64(cr[j])
+                zc[j] = -two * c
         # z rows now hold -2c in their first H entries, packed per row with stride H.
         _exp_inplace(z, bits, nr * hid)
         for r in range(nr):
@@ -176,12 +180,12 @@ def _lstm_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr, 
             if has_proj:
                 hp = hpre[r * hid:(r + 1) * hid]
                 for j in range(hid):
-                    hp[j] = gr[3 * hid + j] * (2.0 / (1.0 + zc[j]) - 1.0)
+                    hp[j] = gr[3 * hid + j] * (two / (one + zc[j]) - one)
             else:
                 hr = h_n[d, b0 + r]
                 yr = y[r0 + r, d * proj:(d + 1) * proj]
                 for j in range(hid):
-                    v = gr[3 * hid + j] * (2.0 / (1.0 + zc[j]) - 1.0)
+                    v = gr[3 * hid + j] * (two / (one + zc[j]) - one)
                     hr[j] = v
                     yr[j] = v
         if has_proj:
@@ -198,7 +202,10 @@ def _lstm_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr, 
 @jit
 def _gru_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr, has_proj,
                       y, h_n, c_n, gates, hn_lin, z, bits, hproj, is_double):
-    """The GRU time loop of rows [b0, b1) of direction d; hproj: (rows * 3H,) scratch."""
+    """The GRU time loop of rows [b0, b1) of direction d; hproj: (rows * 3H,) scratch. Gate
+    arithmetic in the data's dtype, as in _lstm_forward_rows."""
+    one = np.ones(1, dtype=gates.dtype)[0]
+    two = one + one
     steps = batch_sizes.shape[0]
     gh = w_hh.shape[1]
     hid = gh // 3
@@ -222,7 +229,7 @@ def _gru_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr, h
             gr = g[r]
             hr = hp2[r]
             for j in range(2 * hid):
-                zr[j] = -(np.float64(gr[j]) + bi[j] + hr[j] + bh[j])
+                zr[j] = -(gr[j] + bi[j] + hr[j] + bh[j])
         _exp_inplace(z, bits, nr * 2 * hid)
         zn = z[nr * 2 * hid:nr * 3 * hid]
         for r in range(nr):
@@ -232,12 +239,11 @@ def _gru_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr, h
             hr = hp2[r]
             lin = hn_lin[d, r0 + r]
             for j in range(2 * hid):
-                gr[j] = 1.0 / (1.0 + zr[j])
+                gr[j] = one / (one + zr[j])
             for j in range(hid):
-                hl = np.float64(hr[2 * hid + j]) + bh[2 * hid + j]
+                hl = hr[2 * hid + j] + bh[2 * hid + j]
                 lin[j] = hl
-                znr[j] = -2.0 * (np.float64(gr[2 * hid + j]) + bi[2 * hid + j]
-                                 + np.float64(gr[j]) * lin[j])
+                znr[j] = -two * (gr[2 * hid + j] + bi[2 * hid + j] + gr[j] * hl)
         _exp_inplace(zn, bits, nr * hid)
         for r in range(nr):
             znr = zn[r * hid:(r + 1) * hid]
@@ -245,10 +251,10 @@ def _gru_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr, h
             hs = h_n[d, b0 + r]
             yr = y[r0 + r, d * hid:(d + 1) * hid]
             for j in range(hid):
-                n = 2.0 / (1.0 + znr[j]) - 1.0
+                n = two / (one + znr[j]) - one
                 gr[2 * hid + j] = n
-                zg = np.float64(gr[hid + j])
-                v = (1.0 - zg) * np.float64(gr[2 * hid + j]) + zg * hs[j]
+                zg = gr[hid + j]
+                v = (one - zg) * n + zg * hs[j]
                 hs[j] = v
                 yr[j] = v
 
@@ -497,6 +503,25 @@ def _input_grads(dgi, w_ih, dx, row_blocks, is_double):
 
 
 @jit
+def _forward_serial(is_lstm, x, batch_sizes, offsets, w_ih, w_hh, b_ih, b_hh, w_hr, has_proj, y,
+                    h_n, c_n, gates, saved, z, bits, hpre, is_double):
+    """A layer of one direction and one work item (a batch of one) on the calling thread: no
+    thread team to wake, whose wake-up can cost more than such a layer."""
+    blas_set_local_threads(1)
+    n_rows, n_in = x.shape
+    gh = gates.shape[2]
+    gemm(is_double, 0, 1, n_rows, gh, n_in, 1.0, x.ctypes.data, n_in, w_ih[0].ctypes.data, n_in,
+         0.0, gates[0, 0].ctypes.data, gh)
+    if is_lstm:
+        _lstm_forward_rows(0, 0, h_n.shape[1], batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr,
+                           has_proj, y, h_n, c_n, gates, saved, z, bits, hpre, is_double)
+    else:
+        _gru_forward_rows(0, 0, h_n.shape[1], batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr,
+                          has_proj, y, h_n, c_n, gates, saved, z, bits, hpre, is_double)
+    blas_set_local_threads(0)
+
+
+@jit
 def _cell_step(is_lstm, x, h, c, w_ih, w_hh, b_ih, b_hh, y, c_out, z, bits, is_double):
     """One cell step of B rows on the calling thread (the lean path, no thread team).
 
@@ -571,8 +596,14 @@ def layer_forward(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, y,
         return
     offsets = step_offsets(batch_sizes)
     threads = numba.get_num_threads()
-    _project(x, w_ih, gates, max(1, min(threads, x.shape[0] // 8)), is_double)
     chunks, per = _chunks(n_dir, batch)
+    if n_dir * chunks == 1:
+        z, bits, hpre = _scratch(1, per, gh, hid, w_hh.shape[2], x.dtype)
+        _forward_serial(mode == "lstm", x, batch_sizes, offsets, w_ih, w_hh, b_ih, b_hh, w_hr,
+                        w_hr.shape[1] > 0, y, h_n, c_n, gates, saved, z[0], bits[0], hpre[0],
+                        is_double)
+        return
+    _project(x, w_ih, gates, max(1, min(threads, x.shape[0] // 8)), is_double)
     z, bits, hpre = _scratch(n_dir * chunks, per, gh, hid, w_hh.shape[2], x.dtype)
     _FORWARD[mode](x, batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr, w_hr.shape[1] > 0, y, h_n,
                    c_n, gates, saved, z, bits, hpre, chunks, per, is_double)
