@@ -40,13 +40,9 @@ def check_tensor(t, name):
         raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
 
 
-def conv_args(op, input, weight, bias, stride, padding, dilation, groups, nsp):
-    """Check a convolution call of spatial rank ``nsp`` and canonicalise it.
-
-    Returns ``(batched_input, unbatched, stride, pad_lo, dilation, out_spatial)``: tuples of nsp
-    ints; ``pad_lo`` is the padding before each axis and ``out_spatial`` the output size (the
-    padding after each axis, which differs from pad_lo for even 'same' kernels, is implied by it).
-    """
+def _conv_common(op, input, weight, bias, stride, dilation, groups, nsp, weight_layout):
+    """The checks every convolution shares: tensors, groups, ranks, dtypes, device, stride and
+    dilation. Returns ``(batched_input, unbatched, stride, dilation, groups)``."""
     check_tensor(input, "input")
     check_tensor(weight, "weight")
     if bias is not None:
@@ -56,8 +52,8 @@ def conv_args(op, input, weight, bias, stride, padding, dilation, groups, nsp):
     groups = int(groups)
     if weight.dim() != nsp + 2:
         raise RuntimeError(
-            f"{op}: expected weight to be {nsp + 2}-dimensional (out_channels, in_channels/groups, "
-            f"*kernel), but got weight of size {_shape(weight)}"
+            f"{op}: expected weight to be {nsp + 2}-dimensional ({weight_layout}, *kernel), but "
+            f"got weight of size {_shape(weight)}"
         )
     stride = expand_param(stride, nsp, "stride")
     dilation = expand_param(dilation, nsp, "dilation")
@@ -79,12 +75,24 @@ def conv_args(op, input, weight, bias, stride, padding, dilation, groups, nsp):
         raise RuntimeError(
             f"{op}: expected input, weight and bias on one device, got {sorted(map(str, devices))}"
         )
-    if any(s <= 0 for s in stride):
+    if any(v <= 0 for v in stride):
         raise RuntimeError(f"{op}: non-positive stride is not supported (stride={list(stride)})")
     if any(d <= 0 for d in dilation):
         raise RuntimeError(f"{op}: non-positive dilation is not supported (dilation={list(dilation)})")
     if groups <= 0:
         raise RuntimeError(f"{op}: non-positive groups is not supported (groups={groups})")
+    return x, unbatched, stride, dilation, groups
+
+
+def conv_args(op, input, weight, bias, stride, padding, dilation, groups, nsp):
+    """Check a convolution call of spatial rank ``nsp`` and canonicalise it.
+
+    Returns ``(batched_input, unbatched, stride, pad_lo, dilation, out_spatial)``: tuples of nsp
+    ints; ``pad_lo`` is the padding before each axis and ``out_spatial`` the output size (the
+    padding after each axis, which differs from pad_lo for even 'same' kernels, is implied by it).
+    """
+    x, unbatched, stride, dilation, groups = _conv_common(
+        op, input, weight, bias, stride, dilation, groups, nsp, "out_channels, in_channels/groups")
     c_out, cin_g = weight.shape[0], weight.shape[1]
     if c_out % groups != 0:
         raise RuntimeError(
@@ -137,42 +145,12 @@ def conv_transpose_args(op, input, weight, bias, stride, padding, output_padding
     Returns ``(batched_input, unbatched, stride, padding, output_padding, dilation, out_spatial)``.
     The weight is (C_in, C_out / groups, *kernel), as torch's.
     """
-    check_tensor(input, "input")
-    check_tensor(weight, "weight")
-    if bias is not None:
-        check_tensor(bias, "bias")
     if isinstance(padding, str):
         raise TypeError(f"{op}(): argument 'padding' must be tuple of ints, not str")
-    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral):
-        raise TypeError(f"{op}: groups must be an int, got {groups!r}")
-    groups = int(groups)
-    if weight.dim() != nsp + 2:
-        raise RuntimeError(
-            f"{op}: expected weight to be {nsp + 2}-dimensional (in_channels, out_channels/groups, "
-            f"*kernel), but got weight of size {_shape(weight)}"
-        )
-    stride = expand_param(stride, nsp, "stride")
+    x, unbatched, stride, dilation, groups = _conv_common(
+        op, input, weight, bias, stride, dilation, groups, nsp, "in_channels, out_channels/groups")
     padding = expand_param(padding, nsp, "padding")
     output_padding = expand_param(output_padding, nsp, "output_padding")
-    dilation = expand_param(dilation, nsp, "dilation")
-    if input.dim() not in (nsp + 1, nsp + 2):
-        raise RuntimeError(
-            f"Expected {nsp + 1}D (unbatched) or {nsp + 2}D (batched) input to {op}, but got input "
-            f"of size: {_shape(input)}"
-        )
-    unbatched = input.dim() == nsp + 1
-    x = input.unsqueeze(0) if unbatched else input
-    if x.dtype != weight.dtype:
-        raise RuntimeError(f"{op}: input type ({x.dtype}) and weight type ({weight.dtype}) should be the same")
-    if bias is not None and bias.dtype != weight.dtype:
-        raise RuntimeError(f"{op}: input type ({x.dtype}) and bias type ({bias.dtype}) should be the same")
-    devices = {t.device for t in (x, weight, bias) if t is not None}
-    if len(devices) != 1:
-        raise RuntimeError(f"{op}: expected input, weight and bias on one device, got {sorted(map(str, devices))}")
-    if any(s <= 0 for s in stride):
-        raise RuntimeError(f"{op}: non-positive stride is not supported (stride={list(stride)})")
-    if any(d <= 0 for d in dilation):
-        raise RuntimeError(f"{op}: non-positive dilation is not supported (dilation={list(dilation)})")
     if any(p < 0 for p in padding):
         raise RuntimeError(f"{op}: negative padding is not supported (padding={list(padding)})")
     if any(p < 0 for p in output_padding):
@@ -182,8 +160,6 @@ def conv_transpose_args(op, input, weight, bias, stride, padding, output_padding
             f"{op}: output padding must be smaller than either stride or dilation, but got "
             f"output_padding={list(output_padding)}, stride={list(stride)}, dilation={list(dilation)}"
         )
-    if groups <= 0:
-        raise RuntimeError(f"{op}: non-positive groups is not supported (groups={groups})")
     c_in, cout_g = weight.shape[0], weight.shape[1]
     if c_in % groups != 0:
         raise RuntimeError(
