@@ -100,7 +100,6 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
             v = torch.cat([v, extra_v])
             attn_mask = None if attn_mask is None else F.pad(attn_mask, (0, 1))
             key_padding_mask = None if key_padding_mask is None else F.pad(key_padding_mask, (0, 1))
-        src_len = k.shape[0]
         mask = attn_mask
         if key_padding_mask is not None:
             mask = key_padding_mask if mask is None else mask + key_padding_mask
