@@ -22,7 +22,8 @@ from torch import Tensor
 
 from dlkern import _dispatch
 from dlkern.kernels.numba import channel as numba_channel
-from dlkern.ops.conv import _as_rank3_array, _backward_input_kernel, _layout_of, _rank3, _run_into
+from dlkern.ops.conv import (_as_rank3_array, _backward_input_kernel, _conv_setup_context,
+                             _layout_of, _rank3, _run_into)
 from dlkern.ops.conv import conv as conv_op
 from dlkern.ops.conv import conv_backward_weight as conv_backward_weight_op
 
@@ -63,13 +64,6 @@ def _(input, weight, bias, stride, padding, dilation, groups, output_size):
                        device=input.device, memory_format=_layout_of(input))
 
 
-def _setup_context(ctx, inputs, output):
-    input, weight, bias, stride, padding, dilation, groups, output_size = inputs
-    ctx.save_for_backward(input, weight)
-    ctx.has_bias = bias is not None
-    ctx.params = (list(stride), list(padding), list(dilation), groups)
-
-
 def _backward(ctx, grad_output):
     input, weight = ctx.saved_tensors
     stride, padding, dilation, groups = ctx.params
@@ -86,7 +80,7 @@ def _backward(ctx, grad_output):
     return grad_input, grad_weight, grad_bias, None, None, None, None, None
 
 
-conv_transpose.register_autograd(_backward, setup_context=_setup_context)
+conv_transpose.register_autograd(_backward, setup_context=_conv_setup_context)
 
 
 _TORCH_CONV_TRANSPOSE = {1: torch.nn.functional.conv_transpose1d,

@@ -119,27 +119,33 @@ def _(grad_output, input, depthwise_weight, pointwise_weight, depthwise_bias, st
             grad_output.new_empty((pointwise_weight.shape[0],)))
 
 
-def _dsconv_setup_context(ctx, inputs, output):
-    input, wd, wp, bd, bp, stride, padding, dilation, output_size = inputs
-    ctx.save_for_backward(input, wd, wp, bd)
-    ctx.has_bias = (bd is not None, bp is not None)
+def _two_conv_setup_context(ctx, inputs, output):
+    """Saved for the backward of both fused ops: input, both weights and the first bias."""
+    input, w1, w2, b1, b2, stride, padding, dilation, output_size = inputs
+    ctx.save_for_backward(input, w1, w2, b1)
+    ctx.has_bias = (b1 is not None, b2 is not None)
     ctx.params = (list(stride), list(padding), list(dilation))
 
 
-def _dsconv_backward(ctx, grad_output):
-    input, wd, wp, bd = ctx.saved_tensors
-    stride, padding, dilation = ctx.params
-    need = ctx.needs_input_grad[:5]
-    if not any(need):
-        return (None,) * 9
-    gx, gwd, gwp, gbd, gbp = depthwise_separable_conv_backward(
-        grad_output, input, wd, wp, bd, stride, padding, dilation, bool(need[0]))
-    keep = lambda g, k: g if need[k] else None  # noqa: E731
-    return (keep(gx, 0), keep(gwd, 1), keep(gwp, 2), keep(gbd, 3) if ctx.has_bias[0] else None,
-            keep(gbp, 4) if ctx.has_bias[1] else None, None, None, None, None)
+def _two_conv_backward(backward_op):
+    """The autograd backward of a fused op whose gradient op returns all five gradients."""
+    def backward(ctx, grad_output):
+        input, w1, w2, b1 = ctx.saved_tensors
+        stride, padding, dilation = ctx.params
+        need = ctx.needs_input_grad[:5]
+        if not any(need):
+            return (None,) * 9
+        gx, gw1, gw2, gb1, gb2 = backward_op(grad_output, input, w1, w2, b1, stride, padding,
+                                             dilation, bool(need[0]))
+        keep = lambda g, k: g if need[k] else None  # noqa: E731
+        return (keep(gx, 0), keep(gw1, 1), keep(gw2, 2), keep(gb1, 3) if ctx.has_bias[0] else None,
+                keep(gb2, 4) if ctx.has_bias[1] else None, None, None, None, None)
+
+    return backward
 
 
-depthwise_separable_conv.register_autograd(_dsconv_backward, setup_context=_dsconv_setup_context)
+depthwise_separable_conv.register_autograd(_two_conv_backward(depthwise_separable_conv_backward),
+                                           setup_context=_two_conv_setup_context)
 
 
 def depthwise_separable(op, input, depthwise_weight, pointwise_weight, depthwise_bias,
@@ -232,27 +238,8 @@ def _(grad_output, input, weight_v, weight_h, bias_v, stride, padding, dilation,
             grad_output.new_empty((weight_h.shape[0],)))
 
 
-def _spatial_setup_context(ctx, inputs, output):
-    input, wv, wh, bv, bh, stride, padding, dilation, output_size = inputs
-    ctx.save_for_backward(input, wv, wh, bv)
-    ctx.has_bias = (bv is not None, bh is not None)
-    ctx.params = (list(stride), list(padding), list(dilation))
-
-
-def _spatial_backward(ctx, grad_output):
-    input, wv, wh, bv = ctx.saved_tensors
-    stride, padding, dilation = ctx.params
-    need = ctx.needs_input_grad[:5]
-    if not any(need):
-        return (None,) * 9
-    gx, gwv, gwh, gbv, gbh = spatial_separable_conv_backward(
-        grad_output, input, wv, wh, bv, stride, padding, dilation, bool(need[0]))
-    keep = lambda g, k: g if need[k] else None  # noqa: E731
-    return (keep(gx, 0), keep(gwv, 1), keep(gwh, 2), keep(gbv, 3) if ctx.has_bias[0] else None,
-            keep(gbh, 4) if ctx.has_bias[1] else None, None, None, None, None)
-
-
-spatial_separable_conv.register_autograd(_spatial_backward, setup_context=_spatial_setup_context)
+spatial_separable_conv.register_autograd(_two_conv_backward(spatial_separable_conv_backward),
+                                         setup_context=_two_conv_setup_context)
 
 
 def spatial_separable(op, input, weight_v, weight_h, bias_v, bias_h, stride, padding, dilation):
