@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml setup.py kernels/cython/gemm.pyx
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q numpy numba scipy cython setuptools wheel
+	# Triton 3.6 (as on the GPU machines): its interpreter runs the GPU kernels' tests on the CPU.
+	$(PY) -m pip install -q triton==3.6.0
 	$(PY) -m pip install -q --no-build-isolation -e '.[test,plot]'
 	mkdir -p bench/out
 	touch $(STAMP)

@@ -19,11 +19,20 @@ import numpy as np
 import torch
 
 _CPU_DTYPES = (torch.float32, torch.float64)
+_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _lock = threading.Lock()
 _fallbacks = Counter()
 
-# Op families that have Triton kernels; filled in by dlkern.ops modules when kernels/triton has them.
+# Op families that have Triton kernels; filled in by dlkern.ops modules through register_triton.
 TRITON_OPS = set()
+
+
+def register_triton(*ops):
+    """Declare that ``ops`` have Triton kernels, if Triton is installed (it is optional on the CPU).
+    Does not import Triton: the kernels are imported on the first call that uses them."""
+    import importlib.util
+    if importlib.util.find_spec("triton") is not None:
+        TRITON_OPS.update(ops)
 
 
 def _flag(name):
@@ -47,7 +56,7 @@ def backend_for(op, *tensors):
     device, dtype = devices.pop(), dtypes.pop()
     want_triton = device == "cuda" or (forced == "triton" and _flag("TRITON_INTERPRET"))
     if want_triton:
-        return "triton" if op in TRITON_OPS else None
+        return "triton" if op in TRITON_OPS and dtype in _TRITON_DTYPES else None
     if device == "cpu" and dtype in _CPU_DTYPES:
         return "numba"
     return None

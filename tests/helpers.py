@@ -17,7 +17,11 @@ import sys
 import torch
 
 # Per-element error allowed per unit of sqrt(reduction length), relative to the reference's scale.
-TOLERANCE = {torch.float32: 2e-6, torch.float64: 1e-14}
+TOLERANCE = {torch.float32: 2e-6, torch.float64: 1e-14, torch.float16: 5e-4, torch.bfloat16: 4e-3}
+
+# The dtypes the Triton kernels are tested in: all three on a GPU; float32 under the interpreter.
+TRITON_DTYPES = ((torch.float32, torch.float16, torch.bfloat16) if torch.cuda.is_available()
+                 else (torch.float32,))
 
 
 def tolerance(dtype, reduction, scale):

@@ -1,0 +1,31 @@
+"""How every dlkern Triton kernel is autotuned: configurations come from ``configs.py`` (data, keyed
+on shape arguments), the winner is cached on disk by Triton (``cache_results=True``), so a second
+process with the same shapes does not tune again.
+
+Under ``TRITON_INTERPRET=1`` (CPU tests) timing configurations means nothing and costs minutes, so
+only the first configuration of each list is kept; the lists therefore start with a configuration
+that is valid for every shape.
+"""
+import os
+
+import triton
+
+
+def _interpreting():
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def autotune(configs, key, prune=None, **kwargs):
+    """``triton.autotune`` with dlkern's defaults. ``prune(configs, named_args)`` may drop
+    configurations that are invalid or wasteful for a shape; it must keep at least one."""
+    if _interpreting():
+        # One configuration: Triton's autotuner then launches it directly, without timing (which
+        # would need a GPU driver). Read at decoration time, as triton.jit reads TRITON_INTERPRET.
+        return triton.autotune(configs=list(configs)[:1], key=key, **kwargs)
+
+    def early_prune(configs, named_args, **kw):
+        return prune(list(configs), named_args)
+
+    pruning = {"early_config_prune": early_prune} if prune is not None else None
+    return triton.autotune(configs=configs, key=key, cache_results=True,
+                           prune_configs_by=pruning, **kwargs)
