@@ -26,7 +26,7 @@ import traceback
 
 import torch
 
-SECTIONS = ("conv", "attention", "rnn")
+SECTIONS = ("conv", "separable", "attention", "rnn")
 # Error floor per dtype (absolute, relative to the reference's largest magnitude).
 FLOOR = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
