@@ -8,7 +8,104 @@ Each op family edits only its own block.
 from triton import Config
 
 # --- convolution family (conv.py, depthwise.py, separable.py) ---------------------------------
-CONV = {}
+CONV = {
+    # -- conv.py: implicit GEMM of the forward and the input gradient [BLOCK_M pixels, BLOCK_N
+    # output channels of a group, BLOCK_K input channels (x kernel positions)]. The first tile is
+    # valid for every shape and cheap under the interpreter; all fit an H100 in float32.
+    "gemm": [
+        Config({"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 16}, num_warps=4, num_stages=2),
+        Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=4),
+        Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=8, num_stages=3),
+        Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=4),
+        Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+        Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=4),
+        Config({"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=4),
+        Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+    ],
+    # conv.py, weight gradient [BLOCK_M out channels, BLOCK_N in channels at one kernel
+    # position, BLOCK_K of the N * output pixels (split across programs)].
+    "weight": [
+        Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32}, num_warps=4, num_stages=2),
+        Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=4),
+        Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+        Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+        Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+        Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+    ],
+    # conv.py, per-channel sums (bias gradients): [BLOCK_P pixels, BLOCK_C channels] per step.
+    "channel_sum": [
+        Config({"BLOCK_C": 16, "BLOCK_P": 32}, num_warps=4),
+        Config({"BLOCK_C": 32, "BLOCK_P": 128}, num_warps=4),
+        Config({"BLOCK_C": 4, "BLOCK_P": 512}, num_warps=4),
+        Config({"BLOCK_C": 64, "BLOCK_P": 64}, num_warps=8),
+    ],
+    # -- depthwise.py: direct kernels, tiles of [BLOCK_P pixels, BLOCK_C channels]; the narrow
+    # tiles (BLOCK_C < 16) serve NCDHW tensors, the wide ones channels_last (pruned by layout).
+    "depthwise_forward": [
+        Config({"BLOCK_P": 128, "BLOCK_C": 4}, num_warps=4),
+        Config({"BLOCK_P": 256, "BLOCK_C": 2}, num_warps=4),
+        Config({"BLOCK_P": 512, "BLOCK_C": 1}, num_warps=4),
+        Config({"BLOCK_P": 256, "BLOCK_C": 4}, num_warps=8),
+        Config({"BLOCK_P": 1024, "BLOCK_C": 1}, num_warps=8),
+        Config({"BLOCK_P": 64, "BLOCK_C": 8}, num_warps=4),
+        Config({"BLOCK_P": 16, "BLOCK_C": 64}, num_warps=4),
+        Config({"BLOCK_P": 32, "BLOCK_C": 32}, num_warps=4),
+        Config({"BLOCK_P": 8, "BLOCK_C": 128}, num_warps=4),
+        Config({"BLOCK_P": 32, "BLOCK_C": 64}, num_warps=8),
+    ],
+    "depthwise_backward_input": [
+        Config({"BLOCK_P": 128, "BLOCK_C": 4}, num_warps=4),
+        Config({"BLOCK_P": 256, "BLOCK_C": 2}, num_warps=4),
+        Config({"BLOCK_P": 512, "BLOCK_C": 1}, num_warps=4),
+        Config({"BLOCK_P": 256, "BLOCK_C": 4}, num_warps=8),
+        Config({"BLOCK_P": 16, "BLOCK_C": 64}, num_warps=4),
+        Config({"BLOCK_P": 32, "BLOCK_C": 32}, num_warps=4),
+        Config({"BLOCK_P": 32, "BLOCK_C": 64}, num_warps=8),
+    ],
+    # [BLOCK_T taps, BLOCK_P positions]; BLOCK_P must divide 1024 (the launcher's chunk unit).
+    "depthwise_backward_weight": [
+        Config({"BLOCK_P": 256}, num_warps=4),
+        Config({"BLOCK_P": 512}, num_warps=4),
+        Config({"BLOCK_P": 1024}, num_warps=8),
+        Config({"BLOCK_P": 128}, num_warps=4),
+    ],
+    # -- separable.py: fused depthwise-separable forward, [BLOCK_M pixels, BLOCK_N out channels],
+    # reduction over BLOCK_K depthwise channels computed in registers.
+    "dsconv_forward": [
+        Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=2),
+        Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=2),
+        Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=4, num_stages=2),
+        Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=2),
+        Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 16}, num_warps=8, num_stages=2),
+        Config({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 16}, num_warps=8, num_stages=2),
+        Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=4, num_stages=2),
+    ],
+    # separable.py's 2-d implicit GEMMs (groups = 1) of the unfused stages and the backward:
+    # forward and input gradient [BLOCK_M pixels, BLOCK_N channels, BLOCK_K channels];
+    # weight gradient [BLOCK_M out channels, BLOCK_N in channels, BLOCK_K pixels].
+    "sep_gemm_forward": [
+        Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
+        Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
+        Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=4, num_stages=3),
+        Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
+        Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=8, num_stages=2),
+        Config({"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=3),
+    ],
+    "sep_gemm_backward_input": [
+        Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
+        Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
+        Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=4, num_stages=3),
+        Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
+        Config({"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=3),
+    ],
+    "sep_gemm_backward_weight": [
+        Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+        Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+        Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+        Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
+        Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 128}, num_warps=4, num_stages=3),
+    ],
+}
 
 # --- attention (attention.py) -----------------------------------------------------------------
 ATTENTION = {}

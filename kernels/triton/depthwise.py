@@ -1,0 +1,261 @@
+"""Depthwise convolution kernels for the GPU (groups == C_in, any channel multiplier m).
+
+Rank-3 canonical torch tensors, any strides (NCDHW or channels_last alike):
+
+    x    (N, C, D, H, W)              input; 1-d and 2-d convolutions have D = H = 1 (and W for 1-d)
+    w    (C*m, 1, KD, KH, KW)         output channel c*m + j reads input channel c
+    out  (N, C*m, OD, OH, OW)         its shape gives the output size (asymmetric 'same' padding)
+
+``stride``, ``padding`` (before the first element of each axis) and ``dilation`` are 3-tuples.
+
+A depthwise convolution does KD*KH*KW multiply-adds per output element and reads each input once:
+it is memory-bound, so these are direct kernels. A program owns a tile of output pixels of a few
+channels, [BLOCK_P, BLOCK_C]; the kernel taps are unrolled (the kernel size is a constexpr), and
+the neighbouring taps' loads hit L1/L2. NCDHW tensors want many pixels of few channels per tile,
+channels_last tensors many channels (their contiguous axis): the configurations are keyed on the
+layout. Products accumulate in float32 whatever the input dtype.
+
+* forward: out[n, co, p] = b[co] + sum_t w[co, t] * x[n, co // m, in(p, t)].
+* gradient of the input (a gather, race-free): dx[n, c, q] = sum_j sum_t w[c*m + j, t] *
+  dy[n, c*m + j, p] over the output pixels p whose tap t reads q (strides: where the division of
+  q + padding - tap offset by the stride is exact).
+* gradient of the weight (and bias): per output channel a reduction over N*OD*OH*OW, split over
+  SPLIT programs; a program holds up to 16 taps as one axis of its tile, [BLOCK_T, BLOCK_P], so
+  one loop iteration serves all of them (larger kernels take several programs per channel). The float32 partial sums (SPLIT, C*m, taps) are added up by the
+  launcher.
+"""
+import triton
+import triton.language as tl
+
+from ._autotune import autotune
+from .configs import CONV
+
+
+def _prune_by_layout(configs, named_args):
+    """channels_last tensors want wide channel tiles, NCDHW ones narrow ones (coalesced loads)."""
+    wide = [c for c in configs if c.kwargs["BLOCK_C"] >= 16]
+    narrow = [c for c in configs if c.kwargs["BLOCK_C"] < 16]
+    keep = wide if named_args["CHANNELS_LAST"] else narrow
+    return keep or configs[:1]
+
+
+@autotune(CONV["depthwise_forward"], key=["C_OUT", "P_OUT", "KD", "KH", "KW", "CHANNELS_LAST"],
+          prune=_prune_by_layout)
+@triton.jit
+def _depthwise_forward_kernel(
+        x_ptr, w_ptr, b_ptr, out_ptr,
+        C_OUT, M, D_IN, H_IN, W_IN, H_OUT, W_OUT, P_OUT,
+        sxn, sxc, sxd, sxh, sxw, son, soc, sod, soh, sow,
+        SD, SH, SW, PD, PH, PW, DD, DH, DW,
+        KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr,
+        CHANNELS_LAST: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid_p = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    n = tl.program_id(2).to(tl.int64)
+    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    co = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    p_ok = p < P_OUT
+    c_ok = co < C_OUT
+    ow = p % W_OUT
+    oh = (p // W_OUT) % H_OUT
+    od = p // (W_OUT * H_OUT)
+    x_chan = x_ptr + n * sxn + (co // M).to(tl.int64) * sxc
+    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    for kd in tl.static_range(KD):
+        i_d = od * SD - PD + kd * DD
+        ok_d = p_ok & (i_d >= 0) & (i_d < D_IN)
+        for kh in tl.static_range(KH):
+            ih = oh * SH - PH + kh * DH
+            ok_h = ok_d & (ih >= 0) & (ih < H_IN)
+            for kw in tl.static_range(KW):
+                iw = ow * SW - PW + kw * DW
+                ok = ok_h & (iw >= 0) & (iw < W_IN)
+                offs = i_d * sxd + ih * sxh + iw * sxw
+                xv = tl.load(x_chan[None, :] + offs[:, None], mask=ok[:, None] & c_ok[None, :],
+                             other=0.0)
+                wv = tl.load(w_ptr + co * (KD * KH * KW) + ((kd * KH + kh) * KW + kw),
+                             mask=c_ok, other=0.0)
+                acc += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + co, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+    out = (out_ptr + n * son + co.to(tl.int64)[None, :] * soc
+           + (od * sod + oh * soh + ow * sow)[:, None])
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=p_ok[:, None] & c_ok[None, :])
+
+
+@autotune(CONV["depthwise_backward_input"],
+          key=["C_IN", "P_IN", "M", "KD", "KH", "KW", "CHANNELS_LAST"], prune=_prune_by_layout)
+@triton.jit
+def _depthwise_backward_input_kernel(
+        dy_ptr, w_ptr, dx_ptr,
+        C_IN, M, D_OUT, H_OUT, W_OUT, H_IN, W_IN, P_IN,
+        syn, syc, syd, syh, syw, sxn, sxc, sxd, sxh, sxw,
+        SD, SH, SW, PD, PH, PW, DD, DH, DW,
+        KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+        CHANNELS_LAST: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid_p = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    n = tl.program_id(2).to(tl.int64)
+    q = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    q_ok = q < P_IN
+    c_ok = c < C_IN
+    iw = q % W_IN
+    ih = (q // W_IN) % H_IN
+    i_d = q // (W_IN * H_IN)
+    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    for j in range(M):
+        co = c * M + j
+        dy_chan = dy_ptr + n * syn + co.to(tl.int64) * syc
+        for kd in tl.static_range(KD):
+            # output depth od reads i_d through tap kd when od*SD = i_d + PD - kd*DD exactly
+            num_d = i_d + PD - kd * DD
+            od = num_d // SD
+            ok_d = q_ok & (num_d >= 0) & (od * SD == num_d) & (od < D_OUT)
+            for kh in tl.static_range(KH):
+                num_h = ih + PH - kh * DH
+                oh = num_h // SH
+                ok_h = ok_d & (num_h >= 0) & (oh * SH == num_h) & (oh < H_OUT)
+                for kw in tl.static_range(KW):
+                    num_w = iw + PW - kw * DW
+                    ow = num_w // SW
+                    ok = ok_h & (num_w >= 0) & (ow * SW == num_w) & (ow < W_OUT)
+                    offs = od * syd + oh * syh + ow * syw
+                    g = tl.load(dy_chan[None, :] + offs[:, None],
+                                mask=ok[:, None] & c_ok[None, :], other=0.0)
+                    wv = tl.load(w_ptr + co * (KD * KH * KW) + ((kd * KH + kh) * KW + kw),
+                                 mask=c_ok, other=0.0)
+                    acc += g.to(tl.float32) * wv.to(tl.float32)[None, :]
+    dx = (dx_ptr + n * sxn + c.to(tl.int64)[None, :] * sxc
+          + (i_d * sxd + ih * sxh + iw * sxw)[:, None])
+    tl.store(dx, acc.to(dx_ptr.dtype.element_ty), mask=q_ok[:, None] & c_ok[None, :])
+
+
+@autotune(CONV["depthwise_backward_weight"], key=["C_OUT", "Q", "KD", "KH", "KW", "SPLIT"])
+@triton.jit
+def _depthwise_backward_weight_kernel(
+        x_ptr, dy_ptr, dw_part_ptr, db_part_ptr,
+        C_OUT, M, D_IN, H_IN, W_IN, H_OUT, W_OUT, P_OUT, Q, CHUNK, SPLIT,
+        sxn, sxc, sxd, sxh, sxw, syn, syc, syd, syh, syw,
+        SD, SH, SW, PD, PH, PW, DD, DH, DW,
+        KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, BLOCK_T: tl.constexpr,
+        HAS_BIAS: tl.constexpr, BLOCK_P: tl.constexpr):
+    """dw_part[s, co, t] = sum over q in [s*CHUNK, (s+1)*CHUNK) of dy[q, co] * x[q through tap t];
+    q runs over (n, od, oh, ow) flattened (Q = N*P_OUT); db_part[s, co] = the sum of dy[q, co]."""
+    co = tl.program_id(0)
+    s = tl.program_id(1)
+    c = co // M
+    t = tl.program_id(2) * BLOCK_T + tl.arange(0, BLOCK_T)
+    t_ok = t < KD * KH * KW
+    kd = t // (KH * KW)
+    kh = (t // KW) % KH
+    kw = t % KW
+    acc = tl.zeros((BLOCK_T, BLOCK_P), dtype=tl.float32)
+    acc_b = tl.zeros((BLOCK_P,), dtype=tl.float32)
+    q_end = tl.minimum(Q, (s + 1) * CHUNK)
+    for q0 in range(s * CHUNK, q_end, BLOCK_P):
+        q = q0 + tl.arange(0, BLOCK_P)
+        q_ok = q < q_end
+        n = (q // P_OUT).to(tl.int64)
+        p = q % P_OUT
+        ow = p % W_OUT
+        oh = (p // W_OUT) % H_OUT
+        od = p // (W_OUT * H_OUT)
+        g = tl.load(dy_ptr + n * syn + co.to(tl.int64) * syc + od * syd + oh * syh + ow * syw,
+                    mask=q_ok, other=0.0).to(tl.float32)
+        i_d = od[None, :] * SD - PD + kd[:, None] * DD
+        ih = oh[None, :] * SH - PH + kh[:, None] * DH
+        iw = ow[None, :] * SW - PW + kw[:, None] * DW
+        ok = (q_ok[None, :] & t_ok[:, None] & (i_d >= 0) & (i_d < D_IN) & (ih >= 0)
+              & (ih < H_IN) & (iw >= 0) & (iw < W_IN))
+        xv = tl.load(x_ptr + n[None, :] * sxn + c.to(tl.int64) * sxc + i_d * sxd + ih * sxh
+                     + iw * sxw, mask=ok, other=0.0)
+        acc += xv.to(tl.float32) * g[None, :]
+        acc_b += g
+    part = s.to(tl.int64) * C_OUT + co
+    tl.store(dw_part_ptr + part * (KD * KH * KW) + t, tl.sum(acc, axis=1), mask=t_ok)
+    if HAS_BIAS:
+        if tl.program_id(2) == 0:
+            tl.store(db_part_ptr + part, tl.sum(acc_b, axis=0))
+
+
+def _strides(t):
+    return tuple(t.stride())
+
+
+def _is_channels_last(t):
+    """The channel axis is the innermost (stride 1) with more than one channel."""
+    return t.shape[1] > 1 and t.stride(1) == 1 and t.stride(4) != 1
+
+
+def depthwise_forward(x, w, b, stride, padding, dilation, out):
+    """out = depthwise conv(x, w) + b (b (C*m,) or None). Shapes: module docstring."""
+    if out.numel() == 0:
+        return out
+    n_img, c_in = x.shape[:2]
+    c_out, _, kd, kh, kw = w.shape
+    w = w.contiguous()
+    b = b.contiguous() if b is not None else None
+    p_out = out.shape[2] * out.shape[3] * out.shape[4]
+
+    def grid(meta):
+        return (triton.cdiv(p_out, meta["BLOCK_P"]), triton.cdiv(c_out, meta["BLOCK_C"]), n_img)
+
+    _depthwise_forward_kernel[grid](
+        x, w, b if b is not None else w, out,
+        c_out, c_out // c_in, *x.shape[2:], *out.shape[3:], p_out,
+        *_strides(x), *_strides(out), *stride, *padding, *dilation,
+        KD=kd, KH=kh, KW=kw, HAS_BIAS=b is not None, CHANNELS_LAST=_is_channels_last(out))
+    return out
+
+
+def depthwise_backward_input(dy, w, stride, padding, dilation, dx):
+    """dx = the gradient of depthwise conv(x, w) w.r.t. x, given dy, its output's gradient."""
+    if dx.numel() == 0:
+        return dx
+    n_img, c_in = dx.shape[:2]
+    c_out, _, kd, kh, kw = w.shape
+    w = w.contiguous()
+    p_in = dx.shape[2] * dx.shape[3] * dx.shape[4]
+
+    def grid(meta):
+        return (triton.cdiv(p_in, meta["BLOCK_P"]), triton.cdiv(c_in, meta["BLOCK_C"]), n_img)
+
+    _depthwise_backward_input_kernel[grid](
+        dy, w, dx, c_in, c_out // c_in, *dy.shape[2:], *dx.shape[3:], p_in,
+        *_strides(dy), *_strides(dx), *stride, *padding, *dilation,
+        KD=kd, KH=kh, KW=kw, CHANNELS_LAST=_is_channels_last(dx))
+    return dx
+
+
+# Programs the weight gradient aims for: enough to fill a large GPU several times over.
+_WEIGHT_PROGRAMS = 1024
+
+
+def depthwise_backward_weight(x, dy, w_shape, stride, padding, dilation, want_bias):
+    """(dw, db): gradients of depthwise conv(x, w) + bias with respect to w (shape w_shape) and
+    bias ((C*m,), or None when not wanted)."""
+    import torch
+
+    c_out = w_shape[0]
+    kd, kh, kw = w_shape[2:]
+    kvol = kd * kh * kw
+    p_out = dy.shape[2] * dy.shape[3] * dy.shape[4]
+    q = dy.shape[0] * p_out
+    if q == 0 or x.numel() == 0:
+        dw = torch.zeros(tuple(w_shape), dtype=x.dtype, device=x.device)
+        return dw, (torch.zeros(c_out, dtype=x.dtype, device=x.device) if want_bias else None)
+    # Each program reduces CHUNK consecutive (image, pixel) positions; CHUNK is a multiple of
+    # every configuration's BLOCK_P so that the programs' ranges tile Q exactly.
+    split = max(1, min(triton.cdiv(_WEIGHT_PROGRAMS, c_out), triton.cdiv(q, 4096)))
+    chunk = triton.cdiv(triton.cdiv(q, split), 1024) * 1024
+    split = triton.cdiv(q, chunk)
+    dw_part = torch.empty((split, c_out, kvol), dtype=torch.float32, device=x.device)
+    db_part = torch.empty((split, c_out), dtype=torch.float32, device=x.device)
+    block_t = min(triton.next_power_of_2(kvol), 16)
+    _depthwise_backward_weight_kernel[(c_out, split, triton.cdiv(kvol, block_t))](
+        x, dy, dw_part, db_part, c_out, c_out // x.shape[1], *x.shape[2:], *dy.shape[3:], p_out,
+        q, chunk, split, *_strides(x), *_strides(dy), *stride, *padding, *dilation,
+        KD=kd, KH=kh, KW=kw, BLOCK_T=block_t, HAS_BIAS=bool(want_bias))
+    dw = dw_part.sum(0).to(x.dtype).reshape(tuple(w_shape))
+    return dw, (db_part.sum(0).to(x.dtype) if want_bias else None)
