@@ -12,6 +12,11 @@ Ops in the ``dlkern`` namespace, each with a fake (meta) implementation:
   of Hk, mask an additive float bias broadcast (zero strides allowed) to (B, Hq, Lq, Lk).
 * ``dlkern::attention_backward(...) -> (grad_q, grad_k, grad_v, grad_mask)``.
 
+Inside each op the backend is chosen again from the canonical tensors: Numba kernels for CPU
+tensors, Triton kernels (``dlkern.kernels.triton.attention``, imported on the first such call) for
+CUDA tensors or under ``DLKERN_BACKEND=triton`` with ``TRITON_INTERPRET=1``. The log-sum-exp is
+float32 except for float64 inputs (the Triton kernels keep it in float32 for float16/bfloat16).
+
 The public functions reduce every case torch accepts (unbatched, extra batch axes, broadcast
 batch or head axes, GQA, bool masks) to those canonical forms with views; autograd through the
 views sums the gradients of broadcast axes.
@@ -28,6 +33,22 @@ from dlkern import _dispatch
 from dlkern.kernels.numba import attention as kernels
 
 _NEG_INF = float("-inf")
+
+_dispatch.register_triton("attention", "masked_softmax")
+
+
+def _triton_kernels():
+    """The Triton kernels, imported on first use (importing dlkern never needs Triton)."""
+    from dlkern.kernels.triton import attention as triton_kernels
+    return triton_kernels
+
+
+def _on_triton(op, *tensors):
+    return _dispatch.backend_for(op, *tensors) == "triton"
+
+
+def _allow_tf32():
+    return bool(torch.backends.cuda.matmul.allow_tf32)
 
 
 def _threads():
@@ -56,6 +77,11 @@ def _rows_contiguous(t):
 def masked_softmax_op(x: Tensor, mask: Optional[Tensor], mask_row_offset: Optional[Tensor],
                       mask_col_stride: int) -> Tensor:
     out = _dispatch.new_output(x.shape, x)
+    if _on_triton("masked_softmax", x):
+        if out.numel():
+            _triton_kernels().masked_softmax_forward(x.contiguous(), mask, mask_row_offset,
+                                                     mask_col_stride, out)
+        return out
     rows, n = x.shape
     nt = _threads()
     xa = x.detach().numpy()
@@ -81,6 +107,10 @@ def _(x, mask, mask_row_offset, mask_col_stride):
 @torch.library.custom_op("dlkern::masked_softmax_backward", mutates_args=())
 def masked_softmax_backward_op(y: Tensor, grad_y: Tensor) -> Tensor:
     grad_x = _dispatch.new_output(y.shape, y)
+    if _on_triton("masked_softmax", y):
+        if grad_x.numel():
+            _triton_kernels().masked_softmax_backward(y.contiguous(), grad_y.contiguous(), grad_x)
+        return grad_x
     nt = _threads()
     ya = y.detach().numpy()
     with _dynamic(64):
@@ -112,7 +142,7 @@ def masked_softmax(input, mask=None, dim=-1):
     from dlkern import _validate
 
     dim = _validate.masked_softmax_args(input, mask, dim)
-    if _dispatch.backend_for("masked_softmax", input) != "numba":
+    if _dispatch.backend_for("masked_softmax", input) is None:
         _dispatch.fallback("masked_softmax", input)
         return _torch_masked_softmax(input, mask, dim)
     if input.numel() == 0:
@@ -128,9 +158,10 @@ def masked_softmax(input, mask=None, dim=-1):
     else:
         base = mask.contiguous()
         view = base.expand(input.shape).movedim(dim, -1)
-        offsets = torch.zeros((), dtype=torch.int64)
+        offsets = torch.zeros((), dtype=torch.int64, device=base.device)
         for size, stride in zip(view.shape[:-1], view.stride()[:-1]):
-            offsets = offsets.unsqueeze(-1) + torch.arange(size, dtype=torch.int64) * stride
+            offsets = offsets.unsqueeze(-1) + torch.arange(size, dtype=torch.int64,
+                                                           device=base.device) * stride
         y = masked_softmax_op(x2, base.view(torch.uint8).reshape(-1), offsets.reshape(-1),
                               int(view.stride(-1)))
     return y.reshape(shape).movedim(-1, dim).contiguous()
@@ -202,10 +233,14 @@ def attention_op(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], is_cau
     nb, hq, lq, _ = q.shape
     dv = v.shape[3]
     out = _dispatch.new_output((nb, hq, lq, dv), q)
-    lse = _dispatch.new_output((nb, hq, lq), q)
+    lse = _dispatch.new_output((nb, hq, lq), q.new_empty(0, dtype=_lse_dtype(q)))
     if out.numel() == 0 or k.shape[2] == 0:
         out.zero_()
         lse.fill_(_NEG_INF)
+        return out, lse
+    if _on_triton("attention", q, k, v):
+        _triton_kernels().attention_forward(q, k, v, mask, is_causal, scale, dropout_p, seed, out,
+                                            lse, _allow_tf32())
         return out, lse
     args = _kernel_args(q, k, v, mask)
     nt, dtype = _threads(), args[0].dtype
@@ -219,10 +254,15 @@ def attention_op(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], is_cau
     return out, lse
 
 
+def _lse_dtype(q):
+    return torch.float64 if q.dtype == torch.float64 else torch.float32
+
+
 @attention_op.register_fake
 def _(q, k, v, mask, is_causal, scale, dropout_p, seed):
     nb, hq, lq, _ = q.shape
-    return q.new_empty((nb, hq, lq, v.shape[3])), q.new_empty((nb, hq, lq))
+    return (q.new_empty((nb, hq, lq, v.shape[3])),
+            q.new_empty((nb, hq, lq), dtype=_lse_dtype(q)))
 
 
 @torch.library.custom_op("dlkern::attention_backward", mutates_args=())
@@ -230,7 +270,6 @@ def attention_backward_op(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor,
                           mask: Optional[Tensor], out: Tensor, lse: Tensor, is_causal: bool,
                           scale: float, dropout_p: float, seed: int,
                           want_grad_mask: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    args = _kernel_args(q, k, v, mask)
     grad_q = _dispatch.new_output(q.shape, q)
     grad_k = _dispatch.new_output(k.shape, q)
     grad_v = _dispatch.new_output(v.shape, q)
@@ -238,6 +277,15 @@ def attention_backward_op(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor,
         grad_mask = q.new_zeros((q.shape[0], q.shape[1], q.shape[2], k.shape[2]) if want_grad_mask
                                 else (1, 1, 1, 1))
         return grad_q.zero_(), grad_k.zero_(), grad_v.zero_(), grad_mask
+    if _on_triton("attention", q, k, v):
+        full = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+        grad_mask = q.new_zeros(full if want_grad_mask else (1, 1, 1, 1))
+        _triton_kernels().attention_backward(
+            grad_out.contiguous(), q, k, v, mask, out.contiguous(), lse.contiguous(), is_causal,
+            scale, dropout_p, seed, grad_q, grad_k, grad_v,
+            grad_mask if want_grad_mask else None, _allow_tf32())
+        return grad_q, grad_k, grad_v, grad_mask
+    args = _kernel_args(q, k, v, mask)
     if want_grad_mask:
         grad_mask = torch.zeros((q.shape[0], q.shape[1], q.shape[2], k.shape[2]), dtype=q.dtype)
     else:
@@ -289,7 +337,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
 
     batch, hq, hk, hv = _validate.sdpa_args(query, key, value, attn_mask, dropout_p, is_causal,
                                             scale, enable_gqa)
-    if _dispatch.backend_for("attention", query, key, value) != "numba":
+    if _dispatch.backend_for("attention", query, key, value) is None:
         _dispatch.fallback("attention", query, key, value, attn_mask)
         return torch.nn.functional.scaled_dot_product_attention(
             query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
@@ -309,7 +357,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if attn_mask is not None:
         mask = attn_mask
         if mask.dtype == torch.bool:
-            mask = torch.zeros(mask.shape, dtype=query.dtype).masked_fill_(~mask, _NEG_INF)
+            mask = torch.zeros(mask.shape, dtype=query.dtype,
+                               device=mask.device).masked_fill_(~mask, _NEG_INF)
         mask = mask.expand(batch + (hq, lq, lk)).reshape(nb, hq, lq, lk)
     if scale is None:
         scale = 1.0 / math.sqrt(d) if d > 0 else 1.0
