@@ -1,0 +1,358 @@
+"""``dlkern.enable()``: torch's own operators run on dlkern's kernels, for code nobody can edit.
+
+    dlkern.enable()             # F.conv2d, nn.LSTM, nn.TransformerEncoderLayer ... now run dlkern
+    dlkern.disable()            # torch exactly as before (calls nest: the last disable restores)
+    with dlkern.enabled():      # the same, for a block
+        model(x).sum().backward()
+
+How: one ``torch.library.Library("aten", "IMPL")`` holds Python kernels for these aten operators,
+registered while at least one enable is active and destroyed (``_destroy()``) by the last disable,
+which puts torch's dispatch table back as it was:
+
+* ``aten::convolution`` (conv1d/2d/3d, conv_transpose1d/2d/3d and every module built on them; the
+  backward is dlkern's, through the custom op's autograd);
+* ``aten::scaled_dot_product_attention`` (also reached by F.multi_head_attention_forward, so by
+  nn.MultiheadAttention and nn.Transformer* outside their inference fast path);
+* ``aten::lstm.input``, ``aten::lstm.data``, ``aten::gru.input``, ``aten::gru.data`` (what nn.LSTM
+  and nn.GRU call, padded and packed).
+
+Dispatch keys: ``AutogradCPU`` first. Two of these operators are CompositeImplicitAutograd, whose
+kernel sits in the autograd slot, so a backend-key kernel alone would never be reached (and it
+would leave torch's derivative formula, not dlkern's, on the others). At the autograd key the
+kernel calls dlkern's custom ops, which carry their own autograd, so gradients are dlkern's too.
+The ``CPU`` key is registered as well: inside ``torch.inference_mode()`` the autograd keys are
+skipped and the backend key is what runs. (CUDA keys get the same pair once an op family has
+Triton kernels, see ``dlkern._dispatch.register_triton``; today no family does.)
+
+What runs where: a call dlkern covers (plain strided CPU tensors of one float32/float64 dtype,
+shapes it accepts) runs dlkern's public entry point, whose validation raises torch's exception
+types for bad arguments. Everything else (float16, mixed dtypes, other devices or layouts, tensor
+subclasses such as FakeTensor, DLKERN_BACKEND=torch, shapes torch must judge) runs torch's own
+kernel for that key, fetched with ``torch.library.get_kernel`` before registering: never an error
+of dlkern's, even under DLKERN_STRICT=1, since enable() promises that code which ran on torch still
+runs. Those pass-throughs are counted in ``dlkern.stats()`` under ``"enable:<op family>"``.
+
+No recursion: while one of these kernels runs dlkern's code or torch's original kernel, a
+thread-local flag sends every nested call of the same operators straight to torch's kernel. So
+dlkern's own fallbacks (F.conv2d in ``dlkern.ops.conv``, F.pad for padding modes) and torch's
+autograd kernel redispatching to the backend key reach torch, never this module again.
+
+``counts()`` says how many calls each operator routed to dlkern and passed to torch since the
+last ``reset_counts()``: the proof that routing happened.
+"""
+import contextlib
+import threading
+from collections import Counter
+
+import torch
+import torch.nn.functional as F
+
+from dlkern import _dispatch
+
+_OPERATORS = {  # aten operator -> dlkern op families (the names dlkern._dispatch knows them by)
+    "convolution": ("conv", "conv_transpose"),
+    "scaled_dot_product_attention": ("attention",),
+    "lstm.input": ("rnn",),
+    "lstm.data": ("rnn",),
+    "gru.input": ("rnn",),
+    "gru.data": ("rnn",),
+}
+_KEYS = {"cpu": ("AutogradCPU", "CPU"), "cuda": ("AutogradCUDA", "CUDA")}
+
+_lock = threading.Lock()  # guards _depth, _library and the counters
+_depth = 0
+_library = None
+_routed = Counter()
+_passed = Counter()
+_local = threading.local()
+
+
+# ---------------------------------------------------------------------------------------------
+# which calls dlkern takes
+
+def _plain(t):
+    """A tensor dlkern's kernels can read: strided, dense, not a subclass (FakeTensor and other
+    ``__torch_dispatch__`` wrappers keep torch's path)."""
+    return (t is None or (type(t) in (torch.Tensor, torch.nn.Parameter) and t.layout == torch.strided
+                          and not t.is_quantized and not t.is_mkldnn))
+
+
+def _backend(family, tensors):
+    """dlkern's backend for these tensors, or None when the call stays with torch."""
+    if not all(_plain(t) for t in tensors):
+        return None
+    return _dispatch.backend_for(family, *tensors)
+
+
+def _route_convolution(input, weight, bias, stride, padding, dilation, transposed, output_padding,
+                       groups):
+    """A thunk running dlkern's (transposed) convolution for this aten::convolution call, or None."""
+    from dlkern.ops.conv import convolution
+    from dlkern.ops.conv_transpose import convolution_transpose
+
+    nsp = weight.dim() - 2
+    if nsp not in (1, 2, 3) or input.dim() != weight.dim():
+        return None  # torch's own checks and messages for these (unbatched input never gets here)
+    if _backend("conv_transpose" if transposed else "conv", (input, weight, bias)) is None:
+        return None
+    if transposed:
+        return lambda: convolution_transpose(f"conv_transpose{nsp}d", input, weight, bias,
+                                             stride, padding, output_padding, groups, dilation, nsp)
+    return lambda: convolution(f"conv{nsp}d", input, weight, bias, stride, padding, dilation,
+                               groups, nsp)
+
+
+def _route_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                enable_gqa=False):
+    from dlkern.ops.attention import scaled_dot_product_attention
+
+    if not _plain(attn_mask) or _backend("attention", (query, key, value)) is None:
+        return None
+    return lambda: scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal,
+                                                scale, enable_gqa)
+
+
+def _rnn_shapes_ok(mode, data, batch_sizes, states, params, has_biases, num_layers, bidirectional,
+                   batch_first):
+    """Whether the arguments of aten::lstm/gru have the shapes dlkern's layer kernels assume.
+    nn.LSTM and nn.GRU have checked them already; for any other caller, a mismatch is left to
+    torch, which raises its own error."""
+    num_dir = 2 if bidirectional else 1
+    gates = 4 if mode == "lstm" else 3
+    if num_layers < 1 or any(s.dim() != 3 for s in states):
+        return False
+    if batch_sizes is not None:
+        if (data.dim() != 2 or batch_sizes.dim() != 1 or batch_sizes.numel() == 0
+                or batch_sizes.dtype != torch.int64 or batch_sizes.device.type != "cpu"):
+            return False
+        if (int(batch_sizes[-1]) < 1 or bool((batch_sizes[1:] > batch_sizes[:-1]).any())
+                or int(batch_sizes.sum()) != data.shape[0]):
+            return False
+        batch = int(batch_sizes[0])
+    else:
+        if data.dim() != 3 or data.shape[0] == 0 or data.shape[1] == 0:
+            return False
+        batch = data.shape[0] if batch_first else data.shape[1]
+    real_hidden = states[0].shape[2]
+    hidden = states[1].shape[2] if mode == "lstm" else real_hidden
+    proj = mode == "lstm" and real_hidden != hidden
+    if any(tuple(s.shape[:2]) != (num_layers * num_dir, batch) for s in states):
+        return False
+    per_direction = 2 + 2 * bool(has_biases) + int(proj)
+    if len(params) != num_layers * num_dir * per_direction:
+        return False
+    for layer in range(num_layers):
+        width = data.shape[-1] if layer == 0 else num_dir * real_hidden
+        for direction in range(num_dir):
+            start = (layer * num_dir + direction) * per_direction
+            group = params[start:start + per_direction]
+            want = [(gates * hidden, width), (gates * hidden, real_hidden)]
+            want += [(gates * hidden,), (gates * hidden,)] if has_biases else []
+            want += [(real_hidden, hidden)] if proj else []
+            if [tuple(p.shape) for p in group] != want:
+                return False
+    return True
+
+
+def _run_rnn(mode, data, batch_sizes, states, params, has_biases, num_layers, dropout, train,
+             bidirectional, batch_first):
+    """torch's multi-layer LSTM/GRU (at::lstm, at::gru) on dlkern's layer op: each layer runs
+    every direction in one call; dropout between layers is torch's, from torch's RNG."""
+    from dlkern.ops.rnn import rnn_layer
+
+    lstm = mode == "lstm"
+    num_dir = 2 if bidirectional else 1
+    per_direction = 2 + 2 * bool(has_biases) + int(lstm and states[0].shape[2] != states[1].shape[2])
+    if batch_sizes is not None:
+        rows, steps_bs = data, batch_sizes.contiguous()
+    else:
+        seq = data.transpose(0, 1) if batch_first else data
+        steps, batch = seq.shape[0], seq.shape[1]
+        rows = seq.contiguous().reshape(steps * batch, seq.shape[2])
+        steps_bs = torch.full((steps,), batch, dtype=torch.int64)
+    h_all, c_all = [], []
+    layer_input = rows
+    for layer in range(num_layers):
+        groups = [params[(layer * num_dir + d) * per_direction:][:per_direction]
+                  for d in range(num_dir)]
+
+        def stacked(i):
+            return torch.stack([g[i] for g in groups])
+
+        w_ih, w_hh = stacked(0), stacked(1)
+        b_ih, b_hh = (stacked(2), stacked(3)) if has_biases else (None, None)
+        w_hr = stacked(per_direction - 1) if per_direction in (3, 5) else None
+        sl = slice(layer * num_dir, (layer + 1) * num_dir)
+        y, h_n, c_n = rnn_layer(mode, layer_input, steps_bs, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                states[0][sl], states[1][sl] if lstm else None)
+        h_all.append(h_n)
+        c_all.append(c_n)
+        if dropout > 0 and train and layer < num_layers - 1:
+            y = F.dropout(y, dropout, training=True)  # at::dropout, as at::lstm calls it
+        layer_input = y
+    h_n = torch.cat(h_all)
+    if batch_sizes is None:
+        output = layer_input.reshape(steps, batch, layer_input.shape[1])
+        output = output.transpose(0, 1) if batch_first else output
+    else:
+        output = layer_input
+    return (output, h_n, torch.cat(c_all)) if lstm else (output, h_n)
+
+
+def _route_rnn(mode, data, batch_sizes, hx, params, has_biases, num_layers, dropout, train,
+               bidirectional, batch_first):
+    states = list(hx) if mode == "lstm" else [hx]
+    if mode == "lstm" and len(states) != 2:
+        return None
+    if _backend("rnn", (data, *states, *params)) is None:
+        return None
+    if not _rnn_shapes_ok(mode, data, batch_sizes, states, params, has_biases, num_layers,
+                          bidirectional, batch_first):
+        return None
+    return lambda: _run_rnn(mode, data, batch_sizes, states, params, has_biases, num_layers,
+                            dropout, train, bidirectional, batch_first)
+
+
+# One routing function per operator, taking the operator's schema arguments (the dispatcher
+# passes trailing defaulted arguments only when given, so defaults are spelled out here).
+def _route_lstm_input(input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
+                      batch_first):
+    return _route_rnn("lstm", input, None, hx, params, has_biases, num_layers, dropout, train,
+                      bidirectional, batch_first)
+
+
+def _route_lstm_data(data, batch_sizes, hx, params, has_biases, num_layers, dropout, train,
+                     bidirectional):
+    return _route_rnn("lstm", data, batch_sizes, hx, params, has_biases, num_layers, dropout,
+                      train, bidirectional, False)
+
+
+def _route_gru_input(input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
+                     batch_first):
+    return _route_rnn("gru", input, None, hx, params, has_biases, num_layers, dropout, train,
+                      bidirectional, batch_first)
+
+
+def _route_gru_data(data, batch_sizes, hx, params, has_biases, num_layers, dropout, train,
+                    bidirectional):
+    return _route_rnn("gru", data, batch_sizes, hx, params, has_biases, num_layers, dropout,
+                      train, bidirectional, False)
+
+
+_ROUTES = {
+    "convolution": _route_convolution,
+    "scaled_dot_product_attention": _route_sdpa,
+    "lstm.input": _route_lstm_input,
+    "lstm.data": _route_lstm_data,
+    "gru.input": _route_gru_input,
+    "gru.data": _route_gru_data,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# the kernels registered with torch
+
+@contextlib.contextmanager
+def _to_torch():
+    """Nested calls of the routed operators on this thread go straight to torch's kernels."""
+    _local.depth = getattr(_local, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _local.depth -= 1
+
+
+def _make_kernel(operator, key, original):
+    route = _ROUTES[operator]
+    family = _OPERATORS[operator][0]
+
+    def kernel(keyset, *args, **kwargs):
+        if not getattr(_local, "depth", 0):
+            run = route(*args, **kwargs)
+            if run is not None:
+                with _to_torch():
+                    result = run()
+                with _lock:
+                    _routed[operator] += 1
+                return result
+            with _lock:
+                _passed[operator] += 1
+            with _dispatch._lock:  # dlkern.stats() has no public counter for a silent pass-through
+                _dispatch._fallbacks[f"enable:{family}"] += 1
+        with _to_torch():
+            return original.call_boxed(keyset, *args, **kwargs)
+
+    kernel.__name__ = kernel.__qualname__ = f"dlkern_{operator.replace('.', '_')}_{key}"
+    return kernel
+
+
+def _register():
+    library = torch.library.Library("aten", "IMPL")
+    try:
+        for operator, families in _OPERATORS.items():
+            devices = ["cpu"] + (["cuda"] if _dispatch.TRITON_OPS.intersection(families) else [])
+            for key in (k for device in devices for k in _KEYS[device]):
+                # Fetched before registering: afterwards the computed kernel would be ours.
+                original = torch.library.get_kernel(f"aten::{operator}", key)
+                library.impl(operator, _make_kernel(operator, key, original), key,
+                             with_keyset=True)
+    except BaseException:
+        library._destroy()
+        raise
+    return library
+
+
+# ---------------------------------------------------------------------------------------------
+# public API
+
+def enable():
+    """Route torch's convolution, SDPA and LSTM/GRU operators to dlkern until the matching
+    ``disable()``. Calls nest: each enable needs its own disable."""
+    global _depth, _library
+    with _lock:
+        if _depth == 0:
+            _library = _register()
+        _depth += 1
+
+
+def disable():
+    """Undo one ``enable()``; the last one restores torch's kernels exactly. Calling it with
+    nothing enabled raises RuntimeError."""
+    global _depth, _library
+    with _lock:
+        if _depth == 0:
+            raise RuntimeError("dlkern.disable() called without a matching dlkern.enable()")
+        _depth -= 1
+        if _depth == 0:
+            library, _library = _library, None
+            library._destroy()
+
+
+def is_enabled():
+    """Whether torch's operators are routed to dlkern now."""
+    with _lock:
+        return _depth > 0
+
+
+@contextlib.contextmanager
+def enabled():
+    """``with dlkern.enabled():`` routes torch's operators to dlkern inside the block, and restores
+    the state before it on the way out, exception or not."""
+    enable()
+    try:
+        yield
+    finally:
+        disable()
+
+
+def counts():
+    """``{"routed": {operator: n}, "passed": {operator: n}}``: calls that ran on dlkern and calls
+    left to torch since the last ``reset_counts()`` (nested calls made by either are not counted)."""
+    with _lock:
+        return {"routed": dict(_routed), "passed": dict(_passed)}
+
+
+def reset_counts():
+    with _lock:
+        _routed.clear()
+        _passed.clear()
