@@ -13,7 +13,8 @@ from dlkern import _threads  # noqa: F401  (pins thread counts before any kernel
 from dlkern._dispatch import reset_stats, stats
 from dlkern import functional, nn  # noqa: E402
 from dlkern.enable import disable, enable, enabled, is_enabled  # noqa: E402
+from dlkern.patch import patch, unpatch  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["functional", "nn", "stats", "reset_stats", "enable", "disable", "enabled",
-           "is_enabled"]
+           "is_enabled", "patch", "unpatch"]

@@ -32,6 +32,11 @@ class Case:
     fwd_bwd: bool = True
     bytes: float = 0.0       # forward bytes moved at the least (inputs + outputs), for memory-bound ops
     memory_bound: bool = False  # report GB/s and % of bandwidth instead of GFLOP/s and % of peak
+    # Whole-model cases (suites/models.py) also time one training step: zero-argument callables
+    # that run forward, backward and an optimizer step on torch's model and on the patched one.
+    train_torch: object = None
+    train_dlkern: object = None
+    target_train: float = None
 
     def inputs(self, requires_grad=False, dtype=torch.float32):
         return self.build(dtype, requires_grad)
@@ -129,7 +134,12 @@ def forward_backward_call(fn, args, kwargs, grad_out):
 
 def run_case(case, mode, peak_gflops, bandwidth_gbs, repeats, warmup):
     """Time one case in one mode ("forward" or "forward+backward"); returns a result dict."""
-    if mode == "forward":
+    if mode == "train step":
+        torch_call, dlkern_call = case.train_torch, case.train_dlkern
+        flops = 3 * case.flops
+        target = case.target_train
+        err = float("nan")
+    elif mode == "forward":
         args, kwargs = case.inputs(False)
         torch_call = forward_call(case.torch_fn, args, kwargs)
         dlkern_call = forward_call(case.dlkern_fn, args, kwargs)
@@ -199,6 +209,9 @@ def machine_info(peak, bandwidth):
                 peak_gflops=peak, bandwidth_gbs=bandwidth)
 
 
+_SHORT_MODE = {"forward": "fwd", "forward+backward": "fwd+bwd", "train step": "train"}
+
+
 def format_table(results, peak, bandwidth):
     header = (f"{'shape':50s} {'mode':9s} {'torch ms':>9s} {'dlkern ms':>9s} {'speedup':>8s} "
               f"{'target':>7s} {'rate':>12s} {'% limit':>8s} {'max err':>9s}")
@@ -209,7 +222,7 @@ def format_table(results, peak, bandwidth):
         target = "" if r["target"] is None else f"{r['target']:.1f}x"
         met = "" if r["target"] is None else (" ok" if r["speedup"] >= r["target"] else " MISS")
         err = "" if math.isnan(r["max_abs_err"]) else f"{r['max_abs_err']:.1e}"
-        mode = "fwd" if r["mode"] == "forward" else "fwd+bwd"
+        mode = _SHORT_MODE[r["mode"]]
         unit = "GB/s" if r["memory_bound"] else "GF/s"
         lines.append(f"{r['name']:50s} {mode:9s} {r['torch_ms']:9.2f} {r['dlkern_ms']:9.2f} "
                      f"{r['speedup']:7.2f}x {target:>7s} {r['rate']:7.1f} {unit:4s} {r['pct_limit']:6.1f}%  "
@@ -223,7 +236,7 @@ def plot(results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r['name']} ({'fwd' if r['mode'] == 'forward' else 'fwd+bwd'})" for r in results]
+    labels = [f"{r['name']} ({_SHORT_MODE[r['mode']]})" for r in results]
     speedups = [r["speedup"] for r in results]
     fig, ax = plt.subplots(figsize=(10, 0.45 * len(results) + 1.5))
     colors = ["tab:green" if s >= 1 else "tab:red" for s in speedups]
@@ -257,14 +270,18 @@ class Progress:
         sys.stderr.flush()
 
 
+def _modes(case):
+    return (("forward",) + (("forward+backward",) if case.fwd_bwd else ())
+            + (("train step",) if case.train_torch is not None else ()))
+
+
 def run(ops=None, quick=False, json_path=None, plot_path=None, first_call=True):
     all_suites = suites()
     ops = ops or list(all_suites)
     repeats, warmup = (3, 1) if quick else (9, 2)
     peak = measure_peak_gflops()
     bandwidth = measure_bandwidth_gbs()
-    jobs = [(c, m) for op in ops for c in all_suites[op]
-            for m in (("forward", "forward+backward") if c.fwd_bwd else ("forward",))]
+    jobs = [(c, m) for op in ops for c in all_suites[op] for m in _modes(c)]
     progress = Progress(len(jobs))
     results = []
     for case, mode in jobs:
