@@ -68,14 +68,21 @@ def run_and_grads(model, inputs, loss_fn):
                           if p.grad is not None}
 
 
-def compare_models(reference, candidate, inputs, loss_fn, slack=4.0):
+def compare_models(reference, candidate, inputs, loss_fn, slack=4.0, around=None):
     """``candidate`` (float32) against ``reference`` in float64: output and every gradient within
-    ``slack`` x torch's own float32 error (``reference`` itself, in float32) plus a tiny floor."""
+    ``slack`` x torch's own float32 error (``reference`` itself, in float32) plus a tiny floor.
+    ``around(fn)`` runs the candidate's forward/backward (say, inside ``dlkern.enabled()``);
+    returns what it returns. The references run outside it."""
     ref64 = copy.deepcopy(reference).double()
     inputs64 = [_to64(x) for x in inputs]
     out64, grads64 = run_and_grads(ref64, inputs64, lambda out, _: loss_fn(out, inputs64))
     out32, grads32 = run_and_grads(reference, inputs, loss_fn)
-    out, grads = run_and_grads(candidate, inputs, loss_fn)
+    result = {}
+
+    def candidate_run():
+        result["run"] = run_and_grads(candidate, inputs, loss_fn)
+    seen = (around or (lambda fn: fn()))(candidate_run)
+    out, grads = result["run"]
     names = sorted(grads64)
     if sorted(grads) != names:
         raise AssertionError(f"gradients of {sorted(set(names) ^ set(grads))} differ in presence")
@@ -88,7 +95,7 @@ def compare_models(reference, candidate, inputs, loss_fn, slack=4.0):
         if not err <= allowed:
             raise AssertionError(f"{what}: error {err:.3e} vs float64 exceeds {allowed:.3e} "
                                  f"(torch float32: {_error(torch32, want):.3e}, scale {scale:.3g})")
-    return out
+    return seen
 
 
 def loss_curve(model, inputs, loss_fn, steps=20, lr=0.05):

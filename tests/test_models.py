@@ -62,7 +62,7 @@ def _build(name):
 def test_patched_model_matches_torch(name):
     model, inputs, loss_fn, expected_ops = _build(name)
     patched = dlkern.patch(copy.deepcopy(model))
-    ran = dlkern_ops_called(lambda: compare_models(model, patched, inputs, loss_fn))
+    ran = compare_models(model, patched, inputs, loss_fn, around=dlkern_ops_called)
     missing = {op for op in expected_ops if not any(r.startswith(op) for r in ran)}
     assert not missing, f"dlkern ops {missing} did not run (ran: {sorted(ran)})"
 
@@ -219,3 +219,21 @@ def test_modules_built_as_dlkern_are_not_unpatched():
     conv = dnn.Conv2d(2, 2, 3)
     dlkern.unpatch(conv)
     assert type(conv) is dnn.Conv2d
+
+
+# ----------------------------------------------------------------------------- dlkern.enabled()
+
+@pytest.mark.parametrize("name", MODELS)
+def test_enabled_runs_unmodified_models_on_dlkern(name):
+    """The same models, not patched: torch's own operators are routed to dlkern inside enabled()."""
+    model, inputs, loss_fn, expected_ops = _build(name)
+    twin = copy.deepcopy(model)
+    def enabled_and_recorded(fn):
+        with dlkern.enabled():
+            return dlkern_ops_called(fn)
+    ran = compare_models(model, twin, inputs, loss_fn, around=enabled_and_recorded)
+    missing = {op for op in expected_ops if not any(r.startswith(op) for r in ran)}
+    assert not missing, f"dlkern ops {missing} did not run (ran: {sorted(ran)})"
+    assert all(type(m).__module__.startswith("torch.") for m in twin.modules()
+               if m is not twin), "enabled() must not change the model"
+    assert not dlkern.is_enabled()
