@@ -11,31 +11,39 @@ which puts torch's dispatch table back as it was:
 
 * ``aten::convolution`` (conv1d/2d/3d, conv_transpose1d/2d/3d and every module built on them; the
   backward is dlkern's, through the custom op's autograd);
-* ``aten::scaled_dot_product_attention`` (also reached by F.multi_head_attention_forward, so by
-  nn.MultiheadAttention and nn.Transformer* outside their inference fast path);
+* ``aten::scaled_dot_product_attention`` (also what F.multi_head_attention_forward calls when no
+  attention weights are asked for: nn.TransformerEncoderLayer/DecoderLayer outside their
+  inference fast path, nn.MultiheadAttention with need_weights=False);
 * ``aten::lstm.input``, ``aten::lstm.data``, ``aten::gru.input``, ``aten::gru.data`` (what nn.LSTM
   and nn.GRU call, padded and packed).
 
-Dispatch keys: ``AutogradCPU`` first. Two of these operators are CompositeImplicitAutograd, whose
-kernel sits in the autograd slot, so a backend-key kernel alone would never be reached (and it
-would leave torch's derivative formula, not dlkern's, on the others). At the autograd key the
-kernel calls dlkern's custom ops, which carry their own autograd, so gradients are dlkern's too.
-The ``CPU`` key is registered as well: inside ``torch.inference_mode()`` the autograd keys are
-skipped and the backend key is what runs. (CUDA keys get the same pair once an op family has
-Triton kernels, see ``dlkern._dispatch.register_triton``; today no family does.)
+Dispatch keys: ``AutogradCPU`` first. All these operators but aten::convolution are
+CompositeImplicitAutograd, whose kernel sits in the autograd slot, so a backend-key kernel alone
+would never be reached; for aten::convolution it would keep torch's derivative formula. At the
+autograd key the kernel calls dlkern's custom ops, which carry their own autograd, so the backward
+runs on dlkern's kernels too. The ``CPU`` key is registered as well: inside
+``torch.inference_mode()`` the autograd keys are skipped and the backend key is what runs. CUDA
+gets the same pair of keys for the operators whose op family has Triton kernels
+(``dlkern._dispatch.TRITON_OPS`` when enable() registers).
 
-What runs where: a call dlkern covers (plain strided CPU tensors of one float32/float64 dtype,
-shapes it accepts) runs dlkern's public entry point, whose validation raises torch's exception
-types for bad arguments. Everything else (float16, mixed dtypes, other devices or layouts, tensor
-subclasses such as FakeTensor, DLKERN_BACKEND=torch, shapes torch must judge) runs torch's own
-kernel for that key, fetched with ``torch.library.get_kernel`` before registering: never an error
-of dlkern's, even under DLKERN_STRICT=1, since enable() promises that code which ran on torch still
-runs. Those pass-throughs are counted in ``dlkern.stats()`` under ``"enable:<op family>"``.
+What runs where: a call dlkern covers (tensors for which ``dlkern._dispatch.backend_for`` picks a
+backend: on the CPU, plain strided tensors of one float32/float64 dtype; shapes it accepts) runs
+dlkern's public entry point, whose validation raises torch's exception types for bad arguments.
+Everything else (float16 on the CPU, mixed dtypes, other devices or layouts, tensor subclasses
+such as FakeTensor, torch.func wrappers, DLKERN_BACKEND=torch, shapes torch must judge) runs
+torch's own kernel for that key, fetched with ``torch.library.get_kernel`` before registering:
+never an error of dlkern's, even under DLKERN_STRICT=1, since enable() promises that code which
+ran on torch still runs. Those pass-throughs are counted in ``dlkern.stats()`` under
+``"enable:<aten operator>"``.
 
 No recursion: while one of these kernels runs dlkern's code or torch's original kernel, a
 thread-local flag sends every nested call of the same operators straight to torch's kernel. So
-dlkern's own fallbacks (F.conv2d in ``dlkern.ops.conv``, F.pad for padding modes) and torch's
-autograd kernel redispatching to the backend key reach torch, never this module again.
+dlkern's own fallbacks to torch (F.conv2d in ``dlkern.ops.conv``) and torch's autograd kernel
+redispatching to the backend key reach torch, never this module again.
+
+Not covered: double backward through a routed call (``create_graph=True`` then backward again)
+raises, since dlkern's backward ops have no derivative of their own; under ``torch.compile`` the
+traced (fake) calls keep torch's path.
 
 ``counts()`` says how many calls each operator routed to dlkern and passed to torch since the
 last ``reset_counts()``: the proof that routing happened.
@@ -48,6 +56,7 @@ import torch
 import torch.nn.functional as F
 
 from dlkern import _dispatch
+from dlkern.ops import attention, conv, conv_transpose, rnn
 
 _OPERATORS = {  # aten operator -> dlkern op families (the names dlkern._dispatch knows them by)
     "convolution": ("conv", "conv_transpose"),
@@ -72,9 +81,13 @@ _local = threading.local()
 
 def _plain(t):
     """A tensor dlkern's kernels can read: strided, dense, not a subclass (FakeTensor and other
-    ``__torch_dispatch__`` wrappers keep torch's path)."""
-    return (t is None or (type(t) in (torch.Tensor, torch.nn.Parameter) and t.layout == torch.strided
-                          and not t.is_quantized and not t.is_mkldnn))
+    ``__torch_dispatch__`` wrappers keep torch's path), not a torch.func wrapper (torch.func.grad
+    cannot run dlkern's custom ops, whose autograd is not a functorch-ready autograd.Function)."""
+    if t is None:
+        return True
+    return (type(t) in (torch.Tensor, torch.nn.Parameter) and t.layout == torch.strided
+            and not t.is_quantized and not t.is_mkldnn
+            and not torch._C._functorch.is_functorch_wrapped_tensor(t))
 
 
 def _backend(family, tensors):
@@ -86,30 +99,27 @@ def _backend(family, tensors):
 
 def _route_convolution(input, weight, bias, stride, padding, dilation, transposed, output_padding,
                        groups):
-    """A thunk running dlkern's (transposed) convolution for this aten::convolution call, or None."""
-    from dlkern.ops.conv import convolution
-    from dlkern.ops.conv_transpose import convolution_transpose
-
+    """A thunk running dlkern's (transposed) convolution for this aten::convolution call, or
+    None to leave the call to torch."""
     nsp = weight.dim() - 2
     if nsp not in (1, 2, 3) or input.dim() != weight.dim():
         return None  # torch's own checks and messages for these (unbatched input never gets here)
     if _backend("conv_transpose" if transposed else "conv", (input, weight, bias)) is None:
         return None
     if transposed:
-        return lambda: convolution_transpose(f"conv_transpose{nsp}d", input, weight, bias,
-                                             stride, padding, output_padding, groups, dilation, nsp)
-    return lambda: convolution(f"conv{nsp}d", input, weight, bias, stride, padding, dilation,
-                               groups, nsp)
+        return lambda: conv_transpose.convolution_transpose(
+            f"conv_transpose{nsp}d", input, weight, bias, stride, padding, output_padding, groups,
+            dilation, nsp)
+    return lambda: conv.convolution(f"conv{nsp}d", input, weight, bias, stride, padding, dilation,
+                                    groups, nsp)
 
 
 def _route_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                 enable_gqa=False):
-    from dlkern.ops.attention import scaled_dot_product_attention
-
     if not _plain(attn_mask) or _backend("attention", (query, key, value)) is None:
         return None
-    return lambda: scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal,
-                                                scale, enable_gqa)
+    return lambda: attention.scaled_dot_product_attention(query, key, value, attn_mask, dropout_p,
+                                                          is_causal, scale, enable_gqa)
 
 
 def _rnn_shapes_ok(mode, data, batch_sizes, states, params, has_biases, num_layers, bidirectional,
@@ -158,11 +168,10 @@ def _run_rnn(mode, data, batch_sizes, states, params, has_biases, num_layers, dr
              bidirectional, batch_first):
     """torch's multi-layer LSTM/GRU (at::lstm, at::gru) on dlkern's layer op: each layer runs
     every direction in one call; dropout between layers is torch's, from torch's RNG."""
-    from dlkern.ops.rnn import rnn_layer
-
     lstm = mode == "lstm"
     num_dir = 2 if bidirectional else 1
-    per_direction = 2 + 2 * bool(has_biases) + int(lstm and states[0].shape[2] != states[1].shape[2])
+    proj = lstm and states[0].shape[2] != states[1].shape[2]  # h has the projected size
+    per_direction = 2 + 2 * bool(has_biases) + int(proj)
     if batch_sizes is not None:
         rows, steps_bs = data, batch_sizes.contiguous()
     else:
@@ -181,10 +190,10 @@ def _run_rnn(mode, data, batch_sizes, states, params, has_biases, num_layers, dr
 
         w_ih, w_hh = stacked(0), stacked(1)
         b_ih, b_hh = (stacked(2), stacked(3)) if has_biases else (None, None)
-        w_hr = stacked(per_direction - 1) if per_direction in (3, 5) else None
+        w_hr = stacked(per_direction - 1) if proj else None
         sl = slice(layer * num_dir, (layer + 1) * num_dir)
-        y, h_n, c_n = rnn_layer(mode, layer_input, steps_bs, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                states[0][sl], states[1][sl] if lstm else None)
+        y, h_n, c_n = rnn.rnn_layer(mode, layer_input, steps_bs, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                    states[0][sl], states[1][sl] if lstm else None)
         h_all.append(h_n)
         c_all.append(c_n)
         if dropout > 0 and train and layer < num_layers - 1:
@@ -264,7 +273,6 @@ def _to_torch():
 
 def _make_kernel(operator, key, original):
     route = _ROUTES[operator]
-    family = _OPERATORS[operator][0]
 
     def kernel(keyset, *args, **kwargs):
         if not getattr(_local, "depth", 0):
@@ -278,7 +286,7 @@ def _make_kernel(operator, key, original):
             with _lock:
                 _passed[operator] += 1
             with _dispatch._lock:  # dlkern.stats() has no public counter for a silent pass-through
-                _dispatch._fallbacks[f"enable:{family}"] += 1
+                _dispatch._fallbacks[f"enable:{operator}"] += 1
         with _to_torch():
             return original.call_boxed(keyset, *args, **kwargs)
 
@@ -347,7 +355,7 @@ def enabled():
 
 def counts():
     """``{"routed": {operator: n}, "passed": {operator: n}}``: calls that ran on dlkern and calls
-    left to torch since the last ``reset_counts()`` (nested calls made by either are not counted)."""
+    left to torch since the last ``reset_counts()`` (calls nested in either are not counted)."""
     with _lock:
         return {"routed": dict(_routed), "passed": dict(_passed)}
 

@@ -1,4 +1,4 @@
-"""dlkern.enable()/disable()/enabled(): torch's own operators routed to dlkern through torch.library.
+"""dlkern.enable()/disable()/enabled(): torch's operators routed to dlkern through torch.library.
 
 Every routed case is checked three ways: the output and every gradient against torch on float64
 copies (computed with routing off), ``counts()`` showing the call was routed, and a spy on the
@@ -171,6 +171,15 @@ def test_sdpa(monkeypatch, mask_kind, is_causal):
     assert spy.calls >= 1
 
 
+def test_sdpa_grouped_query_attention():
+    g = torch.Generator().manual_seed(4)
+    q = make_tensor((2, 4, 5, 8), torch.float32, generator=g, requires_grad=True)
+    k = make_tensor((2, 2, 6, 8), torch.float32, generator=g, requires_grad=True)
+    v = make_tensor((2, 2, 6, 8), torch.float32, generator=g, requires_grad=True)
+    _check_routed(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True),
+                  [q, k, v], 16, "scaled_dot_product_attention", grad_reduction=64)
+
+
 def test_transformer_encoder_layer_training():
     """Training mode takes F.multi_head_attention_forward, which calls SDPA (need_weights=False)."""
     torch.manual_seed(0)
@@ -333,9 +342,11 @@ def test_uncovered_cases_pass_through_to_torch_silently():
         got = [F.conv2d(x, w), F.scaled_dot_product_attention(q, q, q), lstm(seq)[0]]
     for e, g_ in zip(expected, got):
         assert torch.equal(e, g_)
-    assert E.counts() == {"routed": {}, "passed": {"convolution": 1, "scaled_dot_product_attention": 1,
-                                                   "lstm.input": 1}}
-    assert dlkern.stats()["fallbacks"] == {"enable:conv": 1, "enable:attention": 1, "enable:rnn": 1}
+    assert E.counts() == {"routed": {}, "passed": {"convolution": 1, "lstm.input": 1,
+                                                   "scaled_dot_product_attention": 1}}
+    assert dlkern.stats()["fallbacks"] == {"enable:convolution": 1,
+                                           "enable:scaled_dot_product_attention": 1,
+                                           "enable:lstm.input": 1}
 
 
 def test_torch_calls_made_inside_a_routed_call_reach_torch(monkeypatch):
@@ -372,6 +383,21 @@ def test_cuda_keys_registered_for_triton_families(monkeypatch):
         assert cuda_lines("convolution") != before[0]
         assert cuda_lines("lstm.input") == before[1]
     assert (cuda_lines("convolution"), cuda_lines("lstm.input")) == before
+
+
+def test_torch_func_transforms_keep_working():
+    """vmap's batching rule calls aten::convolution on plain tensors (routed); torch.func.grad's
+    wrapped tensors stay with torch (dlkern's custom ops cannot run under it)."""
+    x = make_tensor((3, 2, 3, 6, 6), torch.float32)
+    w = make_tensor((4, 3, 3, 3), torch.float32)
+    loop = torch.stack([F.conv2d(a, w) for a in x])
+    grad = torch.func.grad(lambda a: F.conv2d(a, w).pow(2).sum())(x[0])
+    with dlkern.enabled():
+        vmapped = torch.vmap(lambda a: F.conv2d(a, w))(x)
+        assert E.counts()["routed"] == {"convolution": 1}
+        routed_grad = torch.func.grad(lambda a: F.conv2d(a, w).pow(2).sum())(x[0])
+    assert_close(vmapped, loop.double(), 27, "vmap output")
+    assert torch.equal(routed_grad, grad)
 
 
 def test_threads_enable_and_disable():
