@@ -11,8 +11,10 @@ Ops in the ``dlkern`` namespace, each with a fake (meta) implementation and auto
 
 As in dlkern.ops.conv: ``input`` is batched, ``padding`` is the low-side padding per axis and
 ``output_size`` the spatial output size; arguments are checked by dlkern._validate before these
-ops run. Without a Numba kernel for the case (dtype, device) the public functions fall back to
-torch's two convolutions, counted by dlkern._dispatch. (A plain depthwise convolution is
+ops run. Each op runs the Numba kernels (CPU) or the Triton kernels (CUDA, or CPU tensors under
+DLKERN_BACKEND=triton with TRITON_INTERPRET=1), as dlkern._dispatch.backend_for decides; without a
+kernel for the case (dtype, device) the public functions fall back to torch's two convolutions,
+counted by dlkern._dispatch. (A plain depthwise convolution is
 ``dlkern::conv`` with groups == C_in: dlkern.ops.conv routes it to the depthwise kernels.)
 """
 from typing import List, Optional, Sequence, Tuple
@@ -26,6 +28,27 @@ from dlkern.kernels.numba import separable as numba_separable
 from dlkern.ops.conv import _as_rank3_array, _layout_of, _rank3, _run_into
 
 _TORCH_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+_dispatch.register_triton("depthwise_separable_conv", "spatial_separable_conv")
+
+
+def _triton():
+    """The Triton kernels, imported on the first call that runs them (Triton is optional)."""
+    from dlkern.kernels.triton import separable
+
+    return separable
+
+
+def _tf32():
+    """float32 products in TF32 exactly when torch's convolutions would use it."""
+    return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
+
+
+def _rank3_view(t):
+    """(N, C, *spatial) with 1-3 spatial axes as an (N, C, D, H, W) view (size-1 axes in front)."""
+    while t.dim() < 5:
+        t = t.unsqueeze(2)
+    return t
 
 
 def _numpy(t):
@@ -60,6 +83,12 @@ def depthwise_separable_conv(input: Tensor, depthwise_weight: Tensor, pointwise_
                              dilation: Sequence[int], output_size: Sequence[int]) -> Tensor:
     out = _dispatch.new_output((input.shape[0], pointwise_weight.shape[0], *output_size), input,
                                memory_format=_layout_of(input))
+    if _dispatch.backend_for("depthwise_separable_conv", input, depthwise_weight) == "triton":
+        _triton().dsconv_forward(
+            _rank3_view(input), _rank3_view(depthwise_weight), depthwise_bias,
+            pointwise_weight.reshape(pointwise_weight.shape[0], -1), pointwise_bias,
+            _rank3(stride, 1), _rank3(padding, 0), _rank3(dilation, 1), _rank3_view(out), _tf32())
+        return out
     x = _as_rank3_array(input)
     wd = _as_rank3_array(depthwise_weight)
     wp = _numpy(pointwise_weight).reshape(pointwise_weight.shape[0], -1)
@@ -84,6 +113,17 @@ def depthwise_separable_conv_backward(grad_output: Tensor, input: Tensor, depthw
                                       ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(grad input (empty unless input_grad), grad depthwise weight, grad pointwise weight,
     grad depthwise bias, grad pointwise bias)."""
+    if _dispatch.backend_for("depthwise_separable_conv", grad_output, input) == "triton":
+        grad_input = (_dispatch.new_output(tuple(input.shape), grad_output,
+                                           memory_format=_layout_of(grad_output))
+                      if input_grad else _empty_grad(grad_output))
+        dwd, dwp, dbd, dbp = _triton().dsconv_backward(
+            _rank3_view(input), _rank3_view(depthwise_weight), depthwise_bias,
+            pointwise_weight.reshape(pointwise_weight.shape[0], -1), _rank3_view(grad_output),
+            _rank3(stride, 1), _rank3(padding, 0), _rank3(dilation, 1),
+            _rank3_view(grad_input) if input_grad else None, (True, True), _tf32())
+        return (grad_input, dwd.reshape(depthwise_weight.shape),
+                dwp.reshape(pointwise_weight.shape), dbd, dbp)
     x = _as_rank3_array(input)
     wd = _as_rank3_array(depthwise_weight)
     wp = _numpy(pointwise_weight).reshape(pointwise_weight.shape[0], -1)
@@ -157,7 +197,7 @@ def depthwise_separable(op, input, depthwise_weight, pointwise_weight, depthwise
         op, input, depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias, stride,
         padding, dilation, nsp)
     tensors = (x, depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias)
-    if _dispatch.backend_for("depthwise_separable_conv", *tensors) != "numba":
+    if _dispatch.backend_for("depthwise_separable_conv", *tensors) is None:
         _dispatch.fallback("depthwise_separable_conv", *tensors)
         mid = _TORCH_CONV[nsp](input, depthwise_weight, depthwise_bias, stride, padding, dilation,
                                x.shape[1])
@@ -186,6 +226,10 @@ def spatial_separable_conv(input: Tensor, weight_v: Tensor, weight_h: Tensor,
                            output_size: Sequence[int]) -> Tensor:
     out = _dispatch.new_output((input.shape[0], weight_h.shape[0], *output_size), input,
                                memory_format=_layout_of(input))
+    if _dispatch.backend_for("spatial_separable_conv", input, weight_v) == "triton":
+        _triton().spatial_forward(input, weight_v, bias_v, weight_h, bias_h, tuple(stride),
+                                  tuple(padding), tuple(dilation), out, _tf32())
+        return out
     x, wv, wh = _spatial_arrays(input, weight_v, weight_h)
     _fill_output(out, lambda o: numba_separable.spatial_forward(
         x, wv, _numpy(bias_v), wh, _numpy(bias_h), weight_h.shape[3], tuple(stride),
@@ -207,6 +251,14 @@ def spatial_separable_conv_backward(grad_output: Tensor, input: Tensor, weight_v
                                     ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(grad input (empty unless input_grad), grad weight_v, grad weight_h, grad bias_v,
     grad bias_h)."""
+    if _dispatch.backend_for("spatial_separable_conv", grad_output, input) == "triton":
+        grad_input = (_dispatch.new_output(tuple(input.shape), grad_output,
+                                           memory_format=_layout_of(grad_output))
+                      if input_grad else _empty_grad(grad_output))
+        dwv, dwh, dbv, dbh = _triton().spatial_backward(
+            input, weight_v, bias_v, weight_h, grad_output, tuple(stride), tuple(padding),
+            tuple(dilation), grad_input if input_grad else None, (True, True), _tf32())
+        return grad_input, dwv, dwh, dbv, dbh
     x, wv, wh = _spatial_arrays(input, weight_v, weight_h)
     dy = grad_output.detach().contiguous().numpy()
     grads = []
@@ -250,7 +302,7 @@ def spatial_separable(op, input, weight_v, weight_h, bias_v, bias_h, stride, pad
         _validate.spatial_separable_args(op, input, weight_v, weight_h, bias_v, bias_h, stride,
                                          padding, dilation)
     tensors = (x, weight_v, weight_h, bias_v, bias_h)
-    if _dispatch.backend_for("spatial_separable_conv", *tensors) != "numba":
+    if _dispatch.backend_for("spatial_separable_conv", *tensors) is None:
         _dispatch.fallback("spatial_separable_conv", *tensors)
         (s_v, p_v, d_v), (s_h, p_h, d_h) = torch_args
         mid = F.conv2d(input, weight_v, bias_v, s_v, p_v, d_v)

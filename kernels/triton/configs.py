@@ -45,29 +45,20 @@ CONV = {
         Config({"BLOCK_P": 128, "BLOCK_C": 4}, num_warps=4),
         Config({"BLOCK_P": 256, "BLOCK_C": 2}, num_warps=4),
         Config({"BLOCK_P": 512, "BLOCK_C": 1}, num_warps=4),
-        Config({"BLOCK_P": 256, "BLOCK_C": 4}, num_warps=8),
         Config({"BLOCK_P": 1024, "BLOCK_C": 1}, num_warps=8),
-        Config({"BLOCK_P": 64, "BLOCK_C": 8}, num_warps=4),
         Config({"BLOCK_P": 16, "BLOCK_C": 64}, num_warps=4),
         Config({"BLOCK_P": 32, "BLOCK_C": 32}, num_warps=4),
-        Config({"BLOCK_P": 8, "BLOCK_C": 128}, num_warps=4),
-        Config({"BLOCK_P": 32, "BLOCK_C": 64}, num_warps=8),
     ],
     "depthwise_backward_input": [
         Config({"BLOCK_P": 128, "BLOCK_C": 4}, num_warps=4),
         Config({"BLOCK_P": 256, "BLOCK_C": 2}, num_warps=4),
         Config({"BLOCK_P": 512, "BLOCK_C": 1}, num_warps=4),
-        Config({"BLOCK_P": 256, "BLOCK_C": 4}, num_warps=8),
         Config({"BLOCK_P": 16, "BLOCK_C": 64}, num_warps=4),
-        Config({"BLOCK_P": 32, "BLOCK_C": 32}, num_warps=4),
-        Config({"BLOCK_P": 32, "BLOCK_C": 64}, num_warps=8),
     ],
     # [BLOCK_T taps, BLOCK_P positions]; BLOCK_P must divide 1024 (the launcher's chunk unit).
     "depthwise_backward_weight": [
         Config({"BLOCK_P": 256}, num_warps=4),
         Config({"BLOCK_P": 512}, num_warps=4),
-        Config({"BLOCK_P": 1024}, num_warps=8),
-        Config({"BLOCK_P": 128}, num_warps=4),
     ],
     # -- separable.py: fused depthwise-separable forward, [BLOCK_M pixels, BLOCK_N out channels],
     # reduction over BLOCK_K depthwise channels computed in registers.
@@ -76,9 +67,13 @@ CONV = {
         Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=2),
         Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=4, num_stages=2),
         Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=2),
-        Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 16}, num_warps=8, num_stages=2),
-        Config({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 16}, num_warps=8, num_stages=2),
-        Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=4, num_stages=2),
+    ],
+    # separable.py: fused spatial separable forward, [MID_W mid columns, BLOCK_N out channels]
+    # (MID_W set by the launcher), vertical reduction over BLOCK_CI, horizontal over BLOCK_CM.
+    "spatial_forward": [
+        Config({"BLOCK_N": 64, "BLOCK_CM": 32, "BLOCK_CI": 32}, num_warps=4, num_stages=2),
+        Config({"BLOCK_N": 128, "BLOCK_CM": 32, "BLOCK_CI": 32}, num_warps=4, num_stages=2),
+        Config({"BLOCK_N": 128, "BLOCK_CM": 64, "BLOCK_CI": 32}, num_warps=8, num_stages=2),
     ],
     # separable.py's 2-d implicit GEMMs (groups = 1) of the unfused stages and the backward:
     # forward and input gradient [BLOCK_M pixels, BLOCK_N channels, BLOCK_K channels];
@@ -88,22 +83,16 @@ CONV = {
         Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
         Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=4, num_stages=3),
         Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
-        Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=8, num_stages=2),
-        Config({"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=3),
     ],
     "sep_gemm_backward_input": [
         Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
         Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
-        Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=4, num_stages=3),
         Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
-        Config({"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=3),
     ],
     "sep_gemm_backward_weight": [
         Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
         Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
-        Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=4, num_stages=3),
         Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
-        Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 128}, num_warps=4, num_stages=3),
     ],
 }
 

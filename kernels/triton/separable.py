@@ -1,0 +1,472 @@
+"""Separable convolutions for the GPU: fused depthwise-separable, spatial separable, and the 2-d
+implicit GEMMs their other stages and gradients are made of.
+
+Depthwise-separable (rank-3 canonical torch tensors, any strides):
+
+    x    (N, C, D, H, W)          input (1-d and 2-d convolutions have D = H = 1 or D = 1)
+    wd   (C*m, 1, KD, KH, KW)     depthwise weight, bd (C*m,) or None
+    wp   (C_out, C*m)             pointwise weight as a matrix (any strides), bp (C_out,) or None
+    out  (N, C_out, OD, OH, OW)   its shape gives the output size; padding is the low-side padding
+
+Forward (``_dsconv_forward_kernel``): one implicit GEMM, M = output pixels of an image, N = output
+channels, K = the C*m depthwise channels. A program computes the depthwise result of its BLOCK_M
+pixels for BLOCK_K channels in registers (taps unrolled, float32 sums, rounded to the input dtype
+as torch's unfused pair would round it) and feeds it straight to ``tl.dot`` with the pointwise
+weight: the depthwise result never goes to memory.
+
+Spatial separable (2-d, any strides):
+
+    x    (N, C_in, H, W);  wv (C_mid, C_in, KH, 1), bv;  wh (C_out, C_mid, 1, KW), bh
+    out  (N, C_out, OH, OW)
+
+the (KH x 1) convolution with stride (sh, 1), padding (ph, 0), dilation (dh, 1) makes mid
+(N, C_mid, OH, W), the (1 x KW) convolution with stride (1, sw), padding (0, pw), dilation (1, dw)
+makes out. Forward (``_spatial_forward_kernel``): a program owns a segment of one output row and a
+block of output channels. Block by block of mid channels it computes the MID_W columns of mid that
+the segment reads (GEMM, K = C_in*KH, in registers), then for each horizontal tap shifts that
+block along its columns with ``tl.gather`` and multiplies it into the output (GEMM, K = C_mid*KW).
+mid never goes to memory; only the halo columns ((KW-1)*dw per segment) are computed twice, and
+mid again for each further block of BLOCK_N output channels.
+
+Gradients are composed of these kernels and the depthwise ones (depthwise.py), with no torch
+convolution: the intermediate (depthwise or vertical) result is recomputed, not saved by the
+forward pass, and the gradient of the intermediate is materialised once:
+
+* depthwise-separable: mid = depthwise(x); dmid = wp^T dy (a 1x1 GEMM); dwp, dbp from dy and mid
+  (weight-gradient GEMM); dx, dwd, dbd from dmid with the depthwise gradient kernels.
+* spatial: mid = vertical(x); dmid = horizontal's input gradient of dy; dwh, dbh from dy and mid;
+  dwv, dbv from dmid and x; dx = vertical's input gradient of dmid.
+
+The 2-d implicit GEMMs (groups = 1): ``_conv2d_forward_kernel`` (M = N*OH*OW pixels, N = output
+channels, K = input channels per tap), ``_conv2d_backward_input_kernel`` (a gather: M = N*H*W input
+pixels, N = input channels, K = output channels per tap; strided taps where the division is exact),
+``_conv2d_backward_weight_kernel`` (M = output channels, N = input channels, K = pixels, one tap
+per program, split over SPLIT programs whose float32 partial sums the launcher adds up).
+float32 operands use ``precision`` ("tf32" or "ieee") in ``tl.dot``; float16/bfloat16 accumulate
+in float32.
+"""
+import triton
+import triton.language as tl
+
+from ._autotune import autotune
+from .configs import CONV
+from .depthwise import depthwise_backward_input, depthwise_backward_weight, depthwise_forward
+
+
+@autotune(CONV["dsconv_forward"], key=["CM", "C_OUT", "P_OUT", "KD", "KH", "KW"])
+@triton.jit
+def _dsconv_forward_kernel(
+        x_ptr, wd_ptr, bd_ptr, wp_ptr, bp_ptr, out_ptr,
+        CM, C_OUT, M, D_IN, H_IN, W_IN, H_OUT, W_OUT, P_OUT,
+        sxn, sxc, sxd, sxh, sxw, swp_o, swp_k, son, soc, sod, soh, sow,
+        SD, SH, SW, PD, PH, PW, DD, DH, DW,
+        KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, HAS_BD: tl.constexpr,
+        HAS_BP: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    n = tl.program_id(2).to(tl.int64)
+    p = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    p_ok = p < P_OUT
+    co_ok = co < C_OUT
+    ow = p % W_OUT
+    oh = (p // W_OUT) % H_OUT
+    od = p // (W_OUT * H_OUT)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, CM, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = k < CM
+        x_chan = x_ptr + n * sxn + (k // M).to(tl.int64) * sxc
+        mid = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+        for kd in tl.static_range(KD):
+            i_d = od * SD - PD + kd * DD
+            ok_d = p_ok & (i_d >= 0) & (i_d < D_IN)
+            for kh in tl.static_range(KH):
+                ih = oh * SH - PH + kh * DH
+                ok_h = ok_d & (ih >= 0) & (ih < H_IN)
+                for kw in tl.static_range(KW):
+                    iw = ow * SW - PW + kw * DW
+                    ok = ok_h & (iw >= 0) & (iw < W_IN)
+                    xv = tl.load(x_chan[None, :] + (i_d * sxd + ih * sxh + iw * sxw)[:, None],
+                                 mask=ok[:, None] & k_ok[None, :], other=0.0)
+                    wv = tl.load(wd_ptr + k * (KD * KH * KW) + ((kd * KH + kh) * KW + kw),
+                                 mask=k_ok, other=0.0)
+                    mid += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
+        if HAS_BD:
+            mid += tl.load(bd_ptr + k, mask=k_ok, other=0.0).to(tl.float32)[None, :]
+        wp = tl.load(wp_ptr + co[None, :] * swp_o + k[:, None] * swp_k,
+                     mask=k_ok[:, None] & co_ok[None, :], other=0.0)
+        acc = tl.dot(mid.to(x_ptr.dtype.element_ty), wp, acc, input_precision=PRECISION)
+    if HAS_BP:
+        acc += tl.load(bp_ptr + co, mask=co_ok, other=0.0).to(tl.float32)[None, :]
+    out = (out_ptr + n * son + co.to(tl.int64)[None, :] * soc
+           + (od * sod + oh * soh + ow * sow)[:, None])
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=p_ok[:, None] & co_ok[None, :])
+
+
+@autotune(CONV["sep_gemm_forward"], key=["C_IN", "C_OUT", "M_TOTAL", "KH", "KW"])
+@triton.jit
+def _conv2d_forward_kernel(
+        x_ptr, w_ptr, b_ptr, out_ptr,
+        C_IN, H_IN, W_IN, C_OUT, H_OUT, W_OUT, M_TOTAL,
+        sxn, sxc, sxh, sxw, swo, swi, swh, sww, son, soc, soh, sow,
+        SH, SW, PH, PW, DH, DW,
+        KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """out[n, co, oh, ow] = b[co] + sum over (ci, kh, kw) of w[co, ci, kh, kw] * x[n, ci, ih, iw]."""
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    m_ok = rm < M_TOTAL
+    n_ok = rn < C_OUT
+    img = (rm // (H_OUT * W_OUT)).to(tl.int64)
+    ow = rm % W_OUT
+    oh = (rm // W_OUT) % H_OUT
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for kh in tl.static_range(KH):
+        ih = oh * SH - PH + kh * DH
+        for kw in tl.static_range(KW):
+            iw = ow * SW - PW + kw * DW
+            ok = m_ok & (ih >= 0) & (ih < H_IN) & (iw >= 0) & (iw < W_IN)
+            a_row = x_ptr + img * sxn + ih * sxh + iw * sxw
+            b_col = w_ptr + rn * swo + kh * swh + kw * sww
+            for c0 in range(0, C_IN, BLOCK_K):
+                ck = c0 + rk
+                k_ok = ck < C_IN
+                a = tl.load(a_row[:, None] + ck[None, :] * sxc, mask=ok[:, None] & k_ok[None, :],
+                            other=0.0)
+                b = tl.load(b_col[None, :] + ck[:, None] * swi,
+                            mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+                acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    out = (out_ptr + (img * son + oh * soh + ow * sow)[:, None] + rn[None, :].to(tl.int64) * soc)
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@autotune(CONV["sep_gemm_backward_input"], key=["C_IN", "C_OUT", "M_TOTAL", "KH", "KW"])
+@triton.jit
+def _conv2d_backward_input_kernel(
+        dy_ptr, w_ptr, dx_ptr,
+        C_IN, H_IN, W_IN, C_OUT, H_OUT, W_OUT, M_TOTAL,
+        syn, syc, syh, syw, swo, swi, swh, sww, sxn, sxc, sxh, sxw,
+        SH, SW, PH, PW, DH, DW,
+        KH: tl.constexpr, KW: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """dx[n, ci, ih, iw] = sum over (co, kh, kw) of w[co, ci, kh, kw] * dy[n, co, oh, ow] where
+    oh*SH = ih + PH - kh*DH and ow*SW = iw + PW - kw*DW exactly."""
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    m_ok = rm < M_TOTAL
+    n_ok = rn < C_IN
+    img = (rm // (H_IN * W_IN)).to(tl.int64)
+    iw = rm % W_IN
+    ih = (rm // W_IN) % H_IN
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for kh in tl.static_range(KH):
+        num_h = ih + PH - kh * DH
+        oh = num_h // SH
+        ok_h = m_ok & (num_h >= 0) & (oh * SH == num_h) & (oh < H_OUT)
+        for kw in tl.static_range(KW):
+            num_w = iw + PW - kw * DW
+            ow = num_w // SW
+            ok = ok_h & (num_w >= 0) & (ow * SW == num_w) & (ow < W_OUT)
+            a_row = dy_ptr + img * syn + oh * syh + ow * syw
+            b_col = w_ptr + rn * swi + kh * swh + kw * sww
+            for c0 in range(0, C_OUT, BLOCK_K):
+                ck = c0 + rk
+                k_ok = ck < C_OUT
+                a = tl.load(a_row[:, None] + ck[None, :] * syc, mask=ok[:, None] & k_ok[None, :],
+                            other=0.0)
+                b = tl.load(b_col[None, :] + ck[:, None] * swo,
+                            mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+                acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    dx = (dx_ptr + (img * sxn + ih * sxh + iw * sxw)[:, None] + rn[None, :].to(tl.int64) * sxc)
+    tl.store(dx, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@autotune(CONV["sep_gemm_backward_weight"], key=["C_IN", "C_OUT", "Q", "KH", "KW", "SPLIT"])
+@triton.jit
+def _conv2d_backward_weight_kernel(
+        x_ptr, dy_ptr, dw_part_ptr, db_part_ptr,
+        C_IN, H_IN, W_IN, C_OUT, H_OUT, W_OUT, Q, CHUNK, SPLIT,
+        sxn, sxc, sxh, sxw, syn, syc, syh, syw,
+        SH, SW, PH, PW, DH, DW,
+        KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """dw_part[s, co, ci, tap] = sum over q in [s*CHUNK, (s+1)*CHUNK) of dy[q, co] * x[q through
+    tap, ci], q = (n, oh, ow) flattened; db_part[s, co] = the sum of dy[q, co] (tap 0's programs)."""
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    tap = tl.program_id(2) % (KH * KW)
+    s = tl.program_id(2) // (KH * KW)
+    kh = tap // KW
+    kw = tap % KW
+    co_ok = rm < C_OUT
+    ci_ok = rn < C_IN
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_b = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    q_end = tl.minimum(Q, (s + 1) * CHUNK)
+    for q0 in range(s * CHUNK, q_end, BLOCK_K):
+        q = q0 + tl.arange(0, BLOCK_K)
+        q_ok = q < q_end
+        img = (q // (H_OUT * W_OUT)).to(tl.int64)
+        ow = q % W_OUT
+        oh = (q // W_OUT) % H_OUT
+        ih = oh * SH - PH + kh * DH
+        iw = ow * SW - PW + kw * DW
+        ok = q_ok & (ih >= 0) & (ih < H_IN) & (iw >= 0) & (iw < W_IN)
+        a = tl.load(dy_ptr + (img * syn + oh * syh + ow * syw)[None, :] + rm[:, None] * syc,
+                    mask=co_ok[:, None] & q_ok[None, :], other=0.0)
+        b = tl.load(x_ptr + (img * sxn + ih * sxh + iw * sxw)[:, None] + rn[None, :] * sxc,
+                    mask=ok[:, None] & ci_ok[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        if HAS_BIAS:
+            acc_b += tl.sum(a.to(tl.float32), axis=1)
+    part = (s.to(tl.int64) * C_OUT + rm[:, None]) * C_IN + rn[None, :]
+    tl.store(dw_part_ptr + part * (KH * KW) + tap, acc, mask=co_ok[:, None] & ci_ok[None, :])
+    if HAS_BIAS:
+        if (tl.program_id(1) == 0) & (tap == 0):
+            tl.store(db_part_ptr + s.to(tl.int64) * C_OUT + rm, acc_b, mask=co_ok)
+
+
+@autotune(CONV["spatial_forward"], key=["C_IN", "C_MID", "C_OUT", "W_OUT", "KH", "KW", "MID_W"])
+@triton.jit
+def _spatial_forward_kernel(
+        x_ptr, wv_ptr, bv_ptr, wh_ptr, bh_ptr, out_ptr,
+        C_IN, C_MID, C_OUT, H_IN, W_IN, H_OUT, W_OUT, OW_PER, SEGMENTS,
+        sxn, sxc, sxh, sxw, swv_m, swv_i, swv_h, swh_o, swh_m, swh_w, son, soc, soh, sow,
+        SH, SW, PH, PW, DH, DW,
+        KH: tl.constexpr, KW: tl.constexpr, MID_W: tl.constexpr, HAS_BV: tl.constexpr,
+        HAS_BH: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_CM: tl.constexpr, BLOCK_CI: tl.constexpr):
+    """A program: output row oh, output columns [ow0, ow0 + OW_PER), BLOCK_N output channels.
+
+    mid's columns [ow0*SW - PW, + MID_W) are what those outputs read; a block of BLOCK_CM mid
+    channels of them is computed (vertical GEMM, rows = mid columns), then each horizontal tap kw
+    shifts it by kw*DW columns (``tl.gather`` along the rows, in registers) and feeds tl.dot with
+    that tap's horizontal weight."""
+    segment = tl.program_id(0) % SEGMENTS
+    oh = tl.program_id(0) // SEGMENTS
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n = tl.program_id(2).to(tl.int64)
+    n_ok = rn < C_OUT
+    ow0 = segment * OW_PER
+    r = tl.arange(0, MID_W)
+    col = ow0 * SW - PW + r
+    col_ok = (col >= 0) & (col < W_IN)
+    rci = tl.arange(0, BLOCK_CI)
+    acc = tl.zeros((MID_W, BLOCK_N), dtype=tl.float32)
+    for cm0 in range(0, C_MID, BLOCK_CM):
+        cm = cm0 + tl.arange(0, BLOCK_CM)
+        cm_ok = cm < C_MID
+        mid = tl.zeros((MID_W, BLOCK_CM), dtype=tl.float32)
+        for kh in tl.static_range(KH):
+            ih = oh * SH - PH + kh * DH
+            row_ok = col_ok & (ih >= 0) & (ih < H_IN)
+            a_row = x_ptr + n * sxn + ih * sxh + col * sxw
+            for ci0 in range(0, C_IN, BLOCK_CI):
+                ci = ci0 + rci
+                ci_ok = ci < C_IN
+                a = tl.load(a_row[:, None] + ci[None, :] * sxc,
+                            mask=row_ok[:, None] & ci_ok[None, :], other=0.0)
+                b = tl.load(wv_ptr + cm[None, :] * swv_m + ci[:, None] * swv_i + kh * swv_h,
+                            mask=ci_ok[:, None] & cm_ok[None, :], other=0.0)
+                mid = tl.dot(a, b, mid, input_precision=PRECISION)
+        if HAS_BV:
+            mid += tl.load(bv_ptr + cm, mask=cm_ok, other=0.0).to(tl.float32)[None, :]
+        # the horizontal convolution's zero padding pads mid, bias included
+        mid = tl.where(col_ok[:, None], mid, 0.0).to(x_ptr.dtype.element_ty)
+        for kw in tl.static_range(KW):
+            shift = tl.minimum(r * SW + kw * DW, MID_W - 1)
+            taps = tl.gather(mid, tl.broadcast_to(shift[:, None], (MID_W, BLOCK_CM)), axis=0)
+            b = tl.load(wh_ptr + rn[None, :] * swh_o + cm[:, None] * swh_m + kw * swh_w,
+                        mask=cm_ok[:, None] & n_ok[None, :], other=0.0)
+            acc = tl.dot(taps, b, acc, input_precision=PRECISION)
+    if HAS_BH:
+        acc += tl.load(bh_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    ow = ow0 + r
+    ok = (r < OW_PER) & (ow < W_OUT)
+    out = out_ptr + n * son + oh * soh + ow[:, None] * sow + rn[None, :].to(tl.int64) * soc
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=ok[:, None] & n_ok[None, :])
+
+
+# ---------------------------------------------------------------- launchers
+
+
+def _precision(dtype, precision):
+    """tf32 only means something for float32 operands."""
+    import torch
+
+    return precision if dtype == torch.float32 else "ieee"
+
+
+def conv2d_forward(x, w, b, stride, padding, dilation, out, precision="ieee"):
+    """out (N, C_out, OH, OW) = conv2d(x (N, C_in, H, W), w (C_out, C_in, KH, KW)) + b; any
+    strides, groups = 1, padding before each axis (out's shape gives the output size)."""
+    if out.numel() == 0:
+        return out
+    c_out, c_in, kh, kw = w.shape
+    m_total = out.shape[0] * out.shape[2] * out.shape[3]
+
+    def grid(meta):
+        return (triton.cdiv(m_total, meta["BLOCK_M"]), triton.cdiv(c_out, meta["BLOCK_N"]))
+
+    _conv2d_forward_kernel[grid](
+        x, w, b if b is not None else w, out, c_in, *x.shape[2:], c_out, *out.shape[2:], m_total,
+        *x.stride(), *w.stride(), *out.stride(), *stride, *padding, *dilation,
+        KH=kh, KW=kw, HAS_BIAS=b is not None, PRECISION=_precision(x.dtype, precision))
+    return out
+
+
+def conv2d_backward_input(dy, w, stride, padding, dilation, dx, precision="ieee"):
+    """dx (N, C_in, H, W) = the gradient of conv2d_forward w.r.t. x, given dy (N, C_out, OH, OW)."""
+    if dx.numel() == 0:
+        return dx
+    c_out, c_in, kh, kw = w.shape
+    m_total = dx.shape[0] * dx.shape[2] * dx.shape[3]
+
+    def grid(meta):
+        return (triton.cdiv(m_total, meta["BLOCK_M"]), triton.cdiv(c_in, meta["BLOCK_N"]))
+
+    _conv2d_backward_input_kernel[grid](
+        dy, w, dx, c_in, *dx.shape[2:], c_out, *dy.shape[2:], m_total,
+        *dy.stride(), *w.stride(), *dx.stride(), *stride, *padding, *dilation,
+        KH=kh, KW=kw, PRECISION=_precision(dy.dtype, precision))
+    return dx
+
+
+# Programs the weight gradients aim for: enough to fill a large GPU several times over.
+_WEIGHT_PROGRAMS = 1024
+
+
+def conv2d_backward_weight(x, dy, w_shape, stride, padding, dilation, want_bias,
+                           precision="ieee"):
+    """(dw (w_shape), db (C_out,) or None): gradients of conv2d_forward w.r.t. w and b."""
+    import torch
+
+    c_out, c_in, kh, kw = w_shape
+    q = dy.shape[0] * dy.shape[2] * dy.shape[3]
+    if q == 0 or x.numel() == 0:
+        dw = torch.zeros(tuple(w_shape), dtype=x.dtype, device=x.device)
+        return dw, (torch.zeros(c_out, dtype=x.dtype, device=x.device) if want_bias else None)
+    tiles = triton.cdiv(c_out, 64) * triton.cdiv(c_in, 64) * kh * kw
+    split = max(1, min(triton.cdiv(_WEIGHT_PROGRAMS, tiles), triton.cdiv(q, 4096)))
+    # CHUNK is a multiple of every configuration's BLOCK_K, so the programs' ranges tile Q exactly.
+    chunk = triton.cdiv(triton.cdiv(q, split), 1024) * 1024
+    split = triton.cdiv(q, chunk)
+    dw_part = torch.empty((split, c_out, c_in, kh * kw), dtype=torch.float32, device=x.device)
+    db_part = torch.empty((split, c_out), dtype=torch.float32, device=x.device)
+
+    def grid(meta):
+        return (triton.cdiv(c_out, meta["BLOCK_M"]), triton.cdiv(c_in, meta["BLOCK_N"]),
+                kh * kw * split)
+
+    _conv2d_backward_weight_kernel[grid](
+        x, dy, dw_part, db_part, c_in, *x.shape[2:], c_out, *dy.shape[2:], q, chunk, split,
+        *x.stride(), *dy.stride(), *stride, *padding, *dilation,
+        KH=kh, KW=kw, HAS_BIAS=bool(want_bias), PRECISION=_precision(x.dtype, precision))
+    dw = dw_part.sum(0).to(x.dtype).reshape(tuple(w_shape))
+    return dw, (db_part.sum(0).to(x.dtype) if want_bias else None)
+
+
+def _planes(t):
+    """A rank-3 (N, C, 1, H, W) tensor as the 2-d (N, C, H, W) view the GEMMs take."""
+    return t[:, :, 0]
+
+
+def dsconv_forward(x, wd, bd, wp, bp, stride, padding, dilation, out, precision="ieee"):
+    """out = pointwise(depthwise(x, wd) + bd, wp) + bp. Shapes as in the module docstring."""
+    if out.numel() == 0:
+        return out
+    n_img, c_in = x.shape[:2]
+    cm, _, kd, kh, kw = wd.shape
+    c_out = wp.shape[0]
+    wd = wd.contiguous()
+    p_out = out.shape[2] * out.shape[3] * out.shape[4]
+
+    def grid(meta):
+        return (triton.cdiv(p_out, meta["BLOCK_M"]), triton.cdiv(c_out, meta["BLOCK_N"]), n_img)
+
+    _dsconv_forward_kernel[grid](
+        x, wd, bd if bd is not None else wd, wp, bp if bp is not None else wd, out,
+        cm, c_out, cm // c_in, *x.shape[2:], *out.shape[3:], p_out,
+        *x.stride(), *wp.stride(), *out.stride(), *stride, *padding, *dilation,
+        KD=kd, KH=kh, KW=kw, HAS_BD=bd is not None, HAS_BP=bp is not None,
+        PRECISION=_precision(x.dtype, precision))
+    return out
+
+
+def dsconv_backward(x, wd, bd, wp, dy, stride, padding, dilation, dx, want_bias,
+                    precision="ieee"):
+    """Gradients of dsconv_forward: fills dx (unless None) and returns (dwd, dwp, dbd, dbp), the
+    biases' gradients None unless ``want_bias`` (a pair: depthwise, pointwise)."""
+    import torch
+
+    cm = wd.shape[0]
+    c_out = wp.shape[0]
+    mid = torch.empty((dy.shape[0], cm) + tuple(dy.shape[2:]), dtype=x.dtype, device=x.device)
+    depthwise_forward(x, wd, bd, stride, padding, dilation, mid)
+    dmid = torch.empty_like(mid)
+    # dmid = wp^T dy: a 1x1 convolution of dy with the (C*m, C_out) transposed weight
+    conv2d_forward(_planes(dy), wp.t()[:, :, None, None], None, (1, 1), (0, 0), (1, 1),
+                   _planes(dmid), precision)
+    dwp, dbp = conv2d_backward_weight(_planes(mid), _planes(dy), (c_out, cm, 1, 1), (1, 1),
+                                      (0, 0), (1, 1), want_bias[1], precision)
+    if dx is not None:
+        depthwise_backward_input(dmid, wd, stride, padding, dilation, dx)
+    dwd, dbd = depthwise_backward_weight(x, dmid, wd.shape, stride, padding, dilation,
+                                         want_bias[0])
+    return dwd, dwp.reshape(c_out, cm), dbd, dbp
+
+
+def spatial_forward(x, wv, bv, wh, bh, stride, padding, dilation, out, precision="ieee"):
+    """out = horizontal(vertical(x, wv) + bv, wh) + bh; 2-d tensors as in the module docstring,
+    stride, padding (low side) and dilation the (vertical, horizontal) pairs."""
+    if out.numel() == 0:
+        return out
+    n_img, c_in, h_in, w_in = x.shape
+    c_mid, c_out, kh, kw = wv.shape[0], wh.shape[0], wv.shape[2], wh.shape[3]
+    h_out, w_out = out.shape[2:]
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    # mid columns per program: the whole output row when it fits 64, else a 64-wide segment
+    # (wider when the horizontal kernel's reach needs it, so that a segment makes 8 outputs)
+    halo = (kw - 1) * dw
+    need = (w_out - 1) * sw + halo + 1
+    mid_w = max(16, min(triton.next_power_of_2(need),
+                        max(64, triton.next_power_of_2(halo + 8 * sw))))
+    ow_per = (mid_w - 1 - halo) // sw + 1
+    segments = triton.cdiv(w_out, ow_per)
+
+    def grid(meta):
+        return (segments * h_out, triton.cdiv(c_out, meta["BLOCK_N"]), n_img)
+
+    _spatial_forward_kernel[grid](
+        x, wv, bv if bv is not None else wv, wh, bh if bh is not None else wh, out,
+        c_in, c_mid, c_out, h_in, w_in, h_out, w_out, ow_per, segments,
+        *x.stride(), *wv.stride()[:3], wh.stride(0), wh.stride(1), wh.stride(3), *out.stride(),
+        sh, sw, ph, pw, dh, dw, KH=kh, KW=kw, MID_W=mid_w, HAS_BV=bv is not None,
+        HAS_BH=bh is not None, PRECISION=_precision(x.dtype, precision))
+    return out
+
+
+def spatial_backward(x, wv, bv, wh, dy, stride, padding, dilation, dx, want_bias,
+                     precision="ieee"):
+    """Gradients of spatial_forward: fills dx (unless None) and returns (dwv, dwh, dbv, dbh)."""
+    import torch
+
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    mid = torch.empty((x.shape[0], wv.shape[0], dy.shape[2], x.shape[3]), dtype=x.dtype,
+                      device=x.device)
+    conv2d_forward(x, wv, bv, (sh, 1), (ph, 0), (dh, 1), mid, precision)
+    dmid = torch.empty_like(mid)
+    conv2d_backward_input(dy, wh, (1, sw), (0, pw), (1, dw), dmid, precision)
+    dwh, dbh = conv2d_backward_weight(mid, dy, wh.shape, (1, sw), (0, pw), (1, dw), want_bias[1],
+                                      precision)
+    dwv, dbv = conv2d_backward_weight(x, dmid, wv.shape, (sh, 1), (ph, 0), (dh, 1), want_bias[0],
+                                      precision)
+    if dx is not None:
+        conv2d_backward_input(dmid, wv, (sh, 1), (ph, 0), (dh, 1), dx, precision)
+    return dwv, dwh, dbv, dbh
