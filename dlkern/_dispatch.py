@@ -71,6 +71,12 @@ def fallback(op, *tensors):
             f"(DLKERN_BACKEND={os.environ.get('DLKERN_BACKEND', '') or 'auto'}); "
             "DLKERN_STRICT=1 forbids the fallback to torch"
         )
+    count_fallback(op)
+
+
+def count_fallback(op):
+    """Count one call of ``op`` that ran on torch (never raises; see ``fallback`` for the strict
+    switch). dlkern.enable counts its silent pass-throughs to torch's kernels here."""
     with _lock:
         _fallbacks[op] += 1
 

@@ -285,8 +285,7 @@ def _make_kernel(operator, key, original):
                 return result
             with _lock:
                 _passed[operator] += 1
-            with _dispatch._lock:  # dlkern.stats() has no public counter for a silent pass-through
-                _dispatch._fallbacks[f"enable:{operator}"] += 1
+            _dispatch.count_fallback(f"enable:{operator}")
         with _to_torch():
             return original.call_boxed(keyset, *args, **kwargs)
 
