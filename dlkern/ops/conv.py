@@ -11,6 +11,10 @@ Three ops in the ``dlkern`` namespace, each with a fake (meta) implementation:
 before each axis and ``output_size`` the spatial output size (so asymmetric 'same' padding needs
 no extra argument). Arguments are checked by dlkern._validate before these ops are called. The
 backward ops are the gradient of the forward; transposed convolution reuses them.
+
+Backends: CPU float32/float64 tensors run the Numba kernels on NumPy views; CUDA tensors (and CPU
+tensors under ``DLKERN_BACKEND=triton`` with ``TRITON_INTERPRET=1``) run the Triton kernels on
+rank-3 torch views of any strides, imported on the first such call.
 """
 from typing import Optional, Sequence, Tuple
 
@@ -20,6 +24,8 @@ from torch import Tensor
 from dlkern import _dispatch
 from dlkern.kernels.numba import conv as numba_conv
 from dlkern.kernels.numba import depthwise as numba_depthwise
+
+_dispatch.register_triton("conv")
 
 
 def _is_depthwise(weight_shape, groups):
@@ -46,6 +52,46 @@ def _backward_weight_kernel(x, dy, w_shape, stride, padding, dilation, groups, w
                                                          want_bias)
     return numba_conv.conv_backward_weight(x, dy, w_shape, stride, padding, dilation, groups,
                                            want_bias)
+
+
+def _triton_forward(x, w, b, stride, padding, dilation, groups, out):
+    """The Triton forward on rank-3 views (``_rank3_view``); writes ``out``. Triton is imported
+    on the first such call only (it is optional on the CPU)."""
+    if _is_depthwise(w.shape, groups):
+        from dlkern.kernels.triton import depthwise
+        return depthwise.depthwise_forward(x, w, b, stride, padding, dilation, out)
+    from dlkern.kernels.triton import conv as triton_conv
+    return triton_conv.conv_forward(x, w, b, stride, padding, dilation, groups, out)
+
+
+def _triton_backward_input(dy, w, stride, padding, dilation, groups, dx, bias=None):
+    """The Triton input gradient on rank-3 views; writes ``dx``, plus ``bias`` per channel when
+    given (which makes it transposed convolution's forward)."""
+    from dlkern.kernels.triton import conv as triton_conv
+    if not _is_depthwise(w.shape, groups):
+        return triton_conv.conv_backward_input(dy, w, stride, padding, dilation, groups, dx, bias)
+    from dlkern.kernels.triton import depthwise
+    depthwise.depthwise_backward_input(dy, w, stride, padding, dilation, dx)
+    return dx if bias is None else triton_conv.add_channel_bias(dx, bias)
+
+
+def _triton_backward_weight(x, dy, w_shape, stride, padding, dilation, groups, want_bias):
+    """The Triton weight (and bias) gradient on rank-3 views: (dw of shape w_shape, db or None)."""
+    if _is_depthwise(w_shape, groups):
+        from dlkern.kernels.triton import depthwise
+        return depthwise.depthwise_backward_weight(x, dy, w_shape, stride, padding, dilation,
+                                                   want_bias)
+    from dlkern.kernels.triton import conv as triton_conv
+    return triton_conv.conv_backward_weight(x, dy, w_shape, stride, padding, dilation, groups,
+                                            want_bias)
+
+
+def _rank3_view(t):
+    """``t`` (N, C, *spatial) as a rank-3 torch view (N, C, D, H, W), strides kept: no copy."""
+    t = t.detach()
+    while t.dim() < 5:
+        t = t.unsqueeze(2)
+    return t
 
 
 def _rank3(values, fill):
@@ -87,6 +133,11 @@ def conv(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence
          output_size: Sequence[int]) -> Tensor:
     out = _dispatch.new_output((input.shape[0], weight.shape[0], *output_size), input,
                                memory_format=_layout_of(input))
+    if _dispatch.backend_for("conv", input, weight, bias) == "triton":
+        _triton_forward(_rank3_view(input), _rank3_view(weight),
+                        None if bias is None else bias.detach(), _rank3(stride, 1),
+                        _rank3(padding, 0), _rank3(dilation, 1), groups, _rank3_view(out))
+        return out
     x = _as_rank3_array(input)
     w = _as_rank3_array(weight)
     b = None if bias is None else bias.detach().contiguous().numpy()
@@ -107,6 +158,11 @@ def conv_backward_input(grad_output: Tensor, weight: Tensor, input_size: Sequenc
                         groups: int) -> Tensor:
     grad_input = _dispatch.new_output(tuple(input_size), grad_output,
                                       memory_format=_layout_of(grad_output))
+    if _dispatch.backend_for("conv", grad_output, weight) == "triton":
+        _triton_backward_input(_rank3_view(grad_output), _rank3_view(weight), _rank3(stride, 1),
+                               _rank3(padding, 0), _rank3(dilation, 1), groups,
+                               _rank3_view(grad_input))
+        return grad_input
     dy = _as_rank3_array(grad_output)
     w = _as_rank3_array(weight)
     _run_into(grad_input, lambda dx: _backward_input_kernel(
@@ -124,9 +180,14 @@ def _(grad_output, weight, input_size, stride, padding, dilation, groups):
 def conv_backward_weight(grad_output: Tensor, input: Tensor, weight_size: Sequence[int],
                          stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
                          groups: int, bias_grad: bool) -> Tuple[Tensor, Tensor]:
+    w_shape = tuple(weight_size[:2]) + _rank3(weight_size[2:], 1)
+    if _dispatch.backend_for("conv", grad_output, input) == "triton":
+        dw, db = _triton_backward_weight(
+            _rank3_view(input), _rank3_view(grad_output), w_shape, _rank3(stride, 1),
+            _rank3(padding, 0), _rank3(dilation, 1), groups, bias_grad)
+        return dw.reshape(tuple(weight_size)), db if bias_grad else grad_output.new_empty((0,))
     x = _as_rank3_array(input)
     dy = _as_rank3_array(grad_output)
-    w_shape = tuple(weight_size[:2]) + _rank3(weight_size[2:], 1)
     dw, db = _backward_weight_kernel(
         x, dy, w_shape, _rank3(stride, 1), _rank3(padding, 0), _rank3(dilation, 1), groups, bias_grad)
     grad_weight = torch.from_numpy(dw).reshape(tuple(weight_size))
@@ -177,7 +238,7 @@ def convolution(op, input, weight, bias, stride, padding, dilation, groups, nsp)
 
     x, unbatched, stride_t, pad_lo, dil_t, out_spatial = _validate.conv_args(
         op, input, weight, bias, stride, padding, dilation, groups, nsp)
-    if _dispatch.backend_for("conv", x, weight, bias) != "numba":
+    if _dispatch.backend_for("conv", x, weight, bias) is None:
         _dispatch.fallback("conv", x, weight, bias)
         return _TORCH_CONV[nsp](input, weight, bias, stride, padding, dilation, groups)
     out = conv(x, weight, bias, list(stride_t), list(pad_lo), list(dil_t), int(groups),

@@ -23,13 +23,18 @@ from torch import Tensor
 from dlkern import _dispatch
 from dlkern.kernels.numba import channel as numba_channel
 from dlkern.ops.conv import (_as_rank3_array, _backward_input_kernel, _conv_setup_context,
-                             _layout_of, _rank3, _run_into)
+                             _layout_of, _rank3, _rank3_view, _run_into, _triton_backward_input)
 from dlkern.ops.conv import conv as conv_op
 from dlkern.ops.conv import conv_backward_weight as conv_backward_weight_op
+
+_dispatch.register_triton("conv_transpose")
 
 
 @torch.library.custom_op("dlkern::channel_sum", mutates_args=())
 def channel_sum(t: Tensor) -> Tensor:
+    if _dispatch.backend_for("conv_transpose", t) == "triton":
+        from dlkern.kernels.triton import conv as triton_conv
+        return triton_conv.channel_sum(_rank3_view(t))
     return torch.from_numpy(numba_channel.channel_sum(_as_rank3_array(t)))
 
 
@@ -45,6 +50,11 @@ def conv_transpose(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride
     c_out = weight.shape[1] * groups
     out = _dispatch.new_output((input.shape[0], c_out, *output_size), input,
                                memory_format=_layout_of(input))
+    if _dispatch.backend_for("conv_transpose", input, weight, bias) == "triton":
+        _triton_backward_input(_rank3_view(input), _rank3_view(weight), _rank3(stride, 1),
+                               _rank3(padding, 0), _rank3(dilation, 1), groups, _rank3_view(out),
+                               None if bias is None else bias.detach())
+        return out
     x = _as_rank3_array(input)
     w = _as_rank3_array(weight)
     b = None if bias is None else bias.detach().contiguous().numpy()
@@ -95,7 +105,7 @@ def convolution_transpose(op, input, weight, bias, stride, padding, output_paddi
 
     x, unbatched, stride_t, pad_t, _, dil_t, out_spatial = _validate.conv_transpose_args(
         op, input, weight, bias, stride, padding, output_padding, groups, dilation, nsp)
-    if _dispatch.backend_for("conv_transpose", x, weight, bias) != "numba":
+    if _dispatch.backend_for("conv_transpose", x, weight, bias) is None:
         _dispatch.fallback("conv_transpose", x, weight, bias)
         return _TORCH_CONV_TRANSPOSE[nsp](input, weight, bias, stride, padding, output_padding,
                                           groups, dilation)
