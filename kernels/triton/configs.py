@@ -136,4 +136,28 @@ ATTENTION = {
 }
 
 # --- recurrent (rnn.py) -----------------------------------------------------------------------
-RNN = {}
+# Time-loop kernels: BLOCK_B batch rows per program (>= 16: tl.dot's smallest M), BLOCK_H hidden
+# units per inner block, BLOCK_K the reduction tile of the recurrent product. Each K step loads
+# G tiles of W (BLOCK_K x BLOCK_H) per pipeline stage: sizes keep float32 under 227 KiB.
+_RNN_LOOP = [
+    Config({"BLOCK_B": 16, "BLOCK_H": 32, "BLOCK_K": 32}, num_warps=4, num_stages=2),
+    Config({"BLOCK_B": 16, "BLOCK_H": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+    Config({"BLOCK_B": 16, "BLOCK_H": 128, "BLOCK_K": 32}, num_warps=8, num_stages=2),
+    Config({"BLOCK_B": 32, "BLOCK_H": 64, "BLOCK_K": 64}, num_warps=4, num_stages=2),
+]
+RNN = {
+    "matmul": [
+        Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=4, num_stages=3),
+        Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=8, num_stages=3),
+        Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=3),
+        Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
+    ],
+    "lstm_forward": _RNN_LOOP,
+    "gru_forward": _RNN_LOOP,
+    "lstm_backward": _RNN_LOOP,
+    "gru_backward": _RNN_LOOP,
+    # One launch-bound step: a fixed configuration, no autotuning (its bookkeeping costs more
+    # than a step of LSTMCell(128) on a GPU).
+    "cell": [Config({"BLOCK_B": 16, "BLOCK_H": 16, "BLOCK_K": 64}, num_warps=4, num_stages=2)],
+    "column_sums": [Config({"BLOCK_R": 32, "BLOCK_C": 128}, num_warps=4)],
+}
