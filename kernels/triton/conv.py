@@ -56,28 +56,42 @@ def _next_pow2(n):
     return 1 << max(0, int(n) - 1).bit_length()
 
 
+# Configurations timed per shape at most: each costs a compile on the first call of a process.
+_MAX_TUNED = 4
+
+
+def _fitting(configs, caps, large):
+    """Configurations whose tiles fit ``caps`` (axis name -> largest useful block), best first;
+    on a large problem the first configuration (the interpreter's small tile) is left out."""
+    kept = [c for c in configs if all(c.kwargs[k] <= v for k, v in caps.items())]
+    if large and len(kept) > 1 and kept[0] is configs[0]:
+        kept = kept[1:]
+    return kept[:_MAX_TUNED] or configs[:1]
+
+
 def _prune_gemm(configs, args):
     """Drop tiles much wider than the matrix they tile (they only add masked lanes)."""
-    cn = max(16, _next_pow2(args["CN"]))
     reduction = args["CK"]
     if reduction < _SMALL_K_CHANNELS:
         reduction *= args["NKD"] * args["NKH"] * args["NKW"]
-    ck = max(16, _next_pow2(reduction))
-    rows = max(16, _next_pow2(args["M"]))
-    kept = [c for c in configs if c.kwargs["BLOCK_N"] <= cn and c.kwargs["BLOCK_K"] <= ck
-            and c.kwargs["BLOCK_M"] <= rows]
-    return kept or configs[:1]
+    caps = {"BLOCK_M": max(16, _next_pow2(args["M"])), "BLOCK_N": max(16, _next_pow2(args["CN"])),
+            "BLOCK_K": max(16, _next_pow2(reduction))}
+    return _fitting(configs, caps, args["M"] >= 4096 and args["CN"] >= 32)
 
 
 def _prune_weight(configs, args):
-    co = max(16, _next_pow2(args["CO"]))
-    ci = max(16, _next_pow2(args["CI"]))
-    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= co and c.kwargs["BLOCK_N"] <= ci]
-    return kept or configs[:1]
+    caps = {"BLOCK_M": max(16, _next_pow2(args["CO"])), "BLOCK_N": max(16, _next_pow2(args["CI"]))}
+    return _fitting(configs, caps, args["CO"] >= 32)
+
+
+# Sizes and offsets are not specialised on 16-divisibility (only strides are, which is what makes
+# loads vectors): each new shape would otherwise compile every configuration again.
+_GEMM_SIZES = ["M", "CN", "CK", "QD", "QH", "QW", "SD", "SH", "SW", "AD", "AH", "AW", "BD", "BH",
+               "BW", "ED", "EH", "EW", "NKD", "NKH", "NKW", "w_off", "d_off"]
 
 
 @autotune(CONV["gemm"], key=["M", "CN", "CK", "NKD", "NKH", "NKW", "PRECISION"], prune=_prune_gemm)
-@triton.jit
+@triton.jit(do_not_specialize_on_alignment=_GEMM_SIZES)
 def _conv_gemm_kernel(
     src, wgt, bias, dst,
     M, CN, CK,
@@ -175,7 +189,9 @@ def _conv_gemm_kernel(
 
 
 @autotune(CONV["weight"], key=["CO", "CI", "P", "KVOL", "PRECISION"], prune=_prune_weight)
-@triton.jit
+@triton.jit(do_not_specialize_on_alignment=["CO", "CI", "P", "KVOL", "KH", "KW", "SPLITS",
+                                            "OD", "OH", "OW", "D", "H", "W", "sd", "sh", "sw",
+                                            "pd", "ph", "pw", "dd", "dh", "dw", "o_s"])
 def _conv_weight_kernel(
     x, dy, out,
     CO, CI, P, KVOL, KH, KW, SPLITS, SPLIT_LEN,
@@ -237,7 +253,7 @@ def _conv_weight_kernel(
 
 
 @autotune(CONV["channel_sum"], key=["C", "P"])
-@triton.jit
+@triton.jit(do_not_specialize_on_alignment=["C", "P", "SPLITS", "QD", "QH", "QW"])
 def _channel_sum_kernel(
     t, out, C, P, SPLITS, SPLIT_LEN, QD, QH, QW, t_n, t_c, t_d, t_h, t_w,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
