@@ -73,7 +73,7 @@ def _rnn_cell(op, mode, input, hx, w_ih, w_hh, b_ih, b_hh):
     from dlkern.ops.rnn import rnn_cell
 
     x, h, c, unbatched = _validate.rnn_cell_args(op, mode, input, hx, w_ih, w_hh, b_ih, b_hh)
-    if _dispatch.backend_for("rnn", x, h, c, w_ih, w_hh, b_ih, b_hh) != "numba":
+    if _dispatch.backend_for("rnn", x, h, c, w_ih, w_hh, b_ih, b_hh) not in ("numba", "triton"):
         _dispatch.fallback("rnn", x, h, c, w_ih, w_hh, b_ih, b_hh)
         if mode == "lstm":
             h_new, c_new = torch.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh)

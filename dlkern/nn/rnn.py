@@ -76,7 +76,7 @@ class _DlkernRNNMixin:
             states = tuple(s if sorted_indices is None else s.index_select(1, sorted_indices)
                            for s in states)
         params = list(self.parameters())
-        if _dispatch.backend_for("rnn", data, *states, *params) != "numba":
+        if _dispatch.backend_for("rnn", data, *states, *params) not in ("numba", "triton"):
             _dispatch.fallback("rnn", data, *states, *params)
             return super().forward(input, hx)
 
@@ -156,10 +156,11 @@ class _DlkernCellMixin:
         weights = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         x, h, c, unbatched = _validate.rnn_cell_args(op, self._mode, input, hx, *weights)
         # The checks above make every tensor share x's dtype and device: x decides the backend.
-        if _dispatch.backend_for("rnn", x) != "numba":
+        backend = _dispatch.backend_for("rnn", x)
+        if backend not in ("numba", "triton"):
             return (DF.lstm_cell if lstm else DF.gru_cell)(input, hx, *weights)
         np_weights = None
-        if x.device.type == "cpu" and not torch.compiler.is_compiling():
+        if backend == "numba" and not torch.compiler.is_compiling():
             np_weights = self._numpy_weights()
         h_new, c_new = rnn_cell(self._mode, x, h, c, *weights, np_weights=np_weights)
         if unbatched:

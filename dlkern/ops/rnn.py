@@ -8,8 +8,11 @@ Two ops in the ``dlkern`` namespace, each with a fake (meta) implementation:
   empty). ``gates`` and ``saved`` are what the backward needs (not differentiable).
 * ``dlkern::rnn_layer_backward(...) -> (dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh0, dc0)``: BPTT.
 
-A cell step is a layer of one step and one direction. Arguments are checked by dlkern._validate
-before these functions run. Calls that need no gradient and are not being traced skip the custom
+On the triton backend (CUDA tensors, or CPU tensors under the interpreter) the same ops run
+dlkern.kernels.triton.rnn, imported on the first such call; ``gates`` and ``saved`` are then that
+backend's float32 workspaces (their shapes differ from the CPU's; the fake implementation asks the
+same dispatch). A cell step is a layer of one step and one direction. Arguments are checked by
+dlkern._validate before these functions run. Calls that need no gradient and are not being traced skip the custom
 op machinery (tens of microseconds, more than a small cell step costs) and call the kernel
 directly: the lean path. The numbers are the same either way.
 """
@@ -23,6 +26,45 @@ from dlkern import _dispatch
 from dlkern.kernels.numba import rnn as numba_rnn
 
 _GATES = {"lstm": 4, "gru": 3}
+
+_dispatch.register_triton("rnn")
+
+
+def _triton():
+    from dlkern.kernels.triton import rnn as triton_rnn
+    return triton_rnn
+
+
+def _on_triton(x):
+    return _dispatch.backend_for("rnn", x) == "triton"
+
+
+def _precision(x, allow_tf32):
+    """TF32 for float32 on a GPU when torch allows it for this op's twin; never under the
+    interpreter (it computes float32 exactly anyway)."""
+    return "tf32" if x.is_cuda and x.dtype == torch.float32 and allow_tf32 else "ieee"
+
+
+def _layer_precision(x, batch_sizes, w_hh, w_hr):
+    """torch runs layers on cuDNN (cudnn.allow_tf32) and cells as matmuls (matmul.allow_tf32); a
+    one-step, one-direction layer without projection is how cells reach the layer op."""
+    cell = batch_sizes.shape[0] == 1 and w_hh.shape[0] == 1 and w_hr is None
+    flag = (torch.backends.cuda.matmul.allow_tf32 if cell else torch.backends.cudnn.allow_tf32)
+    return _precision(x, flag)
+
+
+def _workspace_shapes(mode, x, w_hh, n_rows):
+    """(shape, dtype) of the ``gates`` and ``saved`` outputs for the backend that runs ``x``."""
+    n_dir, gh, proj = w_hh.shape
+    hid = gh // _GATES[mode]
+    if _on_triton(x):
+        width = 2 * hid if mode == "lstm" and proj != hid else hid
+        return ((n_rows, n_dir, gh), torch.float32), ((n_rows, n_dir, width), torch.float32)
+    return ((n_dir, n_rows, gh), x.dtype), ((n_dir, n_rows, hid), x.dtype)
+
+
+def _new_f32(shape, x):
+    return _dispatch.new_output(shape, x.new_empty((), dtype=torch.float32))
 
 
 def _np(t):
@@ -45,6 +87,8 @@ def _shapes(mode, x, batch_sizes, w_hh, h0):
 
 def _forward_arrays(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
     """Allocate the outputs and run the forward kernel; returns the five output tensors."""
+    if _on_triton(x):
+        return _triton_forward(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)
     n_dir, gh, hid, proj, n_rows, batch = _shapes(mode, x, batch_sizes, w_hh, h0)
     y = _dispatch.new_output((n_rows, n_dir * proj), x)
     h_n = h0.detach().clone(memory_format=torch.contiguous_format)
@@ -68,6 +112,18 @@ def _forward_arrays(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
     return y, h_n, c_n, gates, saved
 
 
+def _triton_forward(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
+    n_dir, gh, hid, proj, n_rows, batch = _shapes(mode, x, batch_sizes, w_hh, h0)
+    (g_shape, _), (s_shape, _) = _workspace_shapes(mode, x, w_hh, n_rows)
+    y = _dispatch.new_output((n_rows, n_dir * proj), x)
+    h_n = _dispatch.new_output(tuple(h0.shape), x)
+    c_n = _dispatch.new_output((n_dir, batch, hid), x) if mode == "lstm" else x.new_empty((0,))
+    gates, saved = _new_f32(g_shape, x), _new_f32(s_shape, x)
+    _triton().layer_forward(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, y, h_n,
+                            c_n, gates, saved, _layer_precision(x, batch_sizes, w_hh, w_hr))
+    return y, h_n, c_n, gates, saved
+
+
 @torch.library.custom_op("dlkern::rnn_layer", mutates_args=())
 def rnn_layer_op(mode: str, x: Tensor, batch_sizes: Tensor, w_ih: Tensor, w_hh: Tensor,
                  b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor],
@@ -79,8 +135,9 @@ def rnn_layer_op(mode: str, x: Tensor, batch_sizes: Tensor, w_ih: Tensor, w_hh: 
 def _(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
     n_dir, gh, hid, proj, n_rows, batch = _shapes(mode, x, batch_sizes, w_hh, h0)
     c_n = x.new_empty((n_dir, batch, hid)) if mode == "lstm" else x.new_empty((0,))
+    (g_shape, g_dtype), (s_shape, s_dtype) = _workspace_shapes(mode, x, w_hh, n_rows)
     return (x.new_empty((n_rows, n_dir * proj)), x.new_empty((n_dir, batch, proj)), c_n,
-            x.new_empty((n_dir, n_rows, gh)), x.new_empty((n_dir, n_rows, hid)))
+            x.new_empty(g_shape, dtype=g_dtype), x.new_empty(s_shape, dtype=s_dtype))
 
 
 @torch.library.custom_op("dlkern::rnn_layer_backward", mutates_args=())
@@ -95,6 +152,13 @@ def rnn_layer_backward_op(mode: str, dy: Tensor, dh_n: Tensor, dc_n: Optional[Te
     db_ih = _dispatch.new_output((n_dir, gh), x)
     db_hh = _dispatch.new_output((n_dir, gh), x)
     dw_hr = _dispatch.new_output((n_dir, proj, hid) if w_hr is not None else (n_dir, 0, 0), x)
+    if _on_triton(x):
+        dh = _dispatch.new_output(tuple(h0.shape), x)
+        dc = _dispatch.new_output((n_dir, batch, hid), x) if mode == "lstm" else x.new_empty((0,))
+        _triton().layer_backward(mode, x, batch_sizes, w_ih, w_hh, w_hr, h0, c0, y, gates, saved,
+                                 dy, dh_n, dc_n, dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh, dc,
+                                 _layer_precision(x, batch_sizes, w_hh, w_hr))
+        return [dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh, dc]
     dh = dh_n.detach().clone(memory_format=torch.contiguous_format)
     if mode == "lstm":
         dc = dc_n.detach().clone(memory_format=torch.contiguous_format)
@@ -165,7 +229,7 @@ def _needs_graph(tensors):
 
 
 def rnn_layer(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
-    """One layer (all directions) on checked, numba-backed arguments: (y, h_n, c_n)."""
+    """One layer (all directions) on checked arguments of a dlkern backend: (y, h_n, c_n)."""
     tensors = (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)
     if _needs_graph(tensors):
         y, h_n, c_n, _, _ = rnn_layer_op(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr,
@@ -183,6 +247,10 @@ def _cell_lean(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, np_weights=None):
     y = _dispatch.new_output((batch, hid), x)
     lstm = mode == "lstm"
     c_n = torch.empty_like(y) if lstm else None  # every element is written (c' = f c + i g)
+    if _on_triton(x):
+        _triton().cell_forward(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, y, c_n,
+                               _precision(x, torch.backends.cuda.matmul.allow_tf32))
+        return y, c_n
     if np_weights is None:
         np_weights = numpy_weights(w_ih, w_hh, b_ih, b_hh)
     y_a = y.numpy()

@@ -1,0 +1,295 @@
+"""dlkern's Triton LSTM/GRU kernels against torch (float64 reference): layers (every direction, layer,
+packed or padded), cells, forward outputs and states and every gradient.
+
+On a GPU these run on CUDA in float32, float16 and bfloat16; elsewhere through Triton's
+interpreter in float32 on tiny shapes (it is slow). ``test_compiles_for_h100`` compiles every
+kernel for sm_90 in a fresh process without the interpreter.
+"""
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import dlkern.functional as DF
+import dlkern.nn as dnn
+from helpers import TRITON_DTYPES, assert_close, check_against_torch, make_tensor, run_isolated
+
+TORCH_LAYER = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
+DL_LAYER = {"lstm": dnn.LSTM, "gru": dnn.GRU}
+TORCH_CELL = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell}
+DL_CELL = {"lstm": dnn.LSTMCell, "gru": dnn.GRUCell}
+GATES = {"lstm": 4, "gru": 3}
+
+
+@pytest.fixture(autouse=True)
+def exact_float32(monkeypatch):
+    """float32 follows torch's TF32 switches (cuDNN's for layers, matmul's for cells): off here,
+    so float32 is checked at full precision (the TF32 variant is compiled by the AOT test)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    matmul = torch.backends.cuda.matmul  # a settings object: set and restore, not monkeypatch
+    saved = matmul.allow_tf32
+    matmul.allow_tf32 = False
+    yield
+    matmul.allow_tf32 = saved
+
+
+@pytest.fixture(autouse=True)
+def interpreter_index_fix(monkeypatch):
+    """Triton 3.6's interpreter turns a scalar into a loop bound with int(array of shape (1,)),
+    which NumPy >= 2.4 refuses; read the element instead (only while these tests run)."""
+    if torch.cuda.is_available() or np.lib.NumpyVersion(np.__version__) < "2.4.0":
+        return
+    interpreter = pytest.importorskip("triton.runtime.interpreter")
+    original = interpreter._patch_lang_tensor
+
+    def patch_lang_tensor(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    monkeypatch.setattr(interpreter, "_patch_lang_tensor", patch_lang_tensor)
+
+
+# One layer configuration per case: every parameter kind at least once. lengths: None = a padded
+# batch (every step B rows); a list = a PackedSequence of those lengths (unsorted: torch permutes
+# the batch, hx and the final states).
+LAYERS = [
+    dict(mode="lstm", inp=5, hid=6, layers=2, bidir=True, batch_first=True, proj=3, hx=True,
+         bias=True, seq=5, batch=3, lengths=[4, 5, 2]),
+    dict(mode="gru", inp=5, hid=6, layers=2, bidir=True, batch_first=False, proj=0, hx=True,
+         bias=True, seq=6, batch=3, lengths=[3, 6, 6]),
+    dict(mode="lstm", inp=4, hid=7, layers=1, bidir=False, batch_first=True, proj=0, hx=False,
+         bias=False, seq=4, batch=2, lengths=None),
+    dict(mode="gru", inp=3, hid=5, layers=1, bidir=True, batch_first=True, proj=0, hx=False,
+         bias=False, seq=4, batch=3, lengths=None),
+    dict(mode="lstm", inp=5, hid=8, layers=2, bidir=False, batch_first=False, proj=5, hx=True,
+         bias=True, seq=3, batch=3, lengths=None),
+    dict(mode="lstm", inp=2, hid=4, layers=1, bidir=True, batch_first=False, proj=0, hx=True,
+         bias=True, seq=6, batch=1, lengths=None),
+    # Larger than one tile of every loop (batch tiles of 16, unit blocks and K tiles of 32).
+    dict(mode="lstm", inp=35, hid=40, layers=1, bidir=True, batch_first=False, proj=33, hx=True,
+         bias=True, seq=3, batch=17, lengths=None),
+    dict(mode="gru", inp=33, hid=36, layers=1, bidir=True, batch_first=True, proj=0, hx=True,
+         bias=True, seq=3, batch=17, lengths=[3] * 9 + [2] * 5 + [1] * 3),
+]
+
+
+def _layer_id(cfg):
+    keys = ("layers", "bidir", "batch_first", "proj", "hx", "bias", "lengths")
+    return cfg["mode"] + "-" + "-".join(f"{k}={cfg[k]}" for k in keys if cfg[k]) + f"-H{cfg['hid']}"
+
+
+def _flatten(mode, out, packed):
+    y, state = out
+    if packed:
+        y = pad_packed_sequence(y, batch_first=False)[0]
+    return [y] + (list(state) if mode == "lstm" else [state])
+
+
+@pytest.mark.parametrize("dtype", TRITON_DTYPES)
+@pytest.mark.parametrize("cfg", LAYERS, ids=_layer_id)
+def test_layer(cfg, dtype, triton_device):
+    mode = cfg["mode"]
+    torch.manual_seed(0)
+    kw = dict(num_layers=cfg["layers"], bidirectional=cfg["bidir"], batch_first=cfg["batch_first"],
+              bias=cfg["bias"])
+    if cfg["proj"]:
+        kw["proj_size"] = cfg["proj"]
+    ref = TORCH_LAYER[mode](cfg["inp"], cfg["hid"], **kw).double()
+    mod = DL_LAYER[mode](cfg["inp"], cfg["hid"], **kw)
+    mod.load_state_dict(ref.state_dict())
+    mod.to(device=triton_device, dtype=dtype)
+    g = torch.Generator().manual_seed(1)
+    seq, batch = cfg["seq"], cfg["batch"]
+    shape = (batch, seq, cfg["inp"]) if cfg["batch_first"] else (seq, batch, cfg["inp"])
+    leaves = [make_tensor(shape, dtype, generator=g)]
+    if cfg["hx"]:
+        n = cfg["layers"] * (2 if cfg["bidir"] else 1)
+        leaves.append(make_tensor((n, batch, cfg["proj"] or cfg["hid"]), dtype, generator=g))
+        if mode == "lstm":
+            leaves.append(make_tensor((n, batch, cfg["hid"]), dtype, generator=g))
+    before = [t.clone() for t in leaves]
+    leaves = [t.to(triton_device).requires_grad_() for t in leaves]
+    leaves64 = [t.detach().cpu().double().requires_grad_() for t in leaves]
+
+    def call(module, tensors):
+        x, state = tensors[0], None
+        if len(tensors) > 1:
+            state = tuple(tensors[1:]) if mode == "lstm" else tensors[1]
+        packed = cfg["lengths"] is not None
+        if packed:
+            x = pack_padded_sequence(x, torch.tensor(cfg["lengths"]),
+                                     batch_first=cfg["batch_first"], enforce_sorted=False)
+        return _flatten(mode, module(x, state), packed)
+
+    outs = call(mod, leaves)
+    refs = call(ref, leaves64)
+    red = seq * (cfg["inp"] + cfg["hid"]) * cfg["layers"]
+    names = ["y", "h_n", "c_n"]
+    for name, a, e in zip(names, outs, refs):
+        assert a.dtype == dtype and a.device.type == triton_device
+        assert_close(a.cpu(), e, red, name)
+    g = torch.Generator().manual_seed(5)
+    grads = [make_tensor(tuple(o.shape), torch.float64, generator=g) for o in outs]
+    if cfg["lengths"] is not None:  # padding positions carry no gradient in either
+        grads[0] = grads[0] * (refs[0] != 0)
+    got = torch.autograd.grad(outs, leaves + list(mod.parameters()),
+                              [gr.to(device=triton_device, dtype=dtype) for gr in grads])
+    want = torch.autograd.grad(refs, leaves64 + list(ref.parameters()), grads)
+    grad_names = ["input", "h0", "c0"][:len(leaves)] + [n for n, _ in mod.named_parameters()]
+    for name, a, e in zip(grad_names, got, want):
+        assert_close(a.cpu(), e, red * batch, f"grad of {name}")
+    for t, b in zip(leaves, before):
+        assert torch.equal(t.detach().cpu(), b), "an input was modified"
+
+
+@pytest.mark.parametrize("dtype", TRITON_DTYPES)
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_cell_functional(mode, batched, bias, dtype, triton_device):
+    """Forward and every gradient through the custom op (a one-step layer: the fused cell kernel
+    forward, the layer backward), then the lean no-grad path."""
+    g = torch.Generator().manual_seed(2)
+    inp, hid = 5, 7
+    gh = GATES[mode] * hid
+    lead = (3,) if batched else ()
+    tensors = [make_tensor(lead + (inp,), dtype, generator=g),
+               make_tensor(lead + (hid,), dtype, generator=g)]
+    if mode == "lstm":
+        tensors.append(make_tensor(lead + (hid,), dtype, generator=g))
+    tensors += [make_tensor((gh, inp), dtype, generator=g) * 0.5,
+                make_tensor((gh, hid), dtype, layout="noncontiguous", generator=g) * 0.5]
+    if bias:
+        tensors += [make_tensor((gh,), dtype, generator=g), make_tensor((gh,), dtype, generator=g)]
+    tensors = [t.to(triton_device) for t in tensors]
+
+    def run(functional, lstm_cell, gru_cell):
+        def fn(*a):
+            state = (a[1], a[2]) if mode == "lstm" else a[1]
+            rest = a[3:] if mode == "lstm" else a[2:]
+            if mode == "lstm":
+                return torch.cat(lstm_cell(a[0], state, *rest), -1)
+            return gru_cell(a[0], state, *rest)
+        return fn
+
+    dl = run(DF, DF.lstm_cell, DF.gru_cell)
+
+    def ref_fn(*a):  # torch's cell ops want a batch axis; test on CPU float64
+        a = [t.cpu() for t in a]
+        if not batched:
+            a = [t[None] if k < (3 if mode == "lstm" else 2) else t for k, t in enumerate(a)]
+        out = run(torch, torch.lstm_cell, torch.gru_cell)(*a)
+        return out[0] if not batched else out
+
+    def dl_cpu(*a):
+        return dl(*a).cpu()
+
+    red = inp + hid
+    reductions = {"output": red, **{k: 3 * gh for k in range(len(tensors))}}
+    check_against_torch(dl_cpu, ref_fn, tensors, reductions)
+    with torch.no_grad():
+        assert_close(dl(*tensors).cpu(), ref_fn(*[t.double() for t in tensors]), red,
+                     "no_grad output")
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_cell_module(mode, triton_device):
+    torch.manual_seed(3)
+    ref = TORCH_CELL[mode](4, 6).double()
+    mod = DL_CELL[mode](4, 6)
+    mod.load_state_dict(ref.state_dict())
+    mod.to(triton_device)
+    x = torch.randn(2, 4)
+    out = mod(x.to(triton_device))  # hx None: zeros
+    want = ref(x.double())
+    for a, e in zip(out if mode == "lstm" else [out], want if mode == "lstm" else [want]):
+        assert_close(a.cpu(), e, 10)
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_layer_empty_batch(mode, triton_device):
+    mod = DL_LAYER[mode](3, 4, num_layers=2).to(triton_device)
+    ref = TORCH_LAYER[mode](3, 4, num_layers=2)
+    out, state = mod(torch.randn(5, 0, 3, device=triton_device))
+    ref_out, ref_state = ref(torch.randn(5, 0, 3))
+    assert out.shape == ref_out.shape
+    pairs = zip(state, ref_state) if mode == "lstm" else [(state, ref_state)]
+    assert all(a.shape == b.shape for a, b in pairs)
+
+
+_AOT = r'''
+import os, sys
+os.environ.pop("TRITON_INTERPRET", None)
+sys.path.insert(0, TESTS)
+import torch
+from triton_aot import compile_for_h100, H100_SHARED_BYTES
+from dlkern.kernels.triton import rnn as R
+
+f32 = lambda: torch.empty(8, dtype=torch.float32)
+i32 = torch.empty(8, dtype=torch.int32)
+worst = 0
+count = 0
+
+def build(kernel, args, every_config, **constexprs):
+    global worst, count
+    if not every_config and hasattr(kernel, "configs"):  # the first configuration only
+        cfg = kernel.configs[0]
+        constexprs = dict(constexprs, **cfg.kwargs)
+        kernel = kernel.fn
+    for k in compile_for_h100(kernel, args, **constexprs):
+        count += 1
+        worst = max(worst, k.metadata.shared)
+        assert k.metadata.shared <= H100_SHARED_BYTES, (kernel, k.metadata.shared)
+
+# float32 tiles use the most shared memory: every configuration there; float16 every variant with
+# the first configuration; bfloat16 and TF32 the main variants (compiling costs ~0.7 s a kernel).
+for dtype, prec in ((torch.float32, "ieee"), (torch.float32, "tf32"), (torch.float16, "ieee"),
+                    (torch.bfloat16, "ieee")):
+    t = lambda: torch.empty(8, dtype=dtype)
+    all_cfg = dtype == torch.float32 and prec == "ieee"
+    variants = dtype == torch.float16 or all_cfg
+    mm = [64, 64, 64] + [1, 64, 1] * 3 + [64]
+    # forward projection (data x data -> float32), weight gradients (float32 x data -> data)
+    build(R.matmul_kernel, [t(), t(), f32(), f32()] + mm, all_cfg, HAS_BIAS=True, PRECISION=prec)
+    if variants:
+        build(R.matmul_kernel, [f32(), t(), t(), f32()] + mm, False, HAS_BIAS=False, PRECISION=prec)
+        build(R.matmul_kernel, [f32(), f32(), t(), f32()] + mm, False, HAS_BIAS=False, PRECISION=prec)
+    if prec == "tf32":
+        build(R.lstm_forward_kernel, [f32(), t(), t(), t(), t(), i32, i32, t(), t(), t(), f32(),
+              f32(), 16, 32, 64, 48, 2], False, HAS_PROJ=True, PACKED=True, PRECISION=prec)
+        build(R.cell_forward_kernel, [t(), t(), t(), t(), t(), t(), t(), t(), t(), t(), f32(),
+              f32(), 8, 128, 128, 128, 128, 128], False, IS_LSTM=True, HAS_BIAS=True,
+              SAVE=False, PRECISION=prec, **R.RNN["cell"][0].kwargs)
+        continue
+    for proj in ((True, False) if variants else (True,)):
+        build(R.lstm_forward_kernel, [f32(), t(), t(), t(), t(), i32, i32, t(), t(), t(), f32(),
+              f32(), 16, 32, 64, 48 if proj else 64, 2], all_cfg and proj, HAS_PROJ=proj,
+              PACKED=proj, PRECISION=prec)
+        build(R.lstm_backward_kernel, [t(), t(), t(), t(), i32, i32, t(), f32(), f32(), t(), t(),
+              t(), f32(), t(), f32(), f32(), f32(), t(), t(), 16, 32, 64, 48 if proj else 64, 2],
+              all_cfg and proj, HAS_PROJ=proj, PACKED=proj, PRECISION=prec)
+    build(R.gru_forward_kernel, [f32(), t(), f32(), t(), i32, i32, t(), t(), f32(), f32(),
+          16, 32, 64, 2], all_cfg, HAS_BIAS=True, PACKED=True, PRECISION=prec)
+    build(R.gru_backward_kernel, [t(), t(), i32, i32, t(), f32(), f32(), t(), t(), f32(), f32(),
+          t(), f32(), f32(), t(), 16, 32, 64, 2], all_cfg, PACKED=False, PRECISION=prec)
+    cell = R.RNN["cell"][0]
+    for lstm in (True, False):
+        build(R.cell_forward_kernel, [t(), t(), t(), t(), t(), t(), t(), t(), t(), t(), f32(),
+              f32(), 8, 128, 128, 128, 128, 128], False, IS_LSTM=lstm, HAS_BIAS=True,
+              SAVE=lstm, PRECISION=prec, **cell.kwargs)
+    build(R.column_sums_kernel, [f32(), t(), 64, 64, 64, 128, 64], False,
+          **R.RNN["column_sums"][0].kwargs)
+print("compiled", count, "kernels; most shared memory", worst, "bytes")
+'''
+
+
+def test_compiles_for_h100():
+    """Every kernel compiles for sm_90 (the interpreter accepts code the compiler rejects), every
+    autotune configuration once, each within an H100's shared memory."""
+    pytest.importorskip("triton")
+    code = _AOT.replace("TESTS", repr(os.path.dirname(os.path.abspath(__file__))))
+    rc, out = run_isolated(code, timeout=600)
+    assert rc == 0, out[-4000:]
+    assert "compiled" in out
