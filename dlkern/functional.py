@@ -73,14 +73,15 @@ def _rnn_cell(op, mode, input, hx, w_ih, w_hh, b_ih, b_hh):
     from dlkern.ops.rnn import rnn_cell
 
     x, h, c, unbatched = _validate.rnn_cell_args(op, mode, input, hx, w_ih, w_hh, b_ih, b_hh)
-    if _dispatch.backend_for("rnn", x, h, c, w_ih, w_hh, b_ih, b_hh) not in ("numba", "triton"):
+    backend = _dispatch.backend_for("rnn", x, h, c, w_ih, w_hh, b_ih, b_hh)
+    if backend not in ("numba", "triton"):
         _dispatch.fallback("rnn", x, h, c, w_ih, w_hh, b_ih, b_hh)
         if mode == "lstm":
             h_new, c_new = torch.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh)
         else:
             h_new, c_new = torch.gru_cell(x, h, w_ih, w_hh, b_ih, b_hh), None
     else:
-        h_new, c_new = rnn_cell(mode, x, h, c, w_ih, w_hh, b_ih, b_hh)
+        h_new, c_new = rnn_cell(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, backend=backend)
     if unbatched:
         h_new = h_new.squeeze(0)
         c_new = None if c_new is None else c_new.squeeze(0)

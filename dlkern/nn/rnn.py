@@ -162,7 +162,8 @@ class _DlkernCellMixin:
         np_weights = None
         if backend == "numba" and not torch.compiler.is_compiling():
             np_weights = self._numpy_weights()
-        h_new, c_new = rnn_cell(self._mode, x, h, c, *weights, np_weights=np_weights)
+        h_new, c_new = rnn_cell(self._mode, x, h, c, *weights, np_weights=np_weights,
+                                backend=backend)
         if unbatched:
             h_new = h_new.squeeze(0)
             c_new = None if c_new is None else c_new.squeeze(0)

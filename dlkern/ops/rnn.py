@@ -240,14 +240,14 @@ def rnn_layer(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
     return y, h_n, c_n
 
 
-def _cell_lean(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, np_weights=None):
+def _cell_lean(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, np_weights=None, backend=None):
     """The lean path of one cell step: the kernel on the calling thread, no custom op.
     ``np_weights``: NumPy views (w_ih, w_hh, b_ih, b_hh) a module keeps, else made here."""
     batch, hid = h.shape
     y = _dispatch.new_output((batch, hid), x)
     lstm = mode == "lstm"
     c_n = torch.empty_like(y) if lstm else None  # every element is written (c' = f c + i g)
-    if _on_triton(x):
+    if (backend or _dispatch.backend_for("rnn", x)) == "triton":
         _triton().cell_forward(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, y, c_n,
                                _precision(x, torch.backends.cuda.matmul.allow_tf32))
         return y, c_n
@@ -267,10 +267,11 @@ def numpy_weights(w_ih, w_hh, b_ih, b_hh):
             zeros if b_hh is None else _np(b_hh))
 
 
-def rnn_cell(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, np_weights=None):
-    """One cell step on checked, batched (B, I) arguments: (h', c') (c' None for a GRU)."""
+def rnn_cell(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, np_weights=None, backend=None):
+    """One cell step on checked, batched (B, I) arguments: (h', c') (c' None for a GRU).
+    ``backend``: the caller's backend_for result, when it has one (saves a lookup per step)."""
     if x.shape[1] > 0 and x.shape[0] > 0 and not _needs_graph((x, h, c, w_ih, w_hh, b_ih, b_hh)):
-        return _cell_lean(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, np_weights)
+        return _cell_lean(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, np_weights, backend)
     batch_sizes = torch.full((1,), x.shape[0], dtype=torch.int64)
     y, h_n, c_n, _, _ = rnn_layer_op(
         mode, x, batch_sizes, w_ih.unsqueeze(0), w_hh.unsqueeze(0),

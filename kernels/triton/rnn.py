@@ -621,6 +621,10 @@ def cell_forward_kernel(x, h, c, w_ih, w_hh, b_ih, b_hh, h_out, h_out2, c_out, g
 _GATES = {"lstm": 4, "gru": 3}
 
 
+def _cdiv(a, b):
+    return -(-a // b)  # triton.cdiv is a jit function: calling it from Python costs microseconds
+
+
 def precision(dtype, allow_tf32):
     """tl.dot's input precision: TF32 only for float32 data when allowed."""
     return "tf32" if allow_tf32 and dtype == torch.float32 else "ieee"
@@ -635,7 +639,7 @@ def matmul(a, b, c, bias=None, precision="ieee"):
         return
 
     def grid(meta):
-        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), zs)
+        return (_cdiv(m, meta["BLOCK_M"]) * _cdiv(n, meta["BLOCK_N"]), zs)
     matmul_kernel[grid](a, b, c, c if bias is None else bias, m, n, k, *a.stride(), *b.stride(),
                         *c.stride(), 0 if bias is None else bias.stride(0),
                         HAS_BIAS=bias is not None, PRECISION=precision)
@@ -650,7 +654,7 @@ def column_sums(g, out):
         out.zero_()
         return
     cfg = RNN["column_sums"][0]
-    grid = (triton.cdiv(cols, cfg.kwargs["BLOCK_C"]), zs)
+    grid = (_cdiv(cols, cfg.kwargs["BLOCK_C"]), zs)
     column_sums_kernel[grid](g, out, rows, cols, g.stride(1), g.stride(0), out.stride(0),
                              num_warps=cfg.num_warps, **cfg.kwargs)
 
@@ -710,7 +714,7 @@ def cell_forward(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, h_out, c_out, precision,
         b_ih, has_bias = torch.zeros_like(b_hh), True
     save = gates is not None
     cfg = RNN["cell"][0]
-    grid = (triton.cdiv(batch, cfg.kwargs["BLOCK_B"]), triton.cdiv(hid, cfg.kwargs["BLOCK_H"]))
+    grid = (_cdiv(batch, cfg.kwargs["BLOCK_B"]), _cdiv(hid, cfg.kwargs["BLOCK_H"]))
     cell_forward_kernel[grid](
         x, h, c, w_ih, w_hh, b_ih if has_bias else w_ih, b_hh if has_bias else w_ih, h_out,
         h_out if h_out2 is None else h_out2, c_out if lstm else h_out, gates if save else h_out,
@@ -747,7 +751,7 @@ def layer_forward(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, y,
     packed, sizes, offsets = _steps(batch_sizes, batch, x.device)
 
     def grid(meta):
-        return (n_dir, triton.cdiv(batch, meta["BLOCK_B"]))
+        return (n_dir, _cdiv(batch, meta["BLOCK_B"]))
     if lstm:
         lstm_forward_kernel[grid](gx, w_hh, w_hr.contiguous() if has_proj else w_hh, h0,
                                   c0.contiguous(), sizes, offsets, y, h_n, c_n, gates, saved,
@@ -786,7 +790,7 @@ def layer_backward(mode, x, batch_sizes, w_ih, w_hh, w_hr, h0, c0, y, gates, sav
     packed, sizes, offsets = _steps(batch_sizes, batch, x.device)
 
     def grid(meta):
-        return (n_dir, triton.cdiv(batch, meta["BLOCK_B"]))
+        return (n_dir, _cdiv(batch, meta["BLOCK_B"]))
     if lstm:
         dgh = dgi
         dhtot = torch.empty((n_rows, n_dir, proj), **f32) if has_proj else dgi
