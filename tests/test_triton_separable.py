@@ -245,6 +245,9 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16):
     compile_all("dsconv_forward", S._dsconv_forward_kernel,
                 [x] * 6 + ints(9) + ints(12) + ints(9), first,
                 KD=1, KH=3, KW=3, HAS_BD=True, HAS_BP=True, PRECISION=prec)
+    compile_all("dsconv_pointwise_weight", S._dsconv_pointwise_weight_kernel,
+                [x, x, x, x, f32, f32] + ints(12) + ints(10) + ints(9), first,
+                KD=1, KH=3, KW=3, HAS_BD=True, HAS_BIAS=True, PRECISION=prec)
     compile_all("spatial_forward", S._spatial_forward_kernel,
                 [x] * 6 + ints(9) + ints(14) + ints(6), first,
                 KH=3, KW=3, MID_W=64, HAS_BV=True, HAS_BH=True, PRECISION=prec)

@@ -73,6 +73,14 @@ CONV = {
         Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=4, num_stages=2),
         Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=2),
     ],
+    # separable.py: pointwise weight gradient of depthwise-separable, [BLOCK_M out channels,
+    # BLOCK_N depthwise channels (recomputed in registers), BLOCK_K pixels].
+    "dsconv_backward_pointwise": [
+        Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=2),
+        Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=2),
+        Config({"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 64}, num_warps=4, num_stages=2),
+        Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=8, num_stages=2),
+    ],
     # separable.py: fused spatial separable forward, [MID_W mid columns, BLOCK_N out channels]
     # (MID_W set by the launcher), vertical reduction over BLOCK_CI, horizontal over BLOCK_CM.
     "spatial_forward": [

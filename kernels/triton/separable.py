@@ -30,10 +30,12 @@ mid again for each further block of BLOCK_N output channels.
 
 Gradients are composed of these kernels and the depthwise ones (depthwise.py), with no torch
 convolution: the intermediate (depthwise or vertical) result is recomputed, not saved by the
-forward pass, and the gradient of the intermediate is materialised once:
+forward pass, and the gradient of the intermediate is materialised once (the input gradient
+gathers it over a neighbourhood, which a fused kernel would have to recompute):
 
-* depthwise-separable: mid = depthwise(x); dmid = wp^T dy (a 1x1 GEMM); dwp, dbp from dy and mid
-  (weight-gradient GEMM); dx, dwd, dbd from dmid with the depthwise gradient kernels.
+* depthwise-separable: dmid = wp^T dy (a 1x1 GEMM); dwp = dy mid^T and dbp in one GEMM kernel
+  (``_dsconv_pointwise_weight_kernel``) that recomputes mid = depthwise(x) in registers as the
+  forward does, so mid never goes to memory; dx, dwd, dbd from dmid with the depthwise kernels.
 * spatial: mid = vertical(x); dmid = horizontal's input gradient of dy; dwh, dbh from dy and mid;
   dwv, dbv from dmid and x; dx = vertical's input gradient of dmid.
 
@@ -103,6 +105,66 @@ def _dsconv_forward_kernel(
     out = (out_ptr + n * son + co.to(tl.int64)[None, :] * soc
            + (od * sod + oh * soh + ow * sow)[:, None])
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=p_ok[:, None] & co_ok[None, :])
+
+
+@autotune(CONV["dsconv_backward_pointwise"], key=["CM", "C_OUT", "Q", "KD", "KH", "KW", "SPLIT"])
+@triton.jit
+def _dsconv_pointwise_weight_kernel(
+        x_ptr, wd_ptr, bd_ptr, dy_ptr, dw_part_ptr, db_part_ptr,
+        CM, C_OUT, M, D_IN, H_IN, W_IN, H_OUT, W_OUT, P_OUT, Q, CHUNK, SPLIT,
+        sxn, sxc, sxd, sxh, sxw, syn, syc, syd, syh, syw,
+        SD, SH, SW, PD, PH, PW, DD, DH, DW,
+        KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, HAS_BD: tl.constexpr,
+        HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """dw_part[s, o, k] = sum over q in [s*CHUNK, (s+1)*CHUNK) of dy[q, o] * mid[q, k], with
+    mid = depthwise(x, wd) + bd recomputed in registers as in the forward (q = (n, od, oh, ow)
+    flattened); db_part[s, o] = the sum of dy[q, o] (the programs of the first channel block)."""
+    ro = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rk = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    s = tl.program_id(2)
+    o_ok = ro < C_OUT
+    k_ok = rk < CM
+    x_chan = (rk // M).to(tl.int64) * sxc
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_b = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    q_end = tl.minimum(Q, (s + 1) * CHUNK)
+    for q0 in range(s * CHUNK, q_end, BLOCK_K):
+        q = q0 + tl.arange(0, BLOCK_K)
+        q_ok = q < q_end
+        n = (q // P_OUT).to(tl.int64)
+        p = q % P_OUT
+        ow = p % W_OUT
+        oh = (p // W_OUT) % H_OUT
+        od = p // (W_OUT * H_OUT)
+        a = tl.load(dy_ptr + (n * syn + od * syd + oh * syh + ow * syw)[None, :]
+                    + ro.to(tl.int64)[:, None] * syc,
+                    mask=o_ok[:, None] & q_ok[None, :], other=0.0)
+        mid = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
+        for kd in tl.static_range(KD):
+            i_d = od * SD - PD + kd * DD
+            ok_d = q_ok & (i_d >= 0) & (i_d < D_IN)
+            for kh in tl.static_range(KH):
+                ih = oh * SH - PH + kh * DH
+                ok_h = ok_d & (ih >= 0) & (ih < H_IN)
+                for kw in tl.static_range(KW):
+                    iw = ow * SW - PW + kw * DW
+                    ok = ok_h & (iw >= 0) & (iw < W_IN)
+                    xv = tl.load(x_ptr + (n * sxn + i_d * sxd + ih * sxh + iw * sxw)[:, None]
+                                 + x_chan[None, :], mask=ok[:, None] & k_ok[None, :], other=0.0)
+                    wv = tl.load(wd_ptr + rk * (KD * KH * KW) + ((kd * KH + kh) * KW + kw),
+                                 mask=k_ok, other=0.0)
+                    mid += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
+        if HAS_BD:
+            mid += tl.load(bd_ptr + rk, mask=k_ok, other=0.0).to(tl.float32)[None, :]
+        acc = tl.dot(a, mid.to(x_ptr.dtype.element_ty), acc, input_precision=PRECISION)
+        if HAS_BIAS:
+            acc_b += tl.sum(a.to(tl.float32), axis=1)
+    part = (s.to(tl.int64) * C_OUT + ro[:, None]) * CM + rk[None, :]
+    tl.store(dw_part_ptr + part, acc, mask=o_ok[:, None] & k_ok[None, :])
+    if HAS_BIAS:
+        if tl.program_id(1) == 0:
+            tl.store(db_part_ptr + s.to(tl.int64) * C_OUT + ro, acc_b, mask=o_ok)
 
 
 @autotune(CONV["sep_gemm_forward"], key=["C_IN", "C_OUT", "M_TOTAL", "KH", "KW"])
@@ -405,21 +467,43 @@ def dsconv_backward(x, wd, bd, wp, dy, stride, padding, dilation, dx, want_bias,
     biases' gradients None unless ``want_bias`` (a pair: depthwise, pointwise)."""
     import torch
 
-    cm = wd.shape[0]
+    cm, _, kd, kh, kw = wd.shape
     c_out = wp.shape[0]
-    mid = torch.empty((dy.shape[0], cm) + tuple(dy.shape[2:]), dtype=x.dtype, device=x.device)
-    depthwise_forward(x, wd, bd, stride, padding, dilation, mid)
-    dmid = torch.empty_like(mid)
+    wd = wd.contiguous()
     # dmid = wp^T dy: a 1x1 convolution of dy with the (C*m, C_out) transposed weight
+    dmid = torch.empty((dy.shape[0], cm) + tuple(dy.shape[2:]), dtype=dy.dtype, device=dy.device)
     conv2d_forward(_planes(dy), wp.t()[:, :, None, None], None, (1, 1), (0, 0), (1, 1),
                    _planes(dmid), precision)
-    dwp, dbp = conv2d_backward_weight(_planes(mid), _planes(dy), (c_out, cm, 1, 1), (1, 1),
-                                      (0, 0), (1, 1), want_bias[1], precision)
+    # dwp = dy mid^T with mid recomputed from x in registers, dbp = the sums of dy
+    p_out = dy.shape[2] * dy.shape[3] * dy.shape[4]
+    q = dy.shape[0] * p_out
+    if q == 0:
+        dwp = torch.zeros((c_out, cm), dtype=x.dtype, device=x.device)
+        dbp = torch.zeros(c_out, dtype=x.dtype, device=x.device) if want_bias[1] else None
+    else:
+        tiles = triton.cdiv(c_out, 64) * triton.cdiv(cm, 64)
+        split = max(1, min(triton.cdiv(_WEIGHT_PROGRAMS, tiles), triton.cdiv(q, 4096)))
+        chunk = triton.cdiv(triton.cdiv(q, split), 1024) * 1024
+        split = triton.cdiv(q, chunk)
+        dw_part = torch.empty((split, c_out, cm), dtype=torch.float32, device=x.device)
+        db_part = torch.empty((split, c_out), dtype=torch.float32, device=x.device)
+
+        def grid(meta):
+            return (triton.cdiv(c_out, meta["BLOCK_M"]), triton.cdiv(cm, meta["BLOCK_N"]), split)
+
+        _dsconv_pointwise_weight_kernel[grid](
+            x, wd, bd if bd is not None else wd, dy, dw_part, db_part,
+            cm, c_out, cm // x.shape[1], *x.shape[2:], *dy.shape[3:], p_out, q, chunk, split,
+            *x.stride(), *dy.stride(), *stride, *padding, *dilation,
+            KD=kd, KH=kh, KW=kw, HAS_BD=bd is not None, HAS_BIAS=bool(want_bias[1]),
+            PRECISION=_precision(x.dtype, precision))
+        dwp = dw_part.sum(0).to(x.dtype)
+        dbp = db_part.sum(0).to(x.dtype) if want_bias[1] else None
     if dx is not None:
         depthwise_backward_input(dmid, wd, stride, padding, dilation, dx)
     dwd, dbd = depthwise_backward_weight(x, dmid, wd.shape, stride, padding, dilation,
                                          want_bias[0])
-    return dwd, dwp.reshape(c_out, cm), dbd, dbp
+    return dwd, dwp, dbd, dbp
 
 
 def spatial_forward(x, wv, bv, wh, bh, stride, padding, dilation, out, precision="ieee"):
