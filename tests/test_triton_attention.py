@@ -1,0 +1,358 @@
+"""dlkern's Triton attention kernels (scaled_dot_product_attention, masked_softmax,
+MultiheadAttention) against torch in float64: forward and every gradient. On a machine without a
+GPU they run through Triton's interpreter on CPU tensors (tiny shapes: the interpreter is slow),
+and every kernel is also compiled for an H100 (sm_90) with every autotune configuration."""
+import math
+import zlib
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dlkern.functional as DF
+import dlkern.nn as dnn
+from helpers import TRITON_DTYPES, assert_close, check_against_torch, make_tensor, run_isolated
+
+
+@pytest.fixture(autouse=True)
+def interpreter_scalar_loops(monkeypatch):
+    """Triton 3.6's interpreter holds scalar arguments as 1-element arrays and turns them into loop
+    bounds with int(array), which NumPy >= 2.4 refuses for arrays with a dimension; read element 0
+    instead (only under TRITON_INTERPRET, only for this module's tests)."""
+    import os
+    if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        yield
+        return
+    from triton.runtime import interpreter
+    original = interpreter._patch_lang_tensor
+
+    def patch(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__",
+                       lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
+
+    monkeypatch.setattr(interpreter, "_patch_lang_tensor", patch)
+    yield
+
+
+def _id(v):
+    return str(v).replace("torch.", "").replace(" ", "")
+
+
+# (batch, heads_q, heads_kv, Lq, Lk, D, Dv): several blocks of the interpreter's tiles (32 x 16
+# forward), odd lengths, Lq < Lk and Lq > Lk, GQA, head dims 8-64 that are not all powers of two
+SHAPES = [
+    (2, 2, 2, 20, 33, 16, 16),
+    (1, 4, 2, 37, 19, 24, 24),
+    (1, 2, 1, 9, 40, 64, 32),
+]
+
+MASKS = {
+    "none": None,
+    "bool full": lambda b, h, lq, lk: (b, h, lq, lk),
+    "bool key padding": lambda b, h, lq, lk: (b, 1, 1, lk),
+    "float 2-d": lambda b, h, lq, lk: (lq, lk),
+    "float per head": lambda b, h, lq, lk: (1, h, 1, lk),
+    "float rows": lambda b, h, lq, lk: (lq, 1),
+}
+
+
+def make_mask(kind, b, h, lq, lk, dtype, gen):
+    """A bool (True = attend) or additive float mask with fully masked rows or whole blocks."""
+    if MASKS[kind] is None:
+        return None
+    shape = MASKS[kind](b, h, lq, lk)
+    if kind == "bool key padding":
+        lengths = torch.randint(0, lk + 1, (b,), generator=gen)
+        lengths[0] = 0  # one batch fully masked: zeros, zero gradients
+        return (torch.arange(lk) < lengths[:, None])[:, None, None, :]
+    if kind.startswith("bool"):
+        mask = torch.rand(shape, generator=gen) < 0.7
+        if shape[-2] > 2:
+            mask[..., 1, :] = False
+        mask[..., 16:32] = False  # a whole key block hidden: skipped
+        return mask
+    mask = make_tensor(shape, dtype, generator=gen)
+    if shape[-1] > 3:
+        mask = mask.masked_fill(torch.rand(shape, generator=gen) < 0.2, float("-inf"))
+    if shape[-2] > 2 and shape[-1] > 3:
+        mask[..., 2, :] = float("-inf")
+    return mask
+
+
+def sdpa_inputs(shape, dtype, device, gen, layout="contiguous"):
+    b, hq, hk, lq, lk, d, dv = shape
+    if layout == "transposed":  # (B, L, H, D) memory viewed as (B, H, L, D)
+        make = lambda h, n, e: make_tensor((b, n, h, e), torch.float64, generator=gen).transpose(1, 2)  # noqa: E731
+    else:
+        make = lambda h, n, e: make_tensor((b, h, n, e), torch.float64, generator=gen)  # noqa: E731
+    return tuple(t.to(device=device, dtype=dtype) for t in (make(hq, lq, d), make(hk, lk, d),
+                                                            make(hk, lk, dv)))
+
+
+def run_sdpa(q, k, v, mask=None, **kwargs):
+    """Output and gradients of q, k, v (and of a float mask) against torch in float64."""
+    float_mask = mask is not None and mask.is_floating_point()
+    tensors = [q, k, v] + ([mask] if float_mask else [])
+    bool_mask = mask if not float_mask else None
+    red = q.shape[-2] + k.shape[-2] + q.shape[-1]
+
+    def dl(q, k, v, m=bool_mask):
+        return DF.scaled_dot_product_attention(q, k, v, m, **kwargs)
+
+    def ref(q, k, v, m=bool_mask):
+        return F.scaled_dot_product_attention(q, k, v, m, **kwargs)
+
+    return check_against_torch(dl, ref, tensors, {"output": red, 0: red, 1: red, 2: red, 3: red})
+
+
+@pytest.mark.parametrize("dtype", TRITON_DTYPES, ids=_id)
+@pytest.mark.parametrize("mask_kind", list(MASKS), ids=_id)
+@pytest.mark.parametrize("shape", SHAPES, ids=_id)
+def test_sdpa_masks(shape, mask_kind, dtype, triton_device):
+    gen = torch.Generator().manual_seed(zlib.crc32(repr((shape, mask_kind)).encode()))
+    q, k, v = sdpa_inputs(shape, dtype, triton_device, gen)
+    b, hq, _, lq, lk = shape[:5]
+    mask = make_mask(mask_kind, b, hq, lq, lk, dtype, gen)
+    mask = None if mask is None else mask.to(triton_device)
+    run_sdpa(q, k, v, mask, enable_gqa=shape[1] != shape[2])
+
+
+@pytest.mark.parametrize("dtype", TRITON_DTYPES, ids=_id)
+@pytest.mark.parametrize("shape", SHAPES + [(2, 3, 1, 40, 11, 16, 24)], ids=_id)
+def test_sdpa_causal(shape, dtype, triton_device):
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = sdpa_inputs(shape, dtype, triton_device, gen)
+    run_sdpa(q, k, v, is_causal=True, enable_gqa=shape[1] != shape[2])
+
+
+@pytest.mark.parametrize("dtype", TRITON_DTYPES, ids=_id)
+def test_sdpa_strided_inputs_scale_and_masked_causal(dtype, triton_device):
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = sdpa_inputs((2, 4, 2, 21, 30, 8, 16), dtype, triton_device, gen, "transposed")
+    assert not q.is_contiguous()
+    run_sdpa(q, k, v, is_causal=True, enable_gqa=True, scale=0.3)
+    mask = make_mask("float per head", 2, 4, 21, 30, dtype, gen).to(triton_device)
+    run_sdpa(q, k, v, mask, enable_gqa=True, scale=1.7)
+    # one query row (Lq = 1) with a full mask: the mask is read as a row of keys
+    q1 = q[:, :, :1]
+    run_sdpa(q1, k, v, make_mask("bool full", 2, 4, 1, 30, dtype, gen).to(triton_device),
+             enable_gqa=True)
+
+
+def test_sdpa_fully_masked_rows_are_zero_with_zero_gradients(triton_device):
+    gen = torch.Generator().manual_seed(6)
+    q, k, v = sdpa_inputs((1, 2, 2, 5, 36, 16, 16), torch.float32, triton_device, gen)
+    mask = torch.ones(5, 36, dtype=torch.bool)
+    mask[3] = False
+    out = run_sdpa(q, k, v, mask.to(triton_device))
+    assert torch.equal(out[:, :, 3], torch.zeros_like(out[:, :, 3]))
+    q.requires_grad_()
+    DF.scaled_dot_product_attention(q, k, v, mask.to(triton_device)).sum().backward()
+    assert torch.equal(q.grad[:, :, 3], torch.zeros_like(q.grad[:, :, 3]))
+
+
+def _dropout_reference(q, k, v, keep, p):
+    """softmax(q k^T / sqrt(d)) times dlkern's keep mask / (1 - p), then @ v, in float64."""
+    b, h, lq, d = q.shape
+    factor = (keep != 0).to(torch.float64).reshape(b, h, lq, -1) / (1 - p)
+    weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(d), -1)
+    return (weights * factor) @ v
+
+
+def _keep_mask(seed, rows, lk, p, device):
+    from dlkern.kernels.triton import attention as kernels
+    out = torch.empty((rows, lk), dtype=torch.float32, device=device)
+    kernels.dropout_keep(seed, rows, lk, p, out)
+    return out.cpu()
+
+
+def test_dropout_forward_and_backward_share_one_mask(triton_device):
+    gen = torch.Generator().manual_seed(9)
+    shape = (2, 2, 2, 20, 35, 16, 8)
+    q, k, v = sdpa_inputs(shape, torch.float32, triton_device, gen)
+    p = 0.3
+    torch.manual_seed(123)
+    seed = int(torch.randint(0, 2 ** 62, (1,), dtype=torch.int64).item())
+    keep = _keep_mask(seed, 2 * 2 * 20, 35, p, triton_device)
+    assert 0.5 < float((keep == 0).double().mean()) / p < 1.5
+    tensors = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    refs = [t.detach().cpu().double().requires_grad_() for t in tensors]
+    torch.manual_seed(123)
+    out = DF.scaled_dot_product_attention(*tensors, dropout_p=p)
+    ref = _dropout_reference(*refs, keep, p)
+    assert_close(out.cpu(), ref, 60)
+    grad = make_tensor(tuple(out.shape), torch.float64, generator=gen)
+    out.backward(grad.to(out))
+    ref.backward(grad)
+    for t, r in zip(tensors, refs):
+        assert_close(t.grad.cpu(), r.grad, 60, "dropout gradient")
+    torch.manual_seed(123)
+    again = DF.scaled_dot_product_attention(q, k, v, dropout_p=p)
+    assert torch.equal(again, out.detach())
+    other = DF.scaled_dot_product_attention(q, k, v, dropout_p=p)
+    assert not torch.equal(other, out.detach())
+    # p = 0 is no dropout at all, bit for bit
+    assert torch.equal(DF.scaled_dot_product_attention(q, k, v, dropout_p=0.0),
+                       DF.scaled_dot_product_attention(q, k, v))
+
+
+def test_dropout_statistics(triton_device):
+    # q = k = 0: every weight is 1/Lk, so out[i] = (kept keys of row i) / (Lk (1 - p)) with v = 1.
+    p, lq, lk = 0.25, 160, 64
+    q = torch.zeros(2, 2, lq, 16, device=triton_device)
+    k = torch.zeros(2, 2, lk, 16, device=triton_device)
+    v = torch.ones(2, 2, lk, 16, device=triton_device)
+    out = DF.scaled_dot_product_attention(q, k, v, dropout_p=p)[..., 0].flatten().double().cpu()
+    n = out.numel()
+    row_var = p / (lk * (1 - p))
+    assert abs(float(out.mean()) - 1.0) < 5 * math.sqrt(row_var / n)
+    assert 0.8 < float(out.var()) / row_var < 1.2
+    rows = out.reshape(4, lq)
+    assert not torch.equal(rows[0], rows[1]) and not torch.equal(rows[0], rows[2])
+    none = DF.scaled_dot_product_attention(q, k, v, dropout_p=1.0)
+    assert torch.equal(none, torch.zeros_like(none))
+
+
+# ---------------------------------------------------------------------------------------------
+# masked softmax
+
+def softmax_reference(x, mask, dim):
+    if mask is None:
+        return torch.softmax(x, dim)
+    mask = mask.expand(x.shape)
+    keep_any = mask.any(dim, keepdim=True)
+    scores = x.masked_fill(~mask, float("-inf")).masked_fill(~keep_any, 0.0)
+    return torch.softmax(scores, dim) * mask
+
+
+SOFTMAX_CASES = [
+    ((4, 5, 37), (4, 1, 37), -1),
+    ((3, 8, 6), (3, 8, 1), 1),
+    ((6, 9), None, 0),
+    ((2, 3, 4, 5), (1, 3, 4, 5), 2),
+    ((2, 5000), (5000,), -1),  # more than one 4096-wide chunk per row
+]
+
+
+@pytest.mark.parametrize("dtype", TRITON_DTYPES, ids=_id)
+@pytest.mark.parametrize("case", SOFTMAX_CASES, ids=_id)
+def test_masked_softmax(case, dtype, triton_device):
+    shape, mask_shape, dim = case
+    gen = torch.Generator().manual_seed(len(shape) * 7 + shape[-1])
+    x = make_tensor(shape, torch.float64, "noncontiguous", generator=gen).to(triton_device, dtype)
+    mask = None
+    if mask_shape is not None:
+        mask = torch.rand(mask_shape, generator=gen) < 0.6
+        mask.view(-1)[:3] = False
+        mask = mask.to(triton_device)
+    n = shape[dim]
+    out = check_against_torch(lambda x: DF.masked_softmax(x, mask, dim),
+                              lambda x: softmax_reference(x, mask, dim), [x],
+                              {"output": n, 0: n})
+    assert not torch.isnan(out).any()
+
+
+# ---------------------------------------------------------------------------------------------
+# MultiheadAttention
+
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_multihead_attention_key_padding_mask(need_weights, triton_device):
+    gen = torch.Generator().manual_seed(12)
+    torch.manual_seed(0)
+    ref = torch.nn.MultiheadAttention(32, 2, batch_first=True).double()
+    module = dnn.MultiheadAttention(32, 2, batch_first=True)
+    module.load_state_dict(ref.state_dict())
+    module.to(triton_device)
+    x = make_tensor((2, 19, 32), torch.float64, generator=gen)
+    padding = torch.arange(19) >= torch.tensor([19, 7])[:, None]  # True = padded
+    xd = x.to(triton_device, torch.float32).requires_grad_()
+    xr = x.clone().requires_grad_()
+    out, weights = module(xd, xd, xd, key_padding_mask=padding.to(triton_device),
+                          need_weights=need_weights)
+    expected, expected_weights = ref(xr, xr, xr, key_padding_mask=padding,
+                                     need_weights=need_weights)
+    assert_close(out.cpu(), expected, 64)
+    if need_weights:
+        assert_close(weights.cpu(), expected_weights, 64, "weights")
+    grad = make_tensor(tuple(out.shape), torch.float64, generator=gen)
+    out.backward(grad.to(out))
+    expected.backward(grad)
+    assert_close(xd.grad.cpu(), xr.grad, 64, "input gradient")
+    assert_close(module.in_proj_weight.grad.cpu(), ref.in_proj_weight.grad, 64,
+                 "in_proj_weight gradient")
+
+
+# ---------------------------------------------------------------------------------------------
+# compiled for the GPU
+
+_AOT_CODE = r"""
+import os
+os.environ.pop("TRITON_INTERPRET", None)
+import sys
+sys.path.insert(0, {tests!r})
+import torch
+import triton_aot
+from dlkern.kernels.triton import attention as A
+
+def ptr(dtype):
+    return torch.empty(1, dtype=dtype)
+
+f32 = ptr(torch.float32)
+strides = [1 << 20, 1 << 14, 64, 1] * 3 + [4096, 0, 0, 1]
+seed = (1 << 62) + 5
+worst = {{}}
+
+def compile_all(name, kernel, args, configs, **constexprs):
+    for config in configs:
+        kernel.configs = [config]
+        for k in triton_aot.compile_for_h100(kernel, args, **constexprs):
+            assert k.metadata.shared <= triton_aot.H100_SHARED_BYTES, (name, config, k.metadata.shared)
+            worst[name] = max(worst.get(name, 0), k.metadata.shared)
+
+for kernel, name in ((A.attention_forward_kernel, "forward"),
+                     (A.attention_backward_dkdv_kernel, "dkdv"),
+                     (A.attention_backward_dq_kernel, "dq")):
+    all_configs = list(kernel.configs)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        x = ptr(dtype)
+        if name == "forward":
+            args = [x, x, x, x, x, f32] + strides + [32, 4, 4096, 4096, 0.18, 0.1, 1.1, seed]
+        else:
+            args = [x, x, x, x, x, f32, f32, x, x] + strides + [8, 4, 4096, 4096, 0.18, 0.125, 0.1, 1.1, seed]
+        extra = {{"GRAD_MASK": True}} if name == "dq" else {{}}
+        for width in (64, 128, 256):
+            kept = A._prune_attention(all_configs, {{"BLOCK_D": width, "BLOCK_DV": width}})
+            # every configuration in float32 (the most shared memory); the first in 16-bit types
+            configs = kept if dtype == torch.float32 else kept[:1]
+            if dtype != torch.float32 and width != 128:
+                continue
+            compile_all(name, kernel, args, configs, CAUSAL=True, MASK_KIND=1, DROPOUT=True,
+                        HEAD_D=width - 8 if width > 64 else width, HEAD_DV=width,
+                        BLOCK_D=width, BLOCK_DV=width,
+                        PRECISION="tf32" if dtype == torch.float32 else "ieee", **extra)
+    kernel.configs = all_configs
+
+for dtype in (torch.float32, torch.float16, torch.bfloat16):
+    x = ptr(dtype)
+    u8, i64 = ptr(torch.uint8), ptr(torch.int64)
+    compile_all("softmax", A.masked_softmax_forward_kernel, [x, u8, i64, x, 5000, 3],
+                A.masked_softmax_forward_kernel.configs, HAS_MASK=True, BLOCK=4096)
+    compile_all("softmax_backward", A.masked_softmax_backward_kernel, [x, x, x, 5000],
+                A.masked_softmax_backward_kernel.configs[:1], BLOCK=4096)
+    triton_aot.compile_for_h100(A.attention_backward_preprocess_kernel, [x, x, f32, 4096],
+                                HEAD_DV=128, BLOCK_DV=128, BLOCK_R=64)
+triton_aot.compile_for_h100(A.dropout_keep_kernel, [f32, seed, 0.1, 1.1, 4096, 1 << 20],
+                            BLOCK=1024)
+print("SHARED", worst)
+"""
+
+
+def test_kernels_compile_for_h100():
+    pytest.importorskip("triton", reason="Triton is not installed")
+    import os
+    code = _AOT_CODE.format(tests=os.path.dirname(os.path.abspath(__file__)))
+    rc, output = run_isolated(code, timeout=600)
+    assert rc == 0, output[-3000:]
+    assert "SHARED" in output
