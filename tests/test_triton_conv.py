@@ -214,13 +214,12 @@ biggest = lambda configs: [max(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kw
                                                       * c.kwargs["BLOCK_K"] * c.num_stages)]
 # Every configuration where it needs the most shared memory (float32 on TF32 tensor cores), then
 # the other dtypes, precisions and variants with the largest tile.
-compile_all(conv._conv_gemm_kernel, [f32] * 4, HAS_BIAS=True, SMALL_K=False, PRECISION="tf32")
-compile_all(conv._conv_gemm_kernel, [f32] * 4, biggest(gemm), HAS_BIAS=False, SMALL_K=True,
-            PRECISION="ieee")
-compile_all(conv._conv_gemm_kernel, [f16] * 4, biggest(gemm), HAS_BIAS=True, SMALL_K=True,
-            PRECISION="ieee")
-compile_all(conv._conv_gemm_kernel, [bf16] * 4, biggest(gemm), HAS_BIAS=False, SMALL_K=False,
-            PRECISION="ieee")
+compile_all(conv._conv_gemm_kernel, [f32] * 4, HAS_BIAS=True, SMALL_K=False, PHASED=False,
+            PRECISION="tf32")
+for t, small_k, phased, precision in ((f32, True, True, "ieee"), (f16, True, False, "ieee"),
+                                      (f16, False, True, "ieee"), (bf16, False, True, "ieee")):
+    compile_all(conv._conv_gemm_kernel, [t] * 4, biggest(gemm), HAS_BIAS=not phased,
+                SMALL_K=small_k, PHASED=phased, PRECISION=precision)
 compile_all(conv._conv_weight_kernel, [f32] * 3, PRECISION="tf32")
 compile_all(conv._conv_weight_kernel, [f32] * 3, biggest(weight), PRECISION="ieee")
 compile_all(conv._conv_weight_kernel, [f16, f16, f32], biggest(weight), PRECISION="ieee")

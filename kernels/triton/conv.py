@@ -15,10 +15,12 @@ coordinate is affine, ``q * A + B + j * E``, and the weight index is affine in j
 
 * forward: q = output pixel, source = input, A = stride, B = -padding, E = dilation, j = k;
 * gradient of the input (= transposed convolution's forward): the input pixels are split by their
-  residue r modulo the stride (one launch per residue class, ``_phases``); inside a class exactly
-  the kernel positions k = k0 + j * step contribute, and the source (grad_output) coordinate is
-  q + (r + padding - k0 * dilation) / stride - j * (step * dilation / stride), with integer
-  division exact. No multiply is spent on the zeros a strided transposed convolution would insert.
+  residue r modulo the stride (``PHASED``: one slice of the launch grid per residue class, the
+  class's plan computed in the kernel by ``_axis_plan``); inside a class exactly the kernel
+  positions k = k0 + j * step contribute (step = stride / gcd(stride, dilation)), and the source
+  (grad_output) coordinate is q + (r + padding - k0 * dilation) / stride - j * (step * dilation /
+  stride), with exact integer divisions. No multiply is spent on the zeros a strided transposed
+  convolution would insert, and all classes share one launch (enough programs to fill the GPU).
 
 The reduction loop is flat (kernel position x channel block, decoded with scalar arithmetic), so
 the compiler pipelines loads across kernel positions; row addresses depend on the kernel position
@@ -73,10 +75,10 @@ def _prune_gemm(configs, args):
     """Drop tiles much wider than the matrix they tile (they only add masked lanes)."""
     reduction = args["CK"]
     if reduction < _SMALL_K_CHANNELS:
-        reduction *= args["NKD"] * args["NKH"] * args["NKW"]
-    caps = {"BLOCK_M": max(16, _next_pow2(args["M"])), "BLOCK_N": max(16, _next_pow2(args["CN"])),
-            "BLOCK_K": max(16, _next_pow2(reduction))}
-    return _fitting(configs, caps, args["M"] >= 4096 and args["CN"] >= 32)
+        reduction *= args["KT"]
+    caps = {"BLOCK_M": max(16, _next_pow2(args["M_MAX"])),
+            "BLOCK_N": max(16, _next_pow2(args["CN"])), "BLOCK_K": max(16, _next_pow2(reduction))}
+    return _fitting(configs, caps, args["M_MAX"] >= 4096 and args["CN"] >= 32)
 
 
 def _prune_weight(configs, args):
@@ -84,71 +86,113 @@ def _prune_weight(configs, args):
     return _fitting(configs, caps, args["CO"] >= 32)
 
 
-# Sizes and offsets are not specialised on 16-divisibility (only strides are, which is what makes
+@triton.jit
+def _axis_plan(r, size, kernel, stride, padding, dilation, step, PHASED: tl.constexpr):
+    """One spatial axis of the implicit GEMM: (rows Q, source per row A, source offset B, source per
+    kernel step E, first kernel index, kernel index per step, kernel steps, destination per row,
+    destination offset). Forward: rows are the output pixels. PHASED (input gradient): rows are the
+    input pixels r + stride*q of residue class r; only kernel indices k0 + j*step contribute."""
+    if PHASED:
+        rows = (size - r + stride - 1) // stride
+        k_first = kernel + step  # none yet
+        for k in range(0, step):
+            hit = ((r + padding - k * dilation) % stride == 0) & (k_first == kernel + step)
+            k_first = tl.where(hit, k, k_first)
+        n_k = tl.where(k_first < kernel, (kernel - k_first + step - 1) // step, 0)
+        k_first = tl.where(k_first < kernel, k_first, 0)
+        # Exact divisions (truncating division is safe on them).
+        offset = (r + padding - k_first * dilation) // stride
+        per_step = -((step * dilation) // stride)
+        return rows, 1, offset, per_step, k_first, step, n_k, stride, r
+    else:
+        return size, stride, -padding, dilation, 0, 1, kernel, 1, 0
+
+
+# Sizes and parameters are not specialised on 16-divisibility (only strides are, which is what makes
 # loads vectors): each new shape would otherwise compile every configuration again.
-_GEMM_SIZES = ["M", "CN", "CK", "QD", "QH", "QW", "SD", "SH", "SW", "AD", "AH", "AW", "BD", "BH",
-               "BW", "ED", "EH", "EW", "NKD", "NKH", "NKW", "w_off", "d_off"]
+_GEMM_SIZES = ["N_IMG", "M_MAX", "CN", "CK", "KT", "N_PHASES", "XD", "XH", "XW", "SD", "SH", "SW",
+               "KD", "KH", "KW", "STD", "STH", "STW", "PD", "PH", "PW", "DD", "DH", "DW", "STEPD",
+               "STEPH", "STEPW"]
 
 
-@autotune(CONV["gemm"], key=["M", "CN", "CK", "NKD", "NKH", "NKW", "PRECISION"], prune=_prune_gemm)
+@autotune(CONV["gemm"], key=["M_MAX", "CN", "CK", "KT", "PHASED", "PRECISION"], prune=_prune_gemm)
 @triton.jit(do_not_specialize_on_alignment=_GEMM_SIZES)
 def _conv_gemm_kernel(
     src, wgt, bias, dst,
-    M, CN, CK,
-    QD, QH, QW,
+    N_IMG, M_MAX, CN, CK, KT, N_PHASES,
+    XD, XH, XW,
     SD, SH, SW,
-    AD, AH, AW, BD, BH, BW, ED, EH, EW,
-    NKD, NKH, NKW,
+    KD, KH, KW,
+    STD, STH, STW, PD, PH, PW, DD, DH, DW, STEPD, STEPH, STEPW,
     s_n, s_c, s_d, s_h, s_w,
-    w_n, w_k, w_jd, w_jh, w_jw, w_g, w_off,
-    d_n, d_c, d_qd, d_qh, d_qw, d_off,
-    HAS_BIAS: tl.constexpr, SMALL_K: tl.constexpr, PRECISION: tl.constexpr,
+    w_n, w_k, w_d, w_h, w_w, w_g,
+    d_n, d_c, d_d, d_h, d_w,
+    HAS_BIAS: tl.constexpr, SMALL_K: tl.constexpr, PHASED: tl.constexpr,
+    PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """dst[n, g*CN + c, q] = sum over source channel k < CK, kernel position j of
-    src[n, g*CK + k, q*A + B + j*E] * wgt[w_off + g*w_g + c*w_n + k*w_k + j*w_j] (+ bias[g*CN + c]).
+    """dst[n, g*CN + c, q] = sum over source channel k < CK and kernel step j of
+    src[n, g*CK + k, q*A + B + j*E] * wgt[g*w_g + c*w_n + k*w_k + (k0 + j*step)*w_spatial]
+    (+ bias[g*CN + c]), per axis as planned by _axis_plan.
 
-    src: (N, groups*CK, SD, SH, SW) with strides s_*; dst: rows q over (N, QD, QH, QW), element
-    offset n*d_n + channel*d_c + q*d_q + d_off. Grid: (row tiles, column tiles, groups)."""
+    Forward: src = x (N, groups*CK, SD, SH, SW), dst = out (N, groups*CN, XD, XH, XW), rows are
+    output pixels; w_n, w_k = weight strides of C_out, C_in. PHASED: src = grad_output, dst = dx
+    (sizes X), rows are the input pixels of one residue class modulo the stride; w_n, w_k =
+    weight strides of C_in, C_out. Grid: (row tiles of the largest class, column tiles,
+    groups * N_PHASES)."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    g = tl.program_id(2)
+    pid_z = tl.program_id(2)
+    g = pid_z // N_PHASES
+    phase = pid_z % N_PHASES
+    qd_n, ad, bd, ed, kd0, kds, nkd, dmd, rd = _axis_plan(phase // (STH * STW), XD, KD, STD, PD, DD,
+                                                          STEPD, PHASED)
+    qh_n, ah, bh, eh, kh0, khs, nkh, dmh, rh = _axis_plan((phase // STW) % STH, XH, KH, STH, PH, DH,
+                                                          STEPH, PHASED)
+    qw_n, aw, bw, ew, kw0, kws, nkw, dmw, rw = _axis_plan(phase % STW, XW, KW, STW, PW, DW, STEPW,
+                                                          PHASED)
+    m = N_IMG * qd_n * qh_n * qw_n
+    if pid_m * BLOCK_M >= m:
+        return
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
-    m_ok = rm < M
+    m_ok = rm < m
     n_ok = rn < CN
     # Row -> (image, qd, qh, qw), once per tile.
-    qw = rm % QW
-    t = rm // QW
-    qh = t % QH
-    t = t // QH
-    qd = t % QD
-    img = t // QD
-    cd = qd * AD + BD
-    ch = qh * AH + BH
-    cw = qw * AW + BW
+    qw = rm % qw_n
+    t = rm // qw_n
+    qh = t % qh_n
+    t = t // qh_n
+    qd = t % qd_n
+    img = t // qd_n
+    cd = qd * ad + bd
+    ch = qh * ah + bh
+    cw = qw * aw + bw
     src_rows = src + img.to(tl.int64) * s_n + (g * CK) * s_c + (cd * s_d + ch * s_h + cw * s_w)
-    w_cols = wgt + w_off + g * w_g + rn * w_n
+    w_cols = wgt + (g * w_g + kd0 * w_d + kh0 * w_h + kw0 * w_w) + rn * w_n
+    w_jd = kds * w_d
+    w_jh = khs * w_h
+    w_jw = kws * w_w
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if SMALL_K:
         # Reduction lanes are (kernel position, channel) pairs, channel fastest.
-        k_total = CK * NKD * NKH * NKW
+        k_total = CK * nkd * nkh * nkw
         for k0 in range(0, k_total, BLOCK_K):
             kk = k0 + rk
             k_ok = kk < k_total
             c = kk % CK
             j = kk // CK
-            jw = j % NKW
-            j = j // NKW
-            jh = j % NKH
-            jd = j // NKH
-            id_ = cd[:, None] + (jd * ED)[None, :]
-            ih = ch[:, None] + (jh * EH)[None, :]
-            iw = cw[:, None] + (jw * EW)[None, :]
+            jw = j % nkw
+            j = j // nkw
+            jh = j % nkh
+            jd = j // nkh
+            id_ = cd[:, None] + (jd * ed)[None, :]
+            ih = ch[:, None] + (jh * eh)[None, :]
+            iw = cw[:, None] + (jw * ew)[None, :]
             a_ok = (m_ok[:, None] & k_ok[None, :] & (id_ >= 0) & (id_ < SD) & (ih >= 0)
                     & (ih < SH) & (iw >= 0) & (iw < SW))
-            a_cols = c * s_c + jd * (ED * s_d) + jh * (EH * s_h) + jw * (EW * s_w)
+            a_cols = c * s_c + jd * (ed * s_d) + jh * (eh * s_h) + jw * (ew * s_w)
             a = tl.load(src_rows[:, None] + a_cols[None, :], mask=a_ok, other=0.0)
             b_rows = c * w_k + jd * w_jd + jh * w_jh + jw * w_jw
             b = tl.load(w_cols[None, :] + b_rows[:, None], mask=k_ok[:, None] & n_ok[None, :],
@@ -158,22 +202,22 @@ def _conv_gemm_kernel(
         # Reduction steps are (kernel position, channel block), channel block fastest: the row
         # addresses change with the kernel position only.
         n_cb = tl.cdiv(CK, BLOCK_K)
-        steps = NKD * NKH * NKW * n_cb
+        steps = nkd * nkh * nkw * n_cb
         for step in range(0, steps):
             cb = step % n_cb
             j = step // n_cb
-            jw = j % NKW
-            j = j // NKW
-            jh = j % NKH
-            jd = j // NKH
-            id_ = cd + jd * ED
-            ih = ch + jh * EH
-            iw = cw + jw * EW
+            jw = j % nkw
+            j = j // nkw
+            jh = j % nkh
+            jd = j // nkh
+            id_ = cd + jd * ed
+            ih = ch + jh * eh
+            iw = cw + jw * ew
             row_ok = (m_ok & (id_ >= 0) & (id_ < SD) & (ih >= 0) & (ih < SH) & (iw >= 0)
                       & (iw < SW))
             c = cb * BLOCK_K + rk
             c_ok = c < CK
-            shift = jd * (ED * s_d) + jh * (EH * s_h) + jw * (EW * s_w)
+            shift = jd * (ed * s_d) + jh * (eh * s_h) + jw * (ew * s_w)
             a = tl.load(src_rows[:, None] + (shift + c * s_c)[None, :],
                         mask=row_ok[:, None] & c_ok[None, :], other=0.0)
             b_rows = c * w_k + (jd * w_jd + jh * w_jh + jw * w_jw)
@@ -182,7 +226,8 @@ def _conv_gemm_kernel(
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(bias + g * CN + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    d_rows = img.to(tl.int64) * d_n + qd * d_qd + qh * d_qh + qw * d_qw + d_off
+    d_rows = (img.to(tl.int64) * d_n + (qd * dmd + rd) * d_d + (qh * dmh + rh) * d_h
+              + (qw * dmw + rw) * d_w)
     d_cols = (g * CN + rn) * d_c
     tl.store(dst + d_rows[:, None] + d_cols[None, :], acc.to(dst.dtype.element_ty),
              mask=m_ok[:, None] & n_ok[None, :])
@@ -333,30 +378,37 @@ def _channels_innermost(t):
     return t.permute(0, 2, 3, 4, 1).contiguous().permute(0, 4, 1, 2, 3)
 
 
-def _launch_gemm(src, wgt, bias, dst, groups, cn, ck, rows, src_axes, n_k, w_axes, w_n, w_k, w_g,
-                 w_off, d_q, d_off):
-    """One implicit-GEMM launch; rows = (N, QD, QH, QW); per-axis tuples (A, B, E) in src_axes."""
-    m = math.prod(rows)
-    if m == 0:
+def _launch_gemm(src, wgt, bias, dst, groups, cn, ck, w_n, w_k, stride, padding, dilation,
+                 phased):
+    """One implicit-GEMM launch over every group and (``phased``) every residue class."""
+    n_img = dst.shape[0]
+    kernel = tuple(wgt.shape[2:])
+    if phased:
+        sizes = tuple(dst.shape[2:])
+        steps = tuple(s // math.gcd(s, d) for s, d in zip(stride, dilation))
+        phases = math.prod(stride)
+        rows = n_img * math.prod(-(-x // s) for x, s in zip(sizes, stride))
+        taps = math.prod(-(-k // st) for k, st in zip(kernel, steps))
+    else:
+        sizes, steps, phases = tuple(dst.shape[2:]), (1, 1, 1), 1
+        rows, taps = n_img * math.prod(sizes), math.prod(kernel)
+    if rows == 0:
         return
-    (ad, bd, ed), (ah, bh, eh), (aw, bw, ew) = src_axes
     bias = None if bias is None else bias.contiguous()
-    small_k = ck < _SMALL_K_CHANNELS
 
     def grid(meta):
-        return (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(cn, meta["BLOCK_N"]), groups)
+        return (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(cn, meta["BLOCK_N"]),
+                groups * phases)
 
     _conv_gemm_kernel[grid](
         src, wgt, bias, dst,
-        m, cn, ck,
-        rows[1], rows[2], rows[3],
-        src.shape[2], src.shape[3], src.shape[4],
-        ad, ah, aw, bd, bh, bw, ed, eh, ew,
-        n_k[0], n_k[1], n_k[2],
+        n_img, rows, cn, ck, taps, phases,
+        *sizes, *src.shape[2:], *kernel, *stride, *padding, *dilation, *steps,
         *src.stride(),
-        w_n, w_k, w_axes[0], w_axes[1], w_axes[2], w_g, w_off,
-        dst.stride(0), dst.stride(1), d_q[0], d_q[1], d_q[2], d_off,
-        HAS_BIAS=bias is not None, SMALL_K=small_k, PRECISION=_precision(src.dtype),
+        w_n, w_k, *wgt.stride()[2:], (ck if phased else cn) * wgt.stride(0),
+        dst.stride(0), dst.stride(1), *dst.stride()[2:],
+        HAS_BIAS=bias is not None, SMALL_K=ck < _SMALL_K_CHANNELS, PHASED=phased,
+        PRECISION=_precision(src.dtype),
     )
 
 
@@ -364,24 +416,9 @@ def conv_forward(x, w, bias, stride, padding, dilation, groups, out):
     """out = conv(x, w) + bias; writes ``out`` (N, C_out, OD, OH, OW) and returns it."""
     x, w = _channels_innermost(x), _channels_innermost(w)
     c_out, cin_g = w.shape[0], w.shape[1]
-    src_axes = [(s, -p, d) for s, p, d in zip(stride, padding, dilation)]
-    _launch_gemm(x, w, bias, out, groups, c_out // groups, cin_g,
-                 (out.shape[0],) + tuple(out.shape[2:]), src_axes, tuple(w.shape[2:]),
-                 w.stride()[2:], w.stride(0), w.stride(1), (c_out // groups) * w.stride(0), 0,
-                 out.stride()[2:], 0)
+    _launch_gemm(x, w, bias, out, groups, c_out // groups, cin_g, w.stride(0), w.stride(1),
+                 stride, padding, dilation, phased=False)
     return out
-
-
-def _phases(size, kernel, stride, padding, dilation):
-    """The residue classes r of input coordinates modulo ``stride`` along one axis, each as
-    (r, count of coordinates, first contributing kernel index, its step, how many)."""
-    step = stride // math.gcd(stride, dilation)
-    for r in range(stride):
-        count = max(0, -(-(size - r) // stride))
-        k0 = next((k for k in range(min(kernel, step)) if (r + padding - k * dilation) % stride == 0),
-                  None)
-        n_k = 0 if k0 is None else len(range(k0, kernel, step))
-        yield r, count, (k0 or 0), step, n_k
 
 
 def conv_backward_input(dy, w, stride, padding, dilation, groups, dx, bias=None):
@@ -389,24 +426,8 @@ def conv_backward_input(dy, w, stride, padding, dilation, groups, dx, bias=None)
     transposed convolution of dy); writes ``dx`` (N, C_in, D, H, W) and returns it."""
     dy, w = _channels_innermost(dy), _channels_innermost(w)
     c_out, cin_g = w.shape[0], w.shape[1]
-    cout_g = c_out // groups
-    per_axis = [list(_phases(dx.shape[2 + a], w.shape[2 + a], stride[a], padding[a], dilation[a]))
-                for a in range(3)]
-    for pd_, ph_, pw_ in ((a, b, c) for a in per_axis[0] for b in per_axis[1] for c in per_axis[2]):
-        phase = (pd_, ph_, pw_)
-        rows = (dx.shape[0],) + tuple(p[1] for p in phase)
-        src_axes, w_axes, n_k, d_q = [], [], [], []
-        w_off = d_off = 0
-        for a, (r, _, k0, step, nk) in enumerate(phase):
-            s, p, d = stride[a], padding[a], dilation[a]
-            src_axes.append((1, (r + p - k0 * d) // s, -(step * d) // s))
-            w_axes.append(step * w.stride(2 + a))
-            w_off += k0 * w.stride(2 + a)
-            n_k.append(nk)
-            d_q.append(s * dx.stride(2 + a))
-            d_off += r * dx.stride(2 + a)
-        _launch_gemm(dy, w, bias, dx, groups, cin_g, cout_g, rows, src_axes, n_k, w_axes,
-                     w.stride(1), w.stride(0), cout_g * w.stride(0), w_off, d_q, d_off)
+    _launch_gemm(dy, w, bias, dx, groups, cin_g, c_out // groups, w.stride(1), w.stride(0),
+                 stride, padding, dilation, phased=True)
     return dx
 
 
