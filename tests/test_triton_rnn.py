@@ -67,17 +67,20 @@ LAYERS = [
          bias=True, seq=3, batch=3, lengths=None),
     dict(mode="lstm", inp=2, hid=4, layers=1, bidir=True, batch_first=False, proj=0, hx=True,
          bias=True, seq=6, batch=1, lengths=None),
-    # Larger than one tile of every loop (batch tiles of 16, unit blocks and K tiles of 32).
+    # Larger than one tile of every loop (batch tiles of 16, unit blocks and K tiles of 32): W_hh
+    # streamed tile by tile (stream=True), and the same LSTM with W_hh resident (one 64 tile).
+    dict(mode="lstm", inp=35, hid=40, layers=1, bidir=True, batch_first=False, proj=33, hx=True,
+         bias=True, seq=3, batch=17, lengths=None, stream=True),
     dict(mode="lstm", inp=35, hid=40, layers=1, bidir=True, batch_first=False, proj=33, hx=True,
          bias=True, seq=3, batch=17, lengths=None),
     dict(mode="gru", inp=33, hid=36, layers=1, bidir=True, batch_first=True, proj=0, hx=True,
-         bias=True, seq=3, batch=17, lengths=[3] * 9 + [2] * 5 + [1] * 3),
+         bias=True, seq=3, batch=17, lengths=[3] * 9 + [2] * 5 + [1] * 3, stream=True),
 ]
 
 
 def _layer_id(cfg):
-    keys = ("layers", "bidir", "batch_first", "proj", "hx", "bias", "lengths")
-    return cfg["mode"] + "-" + "-".join(f"{k}={cfg[k]}" for k in keys if cfg[k]) + f"-H{cfg['hid']}"
+    keys = ("layers", "bidir", "batch_first", "proj", "hx", "bias", "lengths", "stream")
+    return cfg["mode"] + "-" + "-".join(f"{k}={cfg[k]}" for k in keys if cfg.get(k)) + f"-H{cfg['hid']}"
 
 
 def _flatten(mode, out, packed):
@@ -89,8 +92,11 @@ def _flatten(mode, out, packed):
 
 @pytest.mark.parametrize("dtype", TRITON_DTYPES)
 @pytest.mark.parametrize("cfg", LAYERS, ids=_layer_id)
-def test_layer(cfg, dtype, triton_device):
+def test_layer(cfg, dtype, triton_device, monkeypatch):
     mode = cfg["mode"]
+    if cfg.get("stream"):  # no layer is small enough to keep W_hh resident
+        from dlkern.kernels.triton import rnn as triton_rnn
+        monkeypatch.setattr(triton_rnn, "RESIDENT_UNITS", 0)
     torch.manual_seed(0)
     kw = dict(num_layers=cfg["layers"], bidirectional=cfg["bidir"], batch_first=cfg["batch_first"],
               bias=cfg["bias"])
@@ -258,20 +264,27 @@ for dtype, prec in ((torch.float32, "ieee"), (torch.float32, "tf32"), (torch.flo
         build(R.matmul_kernel, [f32(), f32(), t(), f32()] + mm, False, HAS_BIAS=False, PRECISION=prec)
     if prec == "tf32":
         build(R.lstm_forward_kernel, [f32(), t(), t(), t(), t(), i32, i32, t(), t(), t(), f32(),
-              f32(), 16, 32, 64, 48, 2], False, HAS_PROJ=True, PACKED=True, PRECISION=prec)
+              f32(), 16, 32, 64, 48, 2], False, HAS_PROJ=True, PACKED=True, PRECISION=prec,
+              RESIDENT=False)
         build(R.cell_forward_kernel, [t(), t(), t(), t(), t(), t(), t(), t(), t(), t(), f32(),
               f32(), 8, 128, 128, 128, 128, 128], False, IS_LSTM=True, HAS_BIAS=True,
               SAVE=False, PRECISION=prec, **R.RNN["cell"][0].kwargs)
         continue
+    for kernel, args in ((R.lstm_forward_resident, [f32(), t(), t(), t(), t(), i32, i32, t(), t(),
+                          t(), f32(), f32(), 16, 32, 64, 48, 2]),
+                         (R.gru_forward_resident, [f32(), t(), f32(), t(), i32, i32, t(), t(),
+                          f32(), f32(), 16, 32, 64, 2])):
+        extra = dict(HAS_PROJ=True) if kernel is R.lstm_forward_resident else dict(HAS_BIAS=True)
+        build(kernel, args, all_cfg, PACKED=True, PRECISION=prec, RESIDENT=True, **extra)
     for proj in ((True, False) if variants else (True,)):
         build(R.lstm_forward_kernel, [f32(), t(), t(), t(), t(), i32, i32, t(), t(), t(), f32(),
               f32(), 16, 32, 64, 48 if proj else 64, 2], all_cfg and proj, HAS_PROJ=proj,
-              PACKED=proj, PRECISION=prec)
+              PACKED=proj, PRECISION=prec, RESIDENT=False)
         build(R.lstm_backward_kernel, [t(), t(), t(), t(), i32, i32, t(), f32(), f32(), t(), t(),
               t(), f32(), t(), f32(), f32(), f32(), t(), t(), 16, 32, 64, 48 if proj else 64, 2],
               all_cfg and proj, HAS_PROJ=proj, PACKED=proj, PRECISION=prec)
     build(R.gru_forward_kernel, [f32(), t(), f32(), t(), i32, i32, t(), t(), f32(), f32(),
-          16, 32, 64, 2], all_cfg, HAS_BIAS=True, PACKED=True, PRECISION=prec)
+          16, 32, 64, 2], all_cfg, HAS_BIAS=True, PACKED=True, PRECISION=prec, RESIDENT=False)
     build(R.gru_backward_kernel, [t(), t(), i32, i32, t(), f32(), f32(), t(), t(), f32(), f32(),
           t(), f32(), f32(), t(), 16, 32, 64, 2], all_cfg, PACKED=False, PRECISION=prec)
     cell = R.RNN["cell"][0]

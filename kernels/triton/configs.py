@@ -165,6 +165,13 @@ RNN = {
         Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=3),
         Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
     ],
+    # W_hh kept on chip (registers) for H, P <= 64: one tile covers it; the first covers 64.
+    "forward_resident": [
+        Config({"BLOCK_B": 16, "BLOCK_H": 64, "BLOCK_K": 64}, num_warps=8, num_stages=1),
+        Config({"BLOCK_B": 16, "BLOCK_H": 64, "BLOCK_K": 64}, num_warps=4, num_stages=1),
+        Config({"BLOCK_B": 16, "BLOCK_H": 32, "BLOCK_K": 32}, num_warps=4, num_stages=1),
+        Config({"BLOCK_B": 32, "BLOCK_H": 64, "BLOCK_K": 64}, num_warps=8, num_stages=1),
+    ],
     "lstm_forward": _RNN_LOOP,
     "gru_forward": _RNN_LOOP,
     "lstm_backward": _RNN_LOOP,

@@ -169,8 +169,11 @@ def column_sums_kernel(g, out, R, C, stride_gz, stride_gr, stride_oz,
 def lstm_forward_kernel(gx, w_hh, w_hr, h0, c0, batch_sizes, offsets, y, h_n, c_n, gates, saved,
                         T, B, H, P, D,
                         HAS_PROJ: tl.constexpr, PACKED: tl.constexpr, PRECISION: tl.constexpr,
+                        RESIDENT: tl.constexpr,
                         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Every step of BLOCK_B batch rows of direction d = program_id(0); shapes in the docstring."""
+    """Every step of BLOCK_B batch rows of direction d = program_id(0); shapes in the docstring.
+    RESIDENT (H <= BLOCK_H, P <= BLOCK_K): W_hh is loaded once, before the time loop, and stays
+    on chip; otherwise it is streamed from L2 tile by tile at every step."""
     d = tl.program_id(0)
     rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
     G = 4 * H
@@ -179,6 +182,14 @@ def lstm_forward_kernel(gx, w_hh, w_hr, h0, c0, batch_sizes, offsets, y, h_n, c_
     else:
         S = H
     w_d = w_hh + d * G * P
+    if RESIDENT:
+        r_ks = tl.arange(0, BLOCK_K)
+        r_ptr = w_d + tl.arange(0, BLOCK_H)[None, :] * P + r_ks[:, None]
+        r_mask = (r_ks < P)[:, None] & (tl.arange(0, BLOCK_H) < H)[None, :]
+        w_i = tl.load(r_ptr, mask=r_mask, other=0.0)
+        w_f = tl.load(r_ptr + H * P, mask=r_mask, other=0.0)
+        w_g = tl.load(r_ptr + 2 * H * P, mask=r_mask, other=0.0)
+        w_o = tl.load(r_ptr + 3 * H * P, mask=r_mask, other=0.0)
     for s in range(T):
         t = s + d * (T - 1 - 2 * s)
         n_t, off_t = _step(t, T, batch_sizes, offsets, B, PACKED)
@@ -195,21 +206,29 @@ def lstm_forward_kernel(gx, w_hh, w_hr, h0, c0, batch_sizes, offsets, y, h_n, c_
             acc_f = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
             acc_g = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
             acc_o = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-            for k0 in range(0, P, BLOCK_K):
-                ks = k0 + tl.arange(0, BLOCK_K)
-                kmask = ks < P
+            if RESIDENT:  # one unit block, one K tile
                 hk = _load_state(y, D * P, d * P, h0, d * B, P, rows, row_p, has_prev, fresh,
-                                 ks, kmask)
-                w_ptr = w_d + units[None, :] * P + ks[:, None]
-                wmask = kmask[:, None] & umask[None, :]
-                acc_i = tl.dot(hk, tl.load(w_ptr, mask=wmask, other=0.0), acc_i,
-                               input_precision=PRECISION)
-                acc_f = tl.dot(hk, tl.load(w_ptr + H * P, mask=wmask, other=0.0), acc_f,
-                               input_precision=PRECISION)
-                acc_g = tl.dot(hk, tl.load(w_ptr + 2 * H * P, mask=wmask, other=0.0), acc_g,
-                               input_precision=PRECISION)
-                acc_o = tl.dot(hk, tl.load(w_ptr + 3 * H * P, mask=wmask, other=0.0), acc_o,
-                               input_precision=PRECISION)
+                                 r_ks, r_ks < P)
+                acc_i = tl.dot(hk, w_i, acc_i, input_precision=PRECISION)
+                acc_f = tl.dot(hk, w_f, acc_f, input_precision=PRECISION)
+                acc_g = tl.dot(hk, w_g, acc_g, input_precision=PRECISION)
+                acc_o = tl.dot(hk, w_o, acc_o, input_precision=PRECISION)
+            else:
+                for k0 in range(0, P, BLOCK_K):
+                    ks = k0 + tl.arange(0, BLOCK_K)
+                    kmask = ks < P
+                    hk = _load_state(y, D * P, d * P, h0, d * B, P, rows, row_p, has_prev,
+                                     fresh, ks, kmask)
+                    w_ptr = w_d + units[None, :] * P + ks[:, None]
+                    wmask = kmask[:, None] & umask[None, :]
+                    acc_i = tl.dot(hk, tl.load(w_ptr, mask=wmask, other=0.0), acc_i,
+                                   input_precision=PRECISION)
+                    acc_f = tl.dot(hk, tl.load(w_ptr + H * P, mask=wmask, other=0.0), acc_f,
+                                   input_precision=PRECISION)
+                    acc_g = tl.dot(hk, tl.load(w_ptr + 2 * H * P, mask=wmask, other=0.0), acc_g,
+                                   input_precision=PRECISION)
+                    acc_o = tl.dot(hk, tl.load(w_ptr + 3 * H * P, mask=wmask, other=0.0), acc_o,
+                                   input_precision=PRECISION)
             m2 = active[:, None] & umask[None, :]
             g_idx = row_t[:, None] * (D * G) + d * G + units[None, :]
             i = tl.sigmoid(acc_i + tl.load(gx + g_idx, mask=m2, other=0.0))
@@ -263,12 +282,20 @@ def lstm_forward_kernel(gx, w_hh, w_hr, h0, c0, batch_sizes, offsets, y, h_n, c_
 def gru_forward_kernel(gx, w_hh, b_hn, h0, batch_sizes, offsets, y, h_n, gates, saved,
                        T, B, H, D,
                        HAS_BIAS: tl.constexpr, PACKED: tl.constexpr, PRECISION: tl.constexpr,
+                       RESIDENT: tl.constexpr,
                        BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
     """The GRU time loop (see lstm_forward_kernel); b_hn (D, H) float32."""
     d = tl.program_id(0)
     rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
     G = 3 * H
     w_d = w_hh + d * G * H
+    if RESIDENT:
+        r_ks = tl.arange(0, BLOCK_K)
+        r_ptr = w_d + tl.arange(0, BLOCK_H)[None, :] * H + r_ks[:, None]
+        r_mask = (r_ks < H)[:, None] & (tl.arange(0, BLOCK_H) < H)[None, :]
+        w_r = tl.load(r_ptr, mask=r_mask, other=0.0)
+        w_z = tl.load(r_ptr + H * H, mask=r_mask, other=0.0)
+        w_n = tl.load(r_ptr + 2 * H * H, mask=r_mask, other=0.0)
     for s in range(T):
         t = s + d * (T - 1 - 2 * s)
         n_t, off_t = _step(t, T, batch_sizes, offsets, B, PACKED)
@@ -284,19 +311,26 @@ def gru_forward_kernel(gx, w_hh, b_hn, h0, batch_sizes, offsets, y, h_n, gates, 
             acc_r = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
             acc_z = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
             acc_n = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-            for k0 in range(0, H, BLOCK_K):
-                ks = k0 + tl.arange(0, BLOCK_K)
-                kmask = ks < H
+            if RESIDENT:  # one unit block, one K tile
                 hk = _load_state(y, D * H, d * H, h0, d * B, H, rows, row_p, has_prev, fresh,
-                                 ks, kmask)
-                w_ptr = w_d + units[None, :] * H + ks[:, None]
-                wmask = kmask[:, None] & umask[None, :]
-                acc_r = tl.dot(hk, tl.load(w_ptr, mask=wmask, other=0.0), acc_r,
-                               input_precision=PRECISION)
-                acc_z = tl.dot(hk, tl.load(w_ptr + H * H, mask=wmask, other=0.0), acc_z,
-                               input_precision=PRECISION)
-                acc_n = tl.dot(hk, tl.load(w_ptr + 2 * H * H, mask=wmask, other=0.0), acc_n,
-                               input_precision=PRECISION)
+                                 r_ks, r_ks < H)
+                acc_r = tl.dot(hk, w_r, acc_r, input_precision=PRECISION)
+                acc_z = tl.dot(hk, w_z, acc_z, input_precision=PRECISION)
+                acc_n = tl.dot(hk, w_n, acc_n, input_precision=PRECISION)
+            else:
+                for k0 in range(0, H, BLOCK_K):
+                    ks = k0 + tl.arange(0, BLOCK_K)
+                    kmask = ks < H
+                    hk = _load_state(y, D * H, d * H, h0, d * B, H, rows, row_p, has_prev,
+                                     fresh, ks, kmask)
+                    w_ptr = w_d + units[None, :] * H + ks[:, None]
+                    wmask = kmask[:, None] & umask[None, :]
+                    acc_r = tl.dot(hk, tl.load(w_ptr, mask=wmask, other=0.0), acc_r,
+                                   input_precision=PRECISION)
+                    acc_z = tl.dot(hk, tl.load(w_ptr + H * H, mask=wmask, other=0.0), acc_z,
+                                   input_precision=PRECISION)
+                    acc_n = tl.dot(hk, tl.load(w_ptr + 2 * H * H, mask=wmask, other=0.0), acc_n,
+                                   input_precision=PRECISION)
             if HAS_BIAS:
                 acc_n += tl.load(b_hn + d * H + units, mask=umask, other=0.0)[None, :]
             m2 = active[:, None] & umask[None, :]
@@ -316,6 +350,23 @@ def gru_forward_kernel(gx, w_hh, b_hn, h0, batch_sizes, offsets, y, h_n, gates, 
             tl.store(h_n + (d * B + rows)[:, None] * H + units[None, :],
                      h.to(h_n.dtype.element_ty), mask=m2)
         tl.debug_barrier()  # this step's rows are written before the next step reads them
+
+
+def _prune_resident(configs, named_args):
+    """Resident launches need the whole W_hh in one tile: BLOCK_H >= H, BLOCK_K >= P."""
+    width = max(int(named_args["H"]), int(named_args.get("P", named_args["H"])))
+    kept = [c for c in _prune_tiles(configs, named_args)
+            if c.kwargs["BLOCK_H"] >= width and c.kwargs["BLOCK_K"] >= width]
+    return kept or configs[:1]
+
+
+# The same kernels tuned over one-tile configurations, for layers small enough to keep W_hh on chip
+# (see RESIDENT_UNITS). The first configuration's tile covers RESIDENT_UNITS.
+RESIDENT_UNITS = 64
+lstm_forward_resident = autotune(RNN["forward_resident"], key=["B", "H", "P"],
+                                 prune=_prune_resident)(lstm_forward_kernel.fn)
+gru_forward_resident = autotune(RNN["forward_resident"], key=["B", "H"],
+                                prune=_prune_resident)(gru_forward_kernel.fn)
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -752,16 +803,18 @@ def layer_forward(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, y,
 
     def grid(meta):
         return (n_dir, _cdiv(batch, meta["BLOCK_B"]))
+    resident = max(hid, proj) <= RESIDENT_UNITS
     if lstm:
-        lstm_forward_kernel[grid](gx, w_hh, w_hr.contiguous() if has_proj else w_hh, h0,
-                                  c0.contiguous(), sizes, offsets, y, h_n, c_n, gates, saved,
-                                  steps, batch, hid, proj, n_dir, HAS_PROJ=has_proj,
-                                  PACKED=packed, PRECISION=precision)
+        kernel = lstm_forward_resident if resident else lstm_forward_kernel
+        kernel[grid](gx, w_hh, w_hr.contiguous() if has_proj else w_hh, h0, c0.contiguous(), sizes,
+                     offsets, y, h_n, c_n, gates, saved, steps, batch, hid, proj, n_dir,
+                     HAS_PROJ=has_proj, PACKED=packed, PRECISION=precision, RESIDENT=resident)
     else:
         b_hn = None if b_hh is None else b_hh[:, 2 * hid:].to(torch.float32).contiguous()
-        gru_forward_kernel[grid](gx, w_hh, gx if b_hn is None else b_hn, h0, sizes, offsets, y,
-                                 h_n, gates, saved, steps, batch, hid, n_dir,
-                                 HAS_BIAS=b_hn is not None, PACKED=packed, PRECISION=precision)
+        kernel = gru_forward_resident if resident else gru_forward_kernel
+        kernel[grid](gx, w_hh, gx if b_hn is None else b_hn, h0, sizes, offsets, y, h_n, gates,
+                     saved, steps, batch, hid, n_dir, HAS_BIAS=b_hn is not None, PACKED=packed,
+                     PRECISION=precision, RESIDENT=resident)
 
 
 def layer_backward(mode, x, batch_sizes, w_ih, w_hh, w_hr, h0, c0, y, gates, saved, dy, dh_n,
