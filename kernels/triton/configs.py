@@ -37,12 +37,12 @@ CONV = {
         Config({"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 64}, num_warps=4, num_stages=3),
         Config({"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 64}, num_warps=4, num_stages=3),
     ],
-    # conv.py, per-channel sums (bias gradients): [BLOCK_P pixels, BLOCK_C channels] per step.
+    # conv.py, per-channel sums (bias gradients): [BLOCK_P pixels, BLOCK_C channels] per step;
+    # the narrowest serves NCDHW, the widest channels-last (no timing: one is picked by layout).
     "channel_sum": [
         Config({"BLOCK_C": 16, "BLOCK_P": 32}, num_warps=4),
-        Config({"BLOCK_C": 32, "BLOCK_P": 128}, num_warps=4),
-        Config({"BLOCK_C": 4, "BLOCK_P": 512}, num_warps=4),
-        Config({"BLOCK_C": 64, "BLOCK_P": 64}, num_warps=8),
+        Config({"BLOCK_C": 64, "BLOCK_P": 64}, num_warps=4),
+        Config({"BLOCK_C": 4, "BLOCK_P": 256}, num_warps=4),
     ],
     # -- depthwise.py: direct kernels, tiles of [BLOCK_P pixels, BLOCK_C channels]; the narrow
     # tiles (BLOCK_C < 16) serve NCDHW tensors, the wide ones channels_last (pruned by layout).

@@ -59,7 +59,13 @@ def _next_pow2(n):
 
 
 # Configurations timed per shape at most: each costs a compile on the first call of a process.
-_MAX_TUNED = 4
+_MAX_TUNED = 3
+
+
+def _quick_bench(kernel_call, quantiles):
+    """Autotuning timer: 25 ms of repetitions per configuration (Triton's default is 100) is
+    plenty for kernels of 0.01-1 ms and keeps a first call with new shapes short."""
+    return triton.testing.do_bench(kernel_call, warmup=5, rep=25, quantiles=quantiles)
 
 
 def _fitting(configs, caps, large):
@@ -115,7 +121,8 @@ _GEMM_SIZES = ["N_IMG", "M_MAX", "CN", "CK", "KT", "N_PHASES", "XD", "XH", "XW",
                "STEPH", "STEPW"]
 
 
-@autotune(CONV["gemm"], key=["M_MAX", "CN", "CK", "KT", "PHASED", "PRECISION"], prune=_prune_gemm)
+@autotune(CONV["gemm"], key=["M_MAX", "CN", "CK", "KT", "PHASED", "PRECISION"], prune=_prune_gemm,
+          do_bench=_quick_bench)
 @triton.jit(do_not_specialize_on_alignment=_GEMM_SIZES)
 def _conv_gemm_kernel(
     src, wgt, bias, dst,
@@ -233,7 +240,8 @@ def _conv_gemm_kernel(
              mask=m_ok[:, None] & n_ok[None, :])
 
 
-@autotune(CONV["weight"], key=["CO", "CI", "P", "KVOL", "PRECISION"], prune=_prune_weight)
+@autotune(CONV["weight"], key=["CO", "CI", "P", "KVOL", "PRECISION"], prune=_prune_weight,
+          do_bench=_quick_bench)
 @triton.jit(do_not_specialize_on_alignment=["CO", "CI", "P", "KVOL", "KH", "KW", "SPLITS",
                                             "OD", "OH", "OW", "D", "H", "W", "sd", "sh", "sw",
                                             "pd", "ph", "pw", "dd", "dh", "dw", "o_s"])
@@ -297,7 +305,13 @@ def _conv_weight_kernel(
     tl.store(o, acc.to(out.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
-@autotune(CONV["channel_sum"], key=["C", "P"])
+def _prune_channel_sum(configs, args):
+    """One configuration, by layout: no timing needed for a kernel this small (a bias gradient)."""
+    pick = max if args["t_c"] == 1 else min  # channels contiguous: wide channel tiles
+    return [pick(configs, key=lambda c: c.kwargs["BLOCK_C"])]
+
+
+@autotune(CONV["channel_sum"], key=["C", "P", "t_c"], prune=_prune_channel_sum)
 @triton.jit(do_not_specialize_on_alignment=["C", "P", "SPLITS", "QD", "QH", "QW"])
 def _channel_sum_kernel(
     t, out, C, P, SPLITS, SPLIT_LEN, QD, QH, QW, t_n, t_c, t_d, t_h, t_w,
