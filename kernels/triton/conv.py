@@ -36,6 +36,12 @@ deterministic, no atomics. **Bias gradient**: ``channel_sum``, split the same wa
 
 float16 / bfloat16 are multiplied on tensor cores and accumulated in float32; float32 uses TF32
 when ``torch.backends.cudnn.allow_tf32`` is set (as cuDNN does), else full-precision FMA.
+
+Layouts: the kernels take any strides. On a GPU the operands they read (input, grad_output,
+weight) are first given channels-innermost memory if they lack it (``_channels_innermost``), so
+that tiles load as vectors; outputs are written straight into the caller's layout. Autotuning
+(``configs.CONV``) times at most ``_MAX_TUNED`` configurations that fit a shape, and Triton caches
+the choice on disk.
 """
 import math
 
