@@ -1,5 +1,5 @@
-"""dlkern's Triton LSTM/GRU kernels against torch (float64 reference): layers (every direction, layer,
-packed or padded), cells, forward outputs and states and every gradient.
+"""dlkern's Triton LSTM/GRU kernels against torch (float64 reference): layers (every direction,
+layer, packed or padded), cells, forward outputs and states and every gradient.
 
 On a GPU these run on CUDA in float32, float16 and bfloat16; elsewhere through Triton's
 interpreter in float32 on tiny shapes (it is slow). ``test_compiles_for_h100`` compiles every
@@ -80,7 +80,8 @@ LAYERS = [
 
 def _layer_id(cfg):
     keys = ("layers", "bidir", "batch_first", "proj", "hx", "bias", "lengths", "stream")
-    return cfg["mode"] + "-" + "-".join(f"{k}={cfg[k]}" for k in keys if cfg.get(k)) + f"-H{cfg['hid']}"
+    flags = "-".join(f"{k}={cfg[k]}" for k in keys if cfg.get(k))
+    return f"{cfg['mode']}-{flags}-H{cfg['hid']}"
 
 
 def _flatten(mode, out, packed):
@@ -94,9 +95,12 @@ def _flatten(mode, out, packed):
 @pytest.mark.parametrize("cfg", LAYERS, ids=_layer_id)
 def test_layer(cfg, dtype, triton_device, monkeypatch):
     mode = cfg["mode"]
-    if cfg.get("stream"):  # no layer is small enough to keep W_hh resident
+    if cfg.get("stream"):  # no layer is small enough to keep W_hh resident, and every launch
+        # goes through its autotuner (small problems otherwise take the first configuration)
         from dlkern.kernels.triton import rnn as triton_rnn
         monkeypatch.setattr(triton_rnn, "RESIDENT_UNITS", 0)
+        monkeypatch.setattr(triton_rnn, "_TUNE_LOOP", 0)
+        monkeypatch.setattr(triton_rnn, "_TUNE_GEMM", 0)
     torch.manual_seed(0)
     kw = dict(num_layers=cfg["layers"], bidirectional=cfg["bidir"], batch_first=cfg["batch_first"],
               bias=cfg["bias"])
@@ -261,7 +265,8 @@ for dtype, prec in ((torch.float32, "ieee"), (torch.float32, "tf32"), (torch.flo
     build(R.matmul_kernel, [t(), t(), f32(), f32()] + mm, all_cfg, HAS_BIAS=True, PRECISION=prec)
     if variants:
         build(R.matmul_kernel, [f32(), t(), t(), f32()] + mm, False, HAS_BIAS=False, PRECISION=prec)
-        build(R.matmul_kernel, [f32(), f32(), t(), f32()] + mm, False, HAS_BIAS=False, PRECISION=prec)
+        build(R.matmul_kernel, [f32(), f32(), t(), f32()] + mm, False, HAS_BIAS=False,
+              PRECISION=prec)
     if prec == "tf32":
         build(R.lstm_forward_kernel, [f32(), t(), t(), t(), t(), i32, i32, t(), t(), t(), f32(),
               f32(), 16, 32, 64, 48, 2], False, HAS_PROJ=True, PACKED=True, PRECISION=prec,

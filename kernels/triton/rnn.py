@@ -23,8 +23,8 @@ batch are independent, so programs never wait for each other (no grid barrier, w
 under the interpreter either). Per step, for each block of hidden units, the recurrent product of
 all G gates accumulates in float32 (W_hh streamed from L2, read once per step per program), then
 the gate arithmetic is fused in registers. h_{t-1} is read back from y (the previous step's rows)
-or h0, c_{t-1} from ``saved`` or c0: each value has a single writer, so the kernel is idempotent (the
-autotuner may run it repeatedly) and needs only a CTA barrier between steps. With a projection the
+or h0, c_{t-1} from ``saved`` or c0: each value has a single writer, so the kernel is idempotent
+(the autotuner may run it repeatedly) and needs only a CTA barrier between steps. With a projection the
 block loop writes o * tanh(c) first, then a second loop multiplies it by W_hr.
 
 **Backward** mirrors it, t = last..first in each direction's order: the gradient reaching h_t and
@@ -54,6 +54,23 @@ def _prune_tiles(configs, named_args):
     batch = max(16, triton.next_power_of_2(int(named_args["B"])))
     kept = [c for c in configs if c.kwargs["BLOCK_B"] <= batch]
     return kept or configs[:1]
+
+
+# Problems below these sizes run the first configuration untuned: tuning compiles every
+# configuration (about a second each) and times even a lone one, which small problems never repay.
+_TUNE_LOOP = 1 << 20    # B * H * P of a time loop
+_TUNE_GEMM = 1 << 26    # M * N * K of a product
+
+
+def _launch(kernel, grid, tune, *args, **kwargs):
+    """``kernel[grid](*args, **kwargs)`` through its autotuner, or with its first configuration
+    when ``tune`` is false."""
+    if tune:
+        return kernel[grid](*args, **kwargs)
+    cfg = kernel.configs[0]
+    grid = grid(cfg.kwargs) if callable(grid) else grid
+    return kernel.fn[grid](*args, **kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                           **cfg.kwargs)
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -129,8 +146,10 @@ def matmul_kernel(a, b, c, bias, M, N, K,
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    a_ptrs = a + z * stride_ab + offs_m[:, None].to(tl.int64) * stride_am + offs_k[None, :] * stride_ak
-    b_ptrs = b + z * stride_bb + offs_k[:, None].to(tl.int64) * stride_bk + offs_n[None, :] * stride_bn
+    a_ptrs = (a + z * stride_ab + offs_m[:, None].to(tl.int64) * stride_am
+              + offs_k[None, :] * stride_ak)
+    b_ptrs = (b + z * stride_bb + offs_k[:, None].to(tl.int64) * stride_bk
+              + offs_n[None, :] * stride_bn)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         kmask = (k0 + offs_k) < K
@@ -141,7 +160,8 @@ def matmul_kernel(a, b, c, bias, M, N, K,
         b_ptrs += BLOCK_K * stride_bk
     if HAS_BIAS:
         acc += tl.load(bias + z * stride_biasb + offs_n, mask=offs_n < N, other=0.0)[None, :]
-    c_ptrs = c + z * stride_cb + offs_m[:, None].to(tl.int64) * stride_cm + offs_n[None, :] * stride_cn
+    c_ptrs = (c + z * stride_cb + offs_m[:, None].to(tl.int64) * stride_cm
+              + offs_n[None, :] * stride_cn)
     tl.store(c_ptrs, acc.to(c.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
@@ -357,7 +377,7 @@ def _prune_resident(configs, named_args):
     width = max(int(named_args["H"]), int(named_args.get("P", named_args["H"])))
     kept = [c for c in _prune_tiles(configs, named_args)
             if c.kwargs["BLOCK_H"] >= width and c.kwargs["BLOCK_K"] >= width]
-    return kept or configs[:1]
+    return kept or configs[:1]  # the first covers every resident width
 
 
 # The same kernels tuned over one-tile configurations, for layers small enough to keep W_hh on chip
@@ -413,8 +433,9 @@ def lstm_backward_kernel(w_hh, w_hr, h0, c0, batch_sizes, offsets, y, gates, sav
                              omask)
             tl.store(hprev + row_t[:, None] * (D * P) + d * P + outs[None, :], hp, mask=m2)
             if HAS_PROJ:
-                dh = _load_carry(dh_carry + rd * P, dh_n, (d * B + rows)[:, None] * P + outs[None, :],
-                                 has_next, first, omask[None, :])
+                dh = _load_carry(dh_carry + rd * P, dh_n,
+                                 (d * B + rows)[:, None] * P + outs[None, :], has_next, first,
+                                 omask[None, :])
                 dh += tl.load(dy + row_t[:, None] * (D * P) + d * P + outs[None, :], mask=m2,
                               other=0.0).to(tl.float32)
                 tl.store(dhtot + row_t[:, None] * (D * P) + d * P + outs[None, :], dh, mask=m2)
@@ -691,9 +712,9 @@ def matmul(a, b, c, bias=None, precision="ieee"):
 
     def grid(meta):
         return (_cdiv(m, meta["BLOCK_M"]) * _cdiv(n, meta["BLOCK_N"]), zs)
-    matmul_kernel[grid](a, b, c, c if bias is None else bias, m, n, k, *a.stride(), *b.stride(),
-                        *c.stride(), 0 if bias is None else bias.stride(0),
-                        HAS_BIAS=bias is not None, PRECISION=precision)
+    _launch(matmul_kernel, grid, m * n * max(k, 1) >= _TUNE_GEMM, a, b, c,
+            c if bias is None else bias, m, n, k, *a.stride(), *b.stride(), *c.stride(),
+            0 if bias is None else bias.stride(0), HAS_BIAS=bias is not None, PRECISION=precision)
 
 
 def column_sums(g, out):
@@ -729,7 +750,8 @@ def _input_bias(mode, b_ih, b_hh, n_dir, gh):
     b_ih and the r, z part of b_hh (b_hn multiplies with r inside the loop)."""
     if b_ih is None and b_hh is None:
         return None
-    bias = torch.zeros((n_dir, gh), dtype=torch.float32, device=(b_ih if b_ih is not None else b_hh).device)
+    device = (b_ih if b_ih is not None else b_hh).device
+    bias = torch.zeros((n_dir, gh), dtype=torch.float32, device=device)
     if b_ih is not None:
         bias += b_ih
     if b_hh is not None:
@@ -804,17 +826,19 @@ def layer_forward(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, y,
     def grid(meta):
         return (n_dir, _cdiv(batch, meta["BLOCK_B"]))
     resident = max(hid, proj) <= RESIDENT_UNITS
+    tune = batch * hid * proj >= _TUNE_LOOP
     if lstm:
         kernel = lstm_forward_resident if resident else lstm_forward_kernel
-        kernel[grid](gx, w_hh, w_hr.contiguous() if has_proj else w_hh, h0, c0.contiguous(), sizes,
-                     offsets, y, h_n, c_n, gates, saved, steps, batch, hid, proj, n_dir,
-                     HAS_PROJ=has_proj, PACKED=packed, PRECISION=precision, RESIDENT=resident)
+        _launch(kernel, grid, tune, gx, w_hh, w_hr.contiguous() if has_proj else w_hh, h0,
+                c0.contiguous(), sizes, offsets, y, h_n, c_n, gates, saved, steps, batch, hid,
+                proj, n_dir, HAS_PROJ=has_proj, PACKED=packed, PRECISION=precision,
+                RESIDENT=resident)
     else:
         b_hn = None if b_hh is None else b_hh[:, 2 * hid:].to(torch.float32).contiguous()
         kernel = gru_forward_resident if resident else gru_forward_kernel
-        kernel[grid](gx, w_hh, gx if b_hn is None else b_hn, h0, sizes, offsets, y, h_n, gates,
-                     saved, steps, batch, hid, n_dir, HAS_BIAS=b_hn is not None, PACKED=packed,
-                     PRECISION=precision, RESIDENT=resident)
+        _launch(kernel, grid, tune, gx, w_hh, gx if b_hn is None else b_hn, h0, sizes, offsets,
+                y, h_n, gates, saved, steps, batch, hid, n_dir, HAS_BIAS=b_hn is not None,
+                PACKED=packed, PRECISION=precision, RESIDENT=resident)
 
 
 def layer_backward(mode, x, batch_sizes, w_ih, w_hh, w_hr, h0, c0, y, gates, saved, dy, dh_n,
@@ -841,6 +865,7 @@ def layer_backward(mode, x, batch_sizes, w_ih, w_hh, w_hr, h0, c0, y, gates, sav
     hprev = torch.empty((n_rows, n_dir, proj), dtype=x.dtype, device=x.device)
     dh_carry = torch.empty((2, n_dir, batch, proj), **f32)
     packed, sizes, offsets = _steps(batch_sizes, batch, x.device)
+    tune = batch * hid * proj >= _TUNE_LOOP
 
     def grid(meta):
         return (n_dir, _cdiv(batch, meta["BLOCK_B"]))
@@ -848,17 +873,16 @@ def layer_backward(mode, x, batch_sizes, w_ih, w_hh, w_hr, h0, c0, y, gates, sav
         dgh = dgi
         dhtot = torch.empty((n_rows, n_dir, proj), **f32) if has_proj else dgi
         dc_carry = torch.empty((2, n_dir, batch, hid), **f32)
-        lstm_backward_kernel[grid](w_hh, w_hr.contiguous() if has_proj else w_hh, h0,
-                                   c0.contiguous(), sizes, offsets, y, gates, saved, dy, dh_n,
-                                   dc_n.contiguous(), dgi, hprev, dhtot, dh_carry, dc_carry, dh0,
-                                   dc0, steps, batch, hid, proj, n_dir, HAS_PROJ=has_proj,
-                                   PACKED=packed, PRECISION=precision)
+        _launch(lstm_backward_kernel, grid, tune, w_hh, w_hr.contiguous() if has_proj else w_hh,
+                h0, c0.contiguous(), sizes, offsets, y, gates, saved, dy, dh_n, dc_n.contiguous(),
+                dgi, hprev, dhtot, dh_carry, dc_carry, dh0, dc0, steps, batch, hid, proj, n_dir,
+                HAS_PROJ=has_proj, PACKED=packed, PRECISION=precision)
     else:
         dgh = torch.empty((n_rows, n_dir, gh), **f32)
         dhz = torch.empty((n_dir, batch, hid), **f32)
-        gru_backward_kernel[grid](w_hh, h0, sizes, offsets, y, gates, saved, dy, dh_n, dgi, dgh,
-                                  hprev, dhz, dh_carry, dh0, steps, batch, hid, n_dir,
-                                  PACKED=packed, PRECISION=precision)
+        _launch(gru_backward_kernel, grid, tune, w_hh, h0, sizes, offsets, y, gates, saved, dy,
+                dh_n, dgi, dgh, hprev, dhz, dh_carry, dh0, steps, batch, hid, n_dir,
+                PACKED=packed, PRECISION=precision)
     # Weight gradients over all steps at once: dW = dg^T (input of the product), per direction.
     matmul(dgi.permute(1, 2, 0), x.unsqueeze(0).expand(n_dir, n_rows, n_in), dw_ih,
            precision=precision)
