@@ -166,6 +166,17 @@ def test_depthwise_transpose_with_bias(triton_device):
                         [x, w, b], _reductions_transpose(x, w, out_shape))
 
 
+def test_float32_follows_cudnn_tf32_switch(triton_device, monkeypatch):
+    # With allow_tf32 the products may round their inputs to TF32 (10-bit mantissa), as cuDNN's.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    x, w, b = _tensors(triton_device, torch.float32, (2, 16, 7, 6), (8, 16, 3, 3), 8,
+                       "contiguous", seed=5)
+    out = DF.conv2d(x, w, b, padding=1)
+    ref = F.conv2d(x.double(), w.double(), b.double(), padding=1)
+    scale = float(ref.abs().max())
+    assert float((out.double() - ref).abs().max()) <= 2e-3 * scale * math.sqrt(16 * 9)
+
+
 def test_empty_batch(triton_device):
     dtype = TRITON_DTYPES[0]
     x, w, b = _tensors(triton_device, dtype, (0, 3, 5, 6), (4, 3, 3, 3), 4, "contiguous", seed=4)
