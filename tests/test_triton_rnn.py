@@ -311,3 +311,27 @@ def test_compiles_for_h100():
     rc, out = run_isolated(code, timeout=600)
     assert rc == 0, out[-4000:]
     assert "compiled" in out
+
+
+def test_cell_under_torch_compile(triton_device):
+    """The custom op path under torch.compile(fullgraph=True): its fake implementation knows the
+    Triton workspaces' shapes and dtypes. (aot_eager: the graph, fake tensors and autograd are
+    what is tested; inductor's code generation would only cost time here.)"""
+    torch.manual_seed(4)
+    x = torch.randn(3, 5, requires_grad=True)
+    h, c = torch.randn(3, 6), torch.randn(3, 6)
+    w_ih, w_hh, b = torch.randn(24, 5), torch.randn(24, 6), torch.randn(24)
+    dev = [t.to(triton_device) for t in (h, c, w_ih, w_hh, b)]
+    xd = x.detach().to(triton_device).requires_grad_()
+    def step(x):
+        return torch.cat(DF.lstm_cell(x, (dev[0], dev[1]), dev[2], dev[3], dev[4], dev[4]), -1)
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    out = compiled(xd)
+    x64 = x.detach().double().requires_grad_()
+    want = torch.cat(torch.lstm_cell(x64, (h.double(), c.double()), w_ih.double(), w_hh.double(),
+                                     b.double(), b.double()), -1)
+    assert_close(out.cpu(), want, 11)
+    out.sum().backward()
+    want.sum().backward()
+    assert_close(xd.grad.cpu(), x64.grad, 3 * 24)
