@@ -80,6 +80,13 @@ def _to(t, device, dtype):
     return full[..., ::2].copy_(t)
 
 
+def _layout(rank, layout):
+    """The memory format torch gives the output for an input in ``layout``."""
+    if layout != "channels_last" or rank == 1:
+        return torch.contiguous_format
+    return torch.channels_last if rank == 2 else torch.channels_last_3d
+
+
 # (rank, N, C_in, C_out, spatial, kernel, stride, padding, dilation, groups, bias, layout)
 CONV_CASES = [
     (1, 2, 3, 5, (11,), (3,), 2, 1, 2, 1, True, "contiguous"),
@@ -112,9 +119,7 @@ def test_conv_forward_and_gradients(triton_device, case, dtype):
     out = check_against_torch(lambda x, w, b: dl(x, w, b, **kwargs),
                               lambda x, w, b: ref(x, w, b, **kwargs),
                               [x, w, b], _reductions_conv(w, out_shape))
-    expected_format = (torch.channels_last if rank == 2 else torch.channels_last_3d
-                       ) if layout == "channels_last" else torch.contiguous_format
-    assert out.is_contiguous(memory_format=expected_format)
+    assert out.is_contiguous(memory_format=_layout(rank, layout))
 
 
 # (rank, N, C_in, C_out, spatial, kernel, stride, padding, output_padding, dilation, groups, bias,
@@ -149,8 +154,10 @@ def test_conv_transpose_forward_and_gradients(triton_device, case, dtype):
     dl, ref = CONV_T[rank]
     with torch.no_grad():
         out_shape = ref(float64_copy(x), float64_copy(w), None, **kwargs).shape
-    check_against_torch(lambda x, w, b: dl(x, w, b, **kwargs), lambda x, w, b: ref(x, w, b, **kwargs),
-                        [x, w, b], _reductions_transpose(x, w, out_shape))
+    out = check_against_torch(lambda x, w, b: dl(x, w, b, **kwargs),
+                              lambda x, w, b: ref(x, w, b, **kwargs),
+                              [x, w, b], _reductions_transpose(x, w, out_shape))
+    assert out.is_contiguous(memory_format=_layout(rank, layout))
 
 
 def test_depthwise_transpose_with_bias(triton_device):
