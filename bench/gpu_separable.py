@@ -1,7 +1,9 @@
 """gpu_check section: depthwise, depthwise-separable and spatial separable convolution.
 
 check(ctx): forward and every gradient against torch on float64 copies, in float32, float16 and
-bfloat16, on small shapes (every kernel of kernels/triton/depthwise.py and separable.py runs).
+bfloat16, on small shapes (every kernel of kernels/triton/depthwise.py and separable.py runs; the
+kernel sizes are those of the timed shapes, so that the checks and timings share compiled
+kernels: other kernel sizes, 1-d and 3-d are checked by tests/test_triton_separable.py).
 time(ctx): forward and forward+backward against torch (cuDNN / torch's depthwise kernel, and
 torch's two-convolution sequences for the fused ops) in float16 and float32:
 
@@ -72,21 +74,23 @@ def _inputs(shapes, dtype, seed=0):
 CHECKS = [
     ("depthwise conv2d N4 C32 28x28 k3 p1", _depthwise(32),
      [(4, 32, 28, 28), (32, 1, 3, 3), (32,)], ("x", "w", "b")),
-    ("depthwise conv2d N2 C16x2 15x17 k5 s2 p2 d1 m2", _depthwise(16, 2, 2),
-     [(2, 16, 15, 17), (32, 1, 5, 5), (32,)], ("x", "w", "b")),
+    ("depthwise conv2d N2 C16x2 15x17 k3 s2 p1 m2", _depthwise(16, 2, 1),
+     [(2, 16, 15, 17), (32, 1, 3, 3), (32,)], ("x", "w", "b")),
     ("depthwise conv2d channels_last N2 C48 14x14 k3 p1", _depthwise(48),
      [(2, 48, 14, 14), (48, 1, 3, 3), (48,)], ("x", "w", "b")),
     ("depthwise_separable_conv2d N4 C32->64 28x28 k3 p1", _depthwise_separable(32),
      [(4, 32, 28, 28), (32, 1, 3, 3), (64, 32, 1, 1), (32,), (64,)],
      ("x", "wd", "wp", "bd", "bp")),
-    ("depthwise_separable_conv1d N4 C24x2->40 L100 k5 s2 p2", _depthwise_separable(24, 1, 2, 2),
-     [(4, 24, 100), (48, 1, 5), (40, 48, 1), (48,), (40,)], ("x", "wd", "wp", "bd", "bp")),
+    ("depthwise_separable_conv2d N2 C24x2->40 15x17 k3 s2 p1 m2",
+     _depthwise_separable(24, 2, 2, 1),
+     [(2, 24, 15, 17), (48, 1, 3, 3), (40, 48, 1, 1), (48,), (40,)],
+     ("x", "wd", "wp", "bd", "bp")),
     ("spatial_separable_conv2d N4 C32->48->40 28x28 k7 p3", _spatial(padding=(3, 3)),
      [(4, 32, 28, 28), (48, 32, 7, 1), (40, 48, 1, 7), (48,), (40,)],
      ("x", "wv", "wh", "bv", "bh")),
-    ("spatial_separable_conv2d N2 C16->24->32 30x31 k3 s2 p1 d(1,2)",
-     _spatial((2, 2), (1, 1), (1, 2)),
-     [(2, 16, 30, 31), (24, 16, 3, 1), (32, 24, 1, 3), (24,), (32,)],
+    ("spatial_separable_conv2d N2 C16->24->32 30x31 k7 s2 p3 d(1,2)",
+     _spatial((2, 2), (3, 3), (1, 2)),
+     [(2, 16, 30, 31), (24, 16, 7, 1), (32, 24, 1, 7), (24,), (32,)],
      ("x", "wv", "wh", "bv", "bh")),
 ]
 

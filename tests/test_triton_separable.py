@@ -199,6 +199,72 @@ def test_spatial_separable(case, dtype, triton_device):
                         red)
 
 
+# ---------------------------------------------------------------- autotune prunes
+
+# kernel name -> its configuration list in kernels/triton/configs.py
+CONFIG_OF = {
+    "_depthwise_forward_kernel": "depthwise_forward",
+    "_depthwise_backward_input_kernel": "depthwise_backward_input",
+    "_depthwise_backward_weight_kernel": "depthwise_backward_weight",
+    "_dsconv_forward_kernel": "dsconv_forward",
+    "_dsconv_pointwise_weight_kernel": "dsconv_backward_pointwise",
+    "_conv2d_forward_kernel": "sep_gemm_forward",
+    "_conv2d_backward_input_kernel": "sep_gemm_backward_input",
+    "_conv2d_backward_weight_kernel": "sep_gemm_backward_weight",
+    "_spatial_forward_kernel": "spatial_forward",
+}
+
+SIZE_ARGS = ("C_IN", "C_OUT", "P_IN", "P_OUT", "Q", "M_TOTAL", "H_OUT", "W_OUT")
+
+
+def test_autotune_prunes_get_their_arguments(triton_device, monkeypatch):
+    """Triton hands a prune the positional launch arguments only, and the interpreter never runs
+    the prunes: record what every kernel gets from its launcher and prune the full configuration
+    lists with it, as a small problem (one configuration) and as a large one (all that fit the
+    layout)."""
+    from dlkern.kernels.triton import configs
+    from dlkern.kernels.triton import depthwise as D
+    from dlkern.kernels.triton import separable as S
+
+    seen = {}
+    for module in (D, S):
+        for name in module.PRUNES:
+            kernel = getattr(module, name)
+
+            def record(*args, _run=kernel.run, _name=name, _names=kernel.arg_names, **kwargs):
+                seen[_name] = dict(zip(_names, args))
+                return _run(*args, **kwargs)
+
+            monkeypatch.setattr(kernel, "run", record)
+    dtype, dev = TRITON_DTYPES[0], triton_device
+    rand = lambda *shape: torch.randn(shape, dtype=dtype, device=dev)  # noqa: E731
+    x, wd, wp, dy = rand(2, 3, 1, 5, 6), rand(6, 1, 1, 3, 3), rand(4, 6), rand(2, 4, 1, 5, 6)
+    ones, zeros = (1, 1, 1), (0, 1, 1)
+    S.dsconv_forward(x, wd, None, wp, None, ones, zeros, ones, dy.clone())
+    S.dsconv_backward(x, wd, None, wp, dy, ones, zeros, ones, torch.empty_like(x), (True, True))
+    out = torch.empty(2, 6, 5, 6, dtype=dtype, device=dev).contiguous(
+        memory_format=torch.channels_last)
+    D.depthwise_forward(x, wd, None, ones, zeros, ones, out[:, :, None])
+    x2, wv, wh, dy2 = rand(2, 3, 5, 6), rand(4, 3, 3, 1), rand(5, 4, 1, 3), rand(2, 5, 5, 6)
+    S.spatial_forward(x2, wv, None, wh, None, (1, 1), (1, 1), (1, 1), dy2.clone())
+    S.spatial_backward(x2, wv, None, wh, dy2, (1, 1), (1, 1), (1, 1), torch.empty_like(x2),
+                       (True, True))
+    assert sorted(seen) == sorted(CONFIG_OF)
+    for name, named in seen.items():
+        prune = (D.PRUNES if name in D.PRUNES else S.PRUNES)[name]
+        full = configs.CONV[CONFIG_OF[name]]
+        assert prune(full, named) == full[:1] or "CHANNELS_LAST" in named, name
+        large = dict(named, **{k: 4096 for k in SIZE_ARGS if k in named})
+        kept = prune(full, large)
+        assert 1 <= len(kept) <= len(full), name
+        if "CHANNELS_LAST" in named:
+            wide = bool(named["CHANNELS_LAST"])
+            assert all((c.kwargs["BLOCK_C"] >= 16) == wide for c in kept), name
+        else:
+            assert kept == full, name
+    assert seen["_depthwise_forward_kernel"]["CHANNELS_LAST"]
+
+
 # ---------------------------------------------------------------- sm_90 compile
 
 _AOT = r'''

@@ -48,7 +48,6 @@ CONV = {
     # tiles (BLOCK_C < 16) serve NCDHW tensors, the wide ones channels_last (pruned by layout).
     "depthwise_forward": [
         Config({"BLOCK_P": 128, "BLOCK_C": 4}, num_warps=4),
-        Config({"BLOCK_P": 256, "BLOCK_C": 2}, num_warps=4),
         Config({"BLOCK_P": 512, "BLOCK_C": 1}, num_warps=4),
         Config({"BLOCK_P": 1024, "BLOCK_C": 1}, num_warps=8),
         Config({"BLOCK_P": 16, "BLOCK_C": 64}, num_warps=4),
@@ -56,7 +55,6 @@ CONV = {
     ],
     "depthwise_backward_input": [
         Config({"BLOCK_P": 128, "BLOCK_C": 4}, num_warps=4),
-        Config({"BLOCK_P": 256, "BLOCK_C": 2}, num_warps=4),
         Config({"BLOCK_P": 512, "BLOCK_C": 1}, num_warps=4),
         Config({"BLOCK_P": 16, "BLOCK_C": 64}, num_warps=4),
     ],
@@ -78,7 +76,6 @@ CONV = {
     "dsconv_backward_pointwise": [
         Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=2),
         Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=2),
-        Config({"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 64}, num_warps=4, num_stages=2),
         Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=8, num_stages=2),
     ],
     # separable.py: fused spatial separable forward, [MID_W mid columns, BLOCK_N out channels]

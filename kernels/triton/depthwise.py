@@ -21,8 +21,8 @@ layout. Products accumulate in float32 whatever the input dtype.
   q + padding - tap offset by the stride is exact).
 * gradient of the weight (and bias): per output channel a reduction over N*OD*OH*OW, split over
   SPLIT programs; a program holds up to 16 taps as one axis of its tile, [BLOCK_T, BLOCK_P], so
-  one loop iteration serves all of them (larger kernels take several programs per channel). The float32 partial sums (SPLIT, C*m, taps) are added up by the
-  launcher.
+  one loop iteration serves all of them (larger kernels take several programs per channel).
+  The float32 partial sums (SPLIT, C*m, taps) are added up by the launcher.
 """
 import triton
 import triton.language as tl
@@ -31,17 +31,51 @@ from ._autotune import autotune
 from .configs import CONV
 
 
-def _prune_by_layout(configs, named_args):
-    """channels_last tensors want wide channel tiles, NCDHW ones narrow ones (coalesced loads)."""
-    wide = [c for c in configs if c.kwargs["BLOCK_C"] >= 16]
-    narrow = [c for c in configs if c.kwargs["BLOCK_C"] < 16]
-    keep = wide if named_args["CHANNELS_LAST"] else narrow
-    return keep or configs[:1]
+# Problems with fewer elements than these, per image (per-image grids) or in all (batch-wide
+# GEMMs and weight gradients), get the first configuration only: tuning them would cost more
+# compile time than it can win.
+SMALL_IMAGE = 1 << 16
+SMALL_BATCH = 1 << 20
+
+
+def _prune(*sizes, small, layout=None):
+    """The prune of an autotuned kernel: channels_last tensors want wide channel tiles, NCDHW ones
+    narrow ones (coalesced loads); a problem whose ``sizes`` multiply to less than ``small`` keeps
+    one configuration. Triton hands the prune the positional arguments only, so the launchers pass
+    these positionally."""
+    def prune(configs, named_args):
+        keep = configs
+        if layout is not None:
+            wide = bool(named_args[layout])
+            keep = [c for c in configs if (c.kwargs["BLOCK_C"] >= 16) == wide] or configs
+        size = 1
+        for name in sizes:
+            size *= named_args[name]
+        return keep[:1] if size < small else keep
+
+    return prune
+
+
+# Each autotuned kernel's prune, by kernel name (the tests check them against launch arguments).
+PRUNES = {
+    "_depthwise_forward_kernel": _prune("C_OUT", "P_OUT", small=SMALL_IMAGE,
+                                        layout="CHANNELS_LAST"),
+    "_depthwise_backward_input_kernel": _prune("C_IN", "P_IN", small=SMALL_IMAGE,
+                                               layout="CHANNELS_LAST"),
+    "_depthwise_backward_weight_kernel": _prune("C_OUT", "Q", small=SMALL_BATCH),
+}
+
+# Size arguments are not specialised (Triton would compile a kernel for every combination of
+# sizes divisible by 16 or equal to 1): each kernel's _SIZES_ list names them. Strides keep their
+# specialisation, since a unit stride is what makes loads contiguous.
+
+
+_SIZES_DEPTHWISE_FORWARD = ["C_OUT", "D_IN", "H_IN", "W_IN", "H_OUT", "W_OUT", "P_OUT"]
 
 
 @autotune(CONV["depthwise_forward"], key=["C_OUT", "P_OUT", "KD", "KH", "KW", "CHANNELS_LAST"],
-          prune=_prune_by_layout)
-@triton.jit
+          prune=PRUNES["_depthwise_forward_kernel"])
+@triton.jit(do_not_specialize=_SIZES_DEPTHWISE_FORWARD)
 def _depthwise_forward_kernel(
         x_ptr, w_ptr, b_ptr, out_ptr,
         C_OUT, M, D_IN, H_IN, W_IN, H_OUT, W_OUT, P_OUT,
@@ -83,9 +117,13 @@ def _depthwise_forward_kernel(
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=p_ok[:, None] & c_ok[None, :])
 
 
+_SIZES_DEPTHWISE_BACKWARD_INPUT = ["C_IN", "D_OUT", "H_OUT", "W_OUT", "H_IN", "W_IN", "P_IN"]
+
+
 @autotune(CONV["depthwise_backward_input"],
-          key=["C_IN", "P_IN", "M", "KD", "KH", "KW", "CHANNELS_LAST"], prune=_prune_by_layout)
-@triton.jit
+          key=["C_IN", "P_IN", "M", "KD", "KH", "KW", "CHANNELS_LAST"],
+          prune=PRUNES["_depthwise_backward_input_kernel"])
+@triton.jit(do_not_specialize=_SIZES_DEPTHWISE_BACKWARD_INPUT)
 def _depthwise_backward_input_kernel(
         dy_ptr, w_ptr, dx_ptr,
         C_IN, M, D_OUT, H_OUT, W_OUT, H_IN, W_IN, P_IN,
@@ -131,8 +169,13 @@ def _depthwise_backward_input_kernel(
     tl.store(dx, acc.to(dx_ptr.dtype.element_ty), mask=q_ok[:, None] & c_ok[None, :])
 
 
-@autotune(CONV["depthwise_backward_weight"], key=["C_OUT", "Q", "KD", "KH", "KW", "SPLIT"])
-@triton.jit
+_SIZES_DEPTHWISE_BACKWARD_WEIGHT = ["C_OUT", "D_IN", "H_IN", "W_IN", "H_OUT", "W_OUT", "P_OUT",
+                                    "Q", "CHUNK", "SPLIT"]
+
+
+@autotune(CONV["depthwise_backward_weight"], key=["C_OUT", "Q", "KD", "KH", "KW", "SPLIT"],
+          prune=PRUNES["_depthwise_backward_weight_kernel"])
+@triton.jit(do_not_specialize=_SIZES_DEPTHWISE_BACKWARD_WEIGHT)
 def _depthwise_backward_weight_kernel(
         x_ptr, dy_ptr, dw_part_ptr, db_part_ptr,
         C_OUT, M, D_IN, H_IN, W_IN, H_OUT, W_OUT, P_OUT, Q, CHUNK, SPLIT,
@@ -205,7 +248,7 @@ def depthwise_forward(x, w, b, stride, padding, dilation, out):
         x, w, b if b is not None else w, out,
         c_out, c_out // c_in, *x.shape[2:], *out.shape[3:], p_out,
         *_strides(x), *_strides(out), *stride, *padding, *dilation,
-        KD=kd, KH=kh, KW=kw, HAS_BIAS=b is not None, CHANNELS_LAST=_is_channels_last(out))
+        kd, kh, kw, b is not None, _is_channels_last(out))
     return out
 
 
@@ -224,7 +267,7 @@ def depthwise_backward_input(dy, w, stride, padding, dilation, dx):
     _depthwise_backward_input_kernel[grid](
         dy, w, dx, c_in, c_out // c_in, *dy.shape[2:], *dx.shape[3:], p_in,
         *_strides(dy), *_strides(dx), *stride, *padding, *dilation,
-        KD=kd, KH=kh, KW=kw, CHANNELS_LAST=_is_channels_last(dx))
+        kd, kh, kw, _is_channels_last(dx))
     return dx
 
 

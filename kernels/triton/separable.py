@@ -52,11 +52,30 @@ import triton.language as tl
 
 from ._autotune import autotune
 from .configs import CONV
-from .depthwise import depthwise_backward_input, depthwise_backward_weight, depthwise_forward
+from .depthwise import (SMALL_BATCH, SMALL_IMAGE, _prune, depthwise_backward_input,
+                        depthwise_backward_weight)
+
+# Each autotuned kernel's prune, by kernel name (the tests check them against launch arguments).
+PRUNES = {
+    "_dsconv_forward_kernel": _prune("C_OUT", "P_OUT", small=SMALL_IMAGE),
+    "_dsconv_pointwise_weight_kernel": _prune("C_OUT", "Q", small=SMALL_BATCH),
+    "_conv2d_forward_kernel": _prune("C_OUT", "M_TOTAL", small=SMALL_BATCH),
+    "_conv2d_backward_input_kernel": _prune("C_IN", "M_TOTAL", small=SMALL_BATCH),
+    "_conv2d_backward_weight_kernel": _prune("C_OUT", "Q", small=SMALL_BATCH),
+    "_spatial_forward_kernel": _prune("C_OUT", "H_OUT", "W_OUT", small=SMALL_IMAGE),
+}
+
+# Size arguments are not specialised (Triton would compile a kernel for every combination of
+# sizes divisible by 16 or equal to 1): each kernel's _SIZES_ list names them. Strides keep their
+# specialisation, since a unit stride is what makes loads contiguous.
 
 
-@autotune(CONV["dsconv_forward"], key=["CM", "C_OUT", "P_OUT", "KD", "KH", "KW"])
-@triton.jit
+_SIZES_DSCONV_FORWARD = ["CM", "C_OUT", "D_IN", "H_IN", "W_IN", "H_OUT", "W_OUT", "P_OUT"]
+
+
+@autotune(CONV["dsconv_forward"], key=["CM", "C_OUT", "P_OUT", "KD", "KH", "KW"],
+          prune=PRUNES["_dsconv_forward_kernel"])
+@triton.jit(do_not_specialize=_SIZES_DSCONV_FORWARD)
 def _dsconv_forward_kernel(
         x_ptr, wd_ptr, bd_ptr, wp_ptr, bp_ptr, out_ptr,
         CM, C_OUT, M, D_IN, H_IN, W_IN, H_OUT, W_OUT, P_OUT,
@@ -107,8 +126,13 @@ def _dsconv_forward_kernel(
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=p_ok[:, None] & co_ok[None, :])
 
 
-@autotune(CONV["dsconv_backward_pointwise"], key=["CM", "C_OUT", "Q", "KD", "KH", "KW", "SPLIT"])
-@triton.jit
+_SIZES_DSCONV_POINTWISE_WEIGHT = ["CM", "C_OUT", "D_IN", "H_IN", "W_IN", "H_OUT", "W_OUT",
+                                  "P_OUT", "Q", "CHUNK", "SPLIT"]
+
+
+@autotune(CONV["dsconv_backward_pointwise"], key=["CM", "C_OUT", "Q", "KD", "KH", "KW", "SPLIT"],
+          prune=PRUNES["_dsconv_pointwise_weight_kernel"])
+@triton.jit(do_not_specialize=_SIZES_DSCONV_POINTWISE_WEIGHT)
 def _dsconv_pointwise_weight_kernel(
         x_ptr, wd_ptr, bd_ptr, dy_ptr, dw_part_ptr, db_part_ptr,
         CM, C_OUT, M, D_IN, H_IN, W_IN, H_OUT, W_OUT, P_OUT, Q, CHUNK, SPLIT,
@@ -167,8 +191,12 @@ def _dsconv_pointwise_weight_kernel(
             tl.store(db_part_ptr + s.to(tl.int64) * C_OUT + ro, acc_b, mask=o_ok)
 
 
-@autotune(CONV["sep_gemm_forward"], key=["C_IN", "C_OUT", "M_TOTAL", "KH", "KW"])
-@triton.jit
+_SIZES_CONV2D_FORWARD = ["C_IN", "H_IN", "W_IN", "C_OUT", "H_OUT", "W_OUT", "M_TOTAL"]
+
+
+@autotune(CONV["sep_gemm_forward"], key=["C_IN", "C_OUT", "M_TOTAL", "KH", "KW"],
+          prune=PRUNES["_conv2d_forward_kernel"])
+@triton.jit(do_not_specialize=_SIZES_CONV2D_FORWARD)
 def _conv2d_forward_kernel(
         x_ptr, w_ptr, b_ptr, out_ptr,
         C_IN, H_IN, W_IN, C_OUT, H_OUT, W_OUT, M_TOTAL,
@@ -176,7 +204,8 @@ def _conv2d_forward_kernel(
         SH, SW, PH, PW, DH, DW,
         KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """out[n, co, oh, ow] = b[co] + sum over (ci, kh, kw) of w[co, ci, kh, kw] * x[n, ci, ih, iw]."""
+    """out[n, co, oh, ow] = b[co] + sum over (ci, kh, kw) of w[co, ci, kh, kw] * x[n, ci, ih,
+    iw]."""
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
@@ -207,8 +236,12 @@ def _conv2d_forward_kernel(
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
-@autotune(CONV["sep_gemm_backward_input"], key=["C_IN", "C_OUT", "M_TOTAL", "KH", "KW"])
-@triton.jit
+_SIZES_CONV2D_BACKWARD_INPUT = ["C_IN", "H_IN", "W_IN", "C_OUT", "H_OUT", "W_OUT", "M_TOTAL"]
+
+
+@autotune(CONV["sep_gemm_backward_input"], key=["C_IN", "C_OUT", "M_TOTAL", "KH", "KW"],
+          prune=PRUNES["_conv2d_backward_input_kernel"])
+@triton.jit(do_not_specialize=_SIZES_CONV2D_BACKWARD_INPUT)
 def _conv2d_backward_input_kernel(
         dy_ptr, w_ptr, dx_ptr,
         C_IN, H_IN, W_IN, C_OUT, H_OUT, W_OUT, M_TOTAL,
@@ -249,8 +282,13 @@ def _conv2d_backward_input_kernel(
     tl.store(dx, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
-@autotune(CONV["sep_gemm_backward_weight"], key=["C_IN", "C_OUT", "Q", "KH", "KW", "SPLIT"])
-@triton.jit
+_SIZES_CONV2D_BACKWARD_WEIGHT = ["C_IN", "H_IN", "W_IN", "C_OUT", "H_OUT", "W_OUT", "Q", "CHUNK",
+                                 "SPLIT"]
+
+
+@autotune(CONV["sep_gemm_backward_weight"], key=["C_IN", "C_OUT", "Q", "KH", "KW", "SPLIT"],
+          prune=PRUNES["_conv2d_backward_weight_kernel"])
+@triton.jit(do_not_specialize=_SIZES_CONV2D_BACKWARD_WEIGHT)
 def _conv2d_backward_weight_kernel(
         x_ptr, dy_ptr, dw_part_ptr, db_part_ptr,
         C_IN, H_IN, W_IN, C_OUT, H_OUT, W_OUT, Q, CHUNK, SPLIT,
@@ -259,7 +297,8 @@ def _conv2d_backward_weight_kernel(
         KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """dw_part[s, co, ci, tap] = sum over q in [s*CHUNK, (s+1)*CHUNK) of dy[q, co] * x[q through
-    tap, ci], q = (n, oh, ow) flattened; db_part[s, co] = the sum of dy[q, co] (tap 0's programs)."""
+    tap, ci], q = (n, oh, ow) flattened; db_part[s, co] = the sum of dy[q, co] (written by tap
+    0's programs)."""
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     tap = tl.program_id(2) % (KH * KW)
@@ -294,8 +333,14 @@ def _conv2d_backward_weight_kernel(
             tl.store(db_part_ptr + s.to(tl.int64) * C_OUT + rm, acc_b, mask=co_ok)
 
 
-@autotune(CONV["spatial_forward"], key=["C_IN", "C_MID", "C_OUT", "W_OUT", "KH", "KW", "MID_W"])
-@triton.jit
+_SIZES_SPATIAL_FORWARD = ["C_IN", "C_MID", "C_OUT", "H_IN", "W_IN", "H_OUT", "W_OUT", "OW_PER",
+                          "SEGMENTS"]
+
+
+@autotune(CONV["spatial_forward"], key=["C_IN", "C_MID", "C_OUT", "H_OUT", "W_OUT", "KH", "KW",
+                                         "MID_W"],
+          prune=PRUNES["_spatial_forward_kernel"])
+@triton.jit(do_not_specialize=_SIZES_SPATIAL_FORWARD)
 def _spatial_forward_kernel(
         x_ptr, wv_ptr, bv_ptr, wh_ptr, bh_ptr, out_ptr,
         C_IN, C_MID, C_OUT, H_IN, W_IN, H_OUT, W_OUT, OW_PER, SEGMENTS,
