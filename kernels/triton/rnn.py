@@ -33,8 +33,15 @@ gradients (float32, (N, D, G*H)) are written for every step, and after the loop 
 gradients are a few GEMMs over all steps at once (dW_ih = dg^T x, dW_hh = dg^T h_prev, dx = dg W_ih,
 dW_hr = dh^T (o tanh c)), bias gradients column sums: deterministic, no atomics.
 
+**Weights on chip**: when H and P are at most ``RESIDENT_UNITS`` (64), W_hh fits one tile per gate;
+the forward then loads it once, before the time loop, and keeps it in registers
+(``*_forward_resident``: the same kernels with one-tile configurations). Larger W_hh (e.g. 512 KiB
+for a float16 LSTM of H = 256) cannot stay in one SM and is streamed from L2 at every step.
+
 **Cells**: ``cell_forward_kernel`` fuses both products and the gates of one step: program (batch
 tile, unit block), no time loop. Its backward is the layer backward with T = 1.
+
+Small problems (``_TUNE_LOOP``, ``_TUNE_GEMM``) launch the first configuration untuned.
 
 float16 / bfloat16 multiply on tensor cores and keep every state, gate and accumulator in float32
 (h is rounded to the data type only where it is an output: y, h_n). float32 uses TF32 when the
