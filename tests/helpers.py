@@ -111,7 +111,8 @@ def _same_layout(clone, original):
     if not isinstance(original, torch.Tensor) or clone.stride() == original.stride():
         return clone
     # A strided view: rebuild one with the same strides over fresh storage.
-    fresh = torch.empty_strided(original.shape, original.stride(), dtype=original.dtype)
+    fresh = torch.empty_strided(original.shape, original.stride(), dtype=original.dtype,
+                                device=original.device)
     with torch.no_grad():
         fresh.copy_(original)
     return fresh.requires_grad_(clone.requires_grad)
