@@ -68,8 +68,6 @@ PRUNES = {
 # Size arguments are not specialised (Triton would compile a kernel for every combination of
 # sizes divisible by 16 or equal to 1): each kernel's _SIZES_ list names them. Strides keep their
 # specialisation, since a unit stride is what makes loads contiguous.
-
-
 _SIZES_DSCONV_FORWARD = ["CM", "C_OUT", "D_IN", "H_IN", "W_IN", "H_OUT", "W_OUT", "P_OUT"]
 
 
