@@ -12,9 +12,9 @@ On the triton backend (CUDA tensors, or CPU tensors under the interpreter) the s
 dlkern.kernels.triton.rnn, imported on the first such call; ``gates`` and ``saved`` are then that
 backend's float32 workspaces (their shapes differ from the CPU's; the fake implementation asks the
 same dispatch). A cell step is a layer of one step and one direction. Arguments are checked by
-dlkern._validate before these functions run. Calls that need no gradient and are not being traced skip the custom
-op machinery (tens of microseconds, more than a small cell step costs) and call the kernel
-directly: the lean path. The numbers are the same either way.
+dlkern._validate before these functions run. Calls that need no gradient and are not being traced
+skip the custom op machinery (tens of microseconds, more than a small cell step costs) and call
+the kernel directly: the lean path. The numbers are the same either way.
 """
 from typing import List, Optional, Tuple
 
