@@ -299,50 +299,56 @@ from dlkern.kernels.triton import attention as A
 def ptr(dtype):
     return torch.empty(1, dtype=dtype)
 
-f32 = ptr(torch.float32)
+f32, bf16 = ptr(torch.float32), ptr(torch.bfloat16)
 strides = [1 << 20, 1 << 14, 64, 1] * 3 + [4096, 0, 0, 1]
 seed = (1 << 62) + 5
 worst = {{}}
 
-def compile_all(name, kernel, args, configs, **constexprs):
-    for config in configs:
-        kernel.configs = [config]
-        for k in triton_aot.compile_for_h100(kernel, args, **constexprs):
-            assert k.metadata.shared <= triton_aot.H100_SHARED_BYTES, (name, config, k.metadata.shared)
-            worst[name] = max(worst.get(name, 0), k.metadata.shared)
+def compile_one(name, kernel, args, config, **constexprs):
+    kernel.configs = [config]
+    for k in triton_aot.compile_for_h100(kernel, args, **constexprs):
+        assert k.metadata.shared <= triton_aot.H100_SHARED_BYTES, (name, config, k.metadata.shared)
+        worst[name] = max(worst.get(name, 0), k.metadata.shared)
+
+def widest(config):
+    # the widest head a configuration is offered for (see _prune_attention): the most registers
+    # and shared memory it will ever need
+    return min(config.kwargs.get("MAX_HEAD", 256), 256)
 
 for kernel, name in ((A.attention_forward_kernel, "forward"),
                      (A.attention_backward_dkdv_kernel, "dkdv"),
                      (A.attention_backward_dq_kernel, "dq")):
     all_configs = list(kernel.configs)
-    for dtype in (torch.float32, torch.float16, torch.bfloat16):
-        x = ptr(dtype)
+    extra = {{"GRAD_MASK": True}} if name == "dq" else {{}}
+    # every configuration once, in float32 (the most shared memory), at the widest head it
+    # serves, with a head dim that is not a power of two; the first one also in bfloat16
+    for x, configs in ((f32, all_configs), (bf16, all_configs[:1])):
         if name == "forward":
             args = [x, x, x, x, x, f32] + strides + [32, 4, 4096, 4096, 0.18, 0.1, 1.1, seed]
         else:
-            args = [x, x, x, x, x, f32, f32, x, x] + strides + [8, 4, 4096, 4096, 0.18, 0.125, 0.1, 1.1, seed]
-        extra = {{"GRAD_MASK": True}} if name == "dq" else {{}}
-        for width in (64, 128, 256):
-            kept = A._prune_attention(all_configs, {{"BLOCK_D": width, "BLOCK_DV": width}})
-            # every configuration in float32 (the most shared memory); the first in 16-bit types
-            configs = kept if dtype == torch.float32 else kept[:1]
-            if dtype != torch.float32 and width != 128:
-                continue
-            compile_all(name, kernel, args, configs, CAUSAL=True, MASK_KIND=1, DROPOUT=True,
-                        HEAD_D=width - 8 if width > 64 else width, HEAD_DV=width,
-                        BLOCK_D=width, BLOCK_DV=width,
-                        PRECISION="tf32" if dtype == torch.float32 else "ieee", **extra)
+            args = [x, x, x, x, x, f32, f32, x, x] + strides + [8, 4, 4096, 4096, 0.18, 0.125,
+                                                               0.1, 1.1, seed]
+        for config in configs:
+            width = widest(config)
+            assert config in A._prune_attention(all_configs, {{"BLOCK_D": width, "BLOCK_DV": width}})
+            compile_one(name, kernel, args, config, CAUSAL=True, MASK_KIND=1, DROPOUT=True,
+                        HEAD_D=width - 8, HEAD_DV=width, BLOCK_D=width, BLOCK_DV=width,
+                        PRECISION="tf32" if x is f32 else "ieee", **extra)
     kernel.configs = all_configs
 
-for dtype in (torch.float32, torch.float16, torch.bfloat16):
-    x = ptr(dtype)
-    u8, i64 = ptr(torch.uint8), ptr(torch.int64)
-    compile_all("softmax", A.masked_softmax_forward_kernel, [x, u8, i64, x, 5000, 3],
-                A.masked_softmax_forward_kernel.configs, HAS_MASK=True, BLOCK=4096)
-    compile_all("softmax_backward", A.masked_softmax_backward_kernel, [x, x, x, 5000],
-                A.masked_softmax_backward_kernel.configs[:1], BLOCK=4096)
-    triton_aot.compile_for_h100(A.attention_backward_preprocess_kernel, [x, x, f32, 4096],
-                                HEAD_DV=128, BLOCK_DV=128, BLOCK_R=64)
+u8, i64 = ptr(torch.uint8), ptr(torch.int64)
+for x, configs in ((f32, A.masked_softmax_forward_kernel.configs),
+                   (bf16, A.masked_softmax_forward_kernel.configs[:1])):
+    all_configs = list(A.masked_softmax_forward_kernel.configs)
+    for config in configs:
+        compile_one("softmax", A.masked_softmax_forward_kernel, [x, u8, i64, x, 5000, 3], config,
+                    HAS_MASK=True, BLOCK=4096)
+        compile_one("softmax_backward", A.masked_softmax_backward_kernel, [x, x, x, 5000], config,
+                    BLOCK=4096)
+    A.masked_softmax_forward_kernel.configs = all_configs
+    A.masked_softmax_backward_kernel.configs = all_configs
+triton_aot.compile_for_h100(A.attention_backward_preprocess_kernel, [bf16, bf16, f32, 4096],
+                            HEAD_DV=128, BLOCK_DV=128, BLOCK_R=64)
 triton_aot.compile_for_h100(A.dropout_keep_kernel, [f32, seed, 0.1, 1.1, 4096, 1 << 20],
                             BLOCK=1024)
 print("SHARED", worst)
@@ -355,4 +361,4 @@ def test_kernels_compile_for_h100():
     code = _AOT_CODE.format(tests=os.path.dirname(os.path.abspath(__file__)))
     rc, output = run_isolated(code, timeout=600)
     assert rc == 0, output[-3000:]
-    assert "SHARED" in output
+    assert "SHARED" in output, output[-3000:]

@@ -158,6 +158,8 @@ def attention_forward_kernel(
     Grid (cdiv(Lq, BLOCK_M), B * Hq). qk_scale2 = scale * log2(e); MASK_KIND 0 none, 1 any
     strides, 2 constant along queries (stride_mm == 0)."""
     pid_m = tl.program_id(0)
+    if CAUSAL:  # the last query blocks see the most keys: start them first
+        pid_m = tl.num_programs(0) - 1 - pid_m
     bh = tl.program_id(1).to(tl.int64)
     b = bh // Hq
     h = bh % Hq
@@ -432,6 +434,8 @@ def attention_backward_dq_kernel(
     zero-filled by the caller, written where visited if GRAD_MASK. Grid (cdiv(Lq, BLOCK_M), B * Hq).
     """
     pid_m = tl.program_id(0)
+    if CAUSAL:
+        pid_m = tl.num_programs(0) - 1 - pid_m
     bh = tl.program_id(1).to(tl.int64)
     b = bh // Hq
     h = bh % Hq

@@ -44,19 +44,31 @@ CONV = {
         Config({"BLOCK_C": 64, "BLOCK_P": 64}, num_warps=4),
         Config({"BLOCK_C": 4, "BLOCK_P": 256}, num_warps=4),
     ],
-    # -- depthwise.py: direct kernels, tiles of [BLOCK_P pixels, BLOCK_C channels]; the narrow
-    # tiles (BLOCK_C < 16) serve NCDHW tensors, the wide ones channels_last (pruned by layout).
+    # -- depthwise.py: direct kernels. channels_last: [BLOCK_P pixels, BLOCK_C channels] tiles,
+    # wide in channels (the first, narrow one serves a strided tensor that is neither layout).
     "depthwise_forward": [
         Config({"BLOCK_P": 128, "BLOCK_C": 4}, num_warps=4),
-        Config({"BLOCK_P": 512, "BLOCK_C": 1}, num_warps=4),
-        Config({"BLOCK_P": 1024, "BLOCK_C": 1}, num_warps=8),
         Config({"BLOCK_P": 16, "BLOCK_C": 64}, num_warps=4),
         Config({"BLOCK_P": 32, "BLOCK_C": 32}, num_warps=4),
     ],
     "depthwise_backward_input": [
         Config({"BLOCK_P": 128, "BLOCK_C": 4}, num_warps=4),
-        Config({"BLOCK_P": 512, "BLOCK_C": 1}, num_warps=4),
         Config({"BLOCK_P": 16, "BLOCK_C": 64}, num_warps=4),
+        Config({"BLOCK_P": 32, "BLOCK_C": 32}, num_warps=4),
+    ],
+    # NCDHW planes: [BLOCK_H rows, BLOCK_W columns] of one channel's plane per program.
+    "depthwise_forward_planes": [
+        Config({"BLOCK_H": 8, "BLOCK_W": 32}, num_warps=4),
+        Config({"BLOCK_H": 8, "BLOCK_W": 64}, num_warps=4),
+        Config({"BLOCK_H": 16, "BLOCK_W": 32}, num_warps=4),
+        Config({"BLOCK_H": 64, "BLOCK_W": 8}, num_warps=4),
+        Config({"BLOCK_H": 16, "BLOCK_W": 64}, num_warps=8),
+    ],
+    "depthwise_backward_input_planes": [
+        Config({"BLOCK_H": 8, "BLOCK_W": 32}, num_warps=4),
+        Config({"BLOCK_H": 8, "BLOCK_W": 64}, num_warps=4),
+        Config({"BLOCK_H": 16, "BLOCK_W": 32}, num_warps=4),
+        Config({"BLOCK_H": 64, "BLOCK_W": 8}, num_warps=4),
     ],
     # [BLOCK_T taps, BLOCK_P positions]; BLOCK_P must divide 1024 (the launcher's chunk unit).
     "depthwise_backward_weight": [
@@ -117,17 +129,14 @@ ATTENTION = {
         Config({"BLOCK_M": 128, "BLOCK_N": 64, "MAX_HEAD": 128}, num_warps=4, num_stages=3),
         Config({"BLOCK_M": 128, "BLOCK_N": 64, "MAX_HEAD": 128}, num_warps=8, num_stages=3),
         Config({"BLOCK_M": 128, "BLOCK_N": 128, "MAX_HEAD": 64}, num_warps=8, num_stages=3),
-        Config({"BLOCK_M": 128, "BLOCK_N": 32, "MAX_HEAD": 128}, num_warps=4, num_stages=4),
         Config({"BLOCK_M": 64, "BLOCK_N": 64, "MAX_HEAD": 128}, num_warps=4, num_stages=3),
         Config({"BLOCK_M": 64, "BLOCK_N": 64, "MIN_HEAD": 256}, num_warps=8, num_stages=2),
-        Config({"BLOCK_M": 64, "BLOCK_N": 32, "MIN_HEAD": 256}, num_warps=4, num_stages=2),
     ],
     "backward_dkdv": [
         Config({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=4, num_stages=1),
         Config({"BLOCK_M": 64, "BLOCK_N": 128, "MAX_HEAD": 64}, num_warps=8, num_stages=3),
         Config({"BLOCK_M": 32, "BLOCK_N": 128, "MAX_HEAD": 128}, num_warps=8, num_stages=3),
         Config({"BLOCK_M": 64, "BLOCK_N": 64, "MAX_HEAD": 128}, num_warps=4, num_stages=3),
-        Config({"BLOCK_M": 32, "BLOCK_N": 64, "MIN_HEAD": 256}, num_warps=8, num_stages=2),
         Config({"BLOCK_M": 32, "BLOCK_N": 32, "MIN_HEAD": 256}, num_warps=4, num_stages=2),
     ],
     "backward_dq": [
@@ -136,7 +145,6 @@ ATTENTION = {
         Config({"BLOCK_M": 128, "BLOCK_N": 32, "MAX_HEAD": 128}, num_warps=8, num_stages=3),
         Config({"BLOCK_M": 64, "BLOCK_N": 64, "MAX_HEAD": 128}, num_warps=4, num_stages=3),
         Config({"BLOCK_M": 64, "BLOCK_N": 32, "MIN_HEAD": 256}, num_warps=8, num_stages=2),
-        Config({"BLOCK_M": 32, "BLOCK_N": 32, "MIN_HEAD": 256}, num_warps=4, num_stages=2),
     ],
     "softmax": [
         Config({}, num_warps=4),
