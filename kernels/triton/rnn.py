@@ -24,8 +24,8 @@ under the interpreter either). Per step, for each block of hidden units, the rec
 all G gates accumulates in float32 (W_hh streamed from L2, read once per step per program), then
 the gate arithmetic is fused in registers. h_{t-1} is read back from y (the previous step's rows)
 or h0, c_{t-1} from ``saved`` or c0: each value has a single writer, so the kernel is idempotent
-(the autotuner may run it repeatedly) and needs only a CTA barrier between steps. With a projection the
-block loop writes o * tanh(c) first, then a second loop multiplies it by W_hr.
+(the autotuner may run it repeatedly) and needs only a CTA barrier between steps. With a
+projection the block loop writes o * tanh(c) first, then a second loop multiplies it by W_hr.
 
 **Backward** mirrors it, t = last..first in each direction's order: the gradient reaching h_t and
 c_t is carried between steps in float32 ping-pong buffers (D, B, .), the gate pre-activation
@@ -43,9 +43,10 @@ tile, unit block), no time loop. Its backward is the layer backward with T = 1.
 
 Small problems (``_TUNE_LOOP``, ``_TUNE_GEMM``) launch the first configuration untuned.
 
-float16 / bfloat16 multiply on tensor cores and keep every state, gate and accumulator in float32
-(h is rounded to the data type only where it is an output: y, h_n). float32 uses TF32 when the
-launcher is told to (``precision``).
+float16 / bfloat16 multiply on tensor cores and keep the cell state, gates, accumulators and
+gradients in float32; h is an output (y) in the data type and the recurrent product reads it back
+from there, in the type the tensor cores take anyway. float32 uses TF32 when the launcher is told
+to (``precision``).
 """
 import torch
 import triton
