@@ -206,6 +206,8 @@ CONFIG_OF = {
     "_depthwise_forward_kernel": "depthwise_forward",
     "_depthwise_backward_input_kernel": "depthwise_backward_input",
     "_depthwise_backward_weight_kernel": "depthwise_backward_weight",
+    "_depthwise_forward_planes_kernel": "depthwise_forward_planes",
+    "_depthwise_backward_input_planes_kernel": "depthwise_backward_input_planes",
     "_dsconv_forward_kernel": "dsconv_forward",
     "_dsconv_pointwise_weight_kernel": "dsconv_backward_pointwise",
     "_conv2d_forward_kernel": "sep_gemm_forward",
@@ -214,7 +216,8 @@ CONFIG_OF = {
     "_spatial_forward_kernel": "spatial_forward",
 }
 
-SIZE_ARGS = ("C_IN", "C_OUT", "P_IN", "P_OUT", "Q", "M_TOTAL", "H_OUT", "W_OUT")
+SIZE_ARGS = ("C_IN", "C_OUT", "P_IN", "P_OUT", "Q", "M_TOTAL", "H_IN", "W_IN", "H_OUT", "W_OUT",
+             "N_CHANNELS")
 
 
 def test_autotune_prunes_get_their_arguments(triton_device, monkeypatch):
@@ -242,9 +245,11 @@ def test_autotune_prunes_get_their_arguments(triton_device, monkeypatch):
     ones, zeros = (1, 1, 1), (0, 1, 1)
     S.dsconv_forward(x, wd, None, wp, None, ones, zeros, ones, dy.clone())
     S.dsconv_backward(x, wd, None, wp, dy, ones, zeros, ones, torch.empty_like(x), (True, True))
-    out = torch.empty(2, 6, 5, 6, dtype=dtype, device=dev).contiguous(
-        memory_format=torch.channels_last)
-    D.depthwise_forward(x, wd, None, ones, zeros, ones, out[:, :, None])
+    cl = torch.empty(2, 6, 5, 6, dtype=dtype, device=dev).contiguous(
+        memory_format=torch.channels_last)[:, :, None]
+    D.depthwise_forward(x, wd, None, ones, zeros, ones, cl)  # channels_last: the tile kernel
+    D.depthwise_forward(x, wd, None, ones, zeros, ones, torch.empty_like(x).repeat(1, 2, 1, 1, 1))
+    D.depthwise_backward_input(cl, wd, ones, zeros, ones, torch.empty_like(cl[:, :3]))
     x2, wv, wh, dy2 = rand(2, 3, 5, 6), rand(4, 3, 3, 1), rand(5, 4, 1, 3), rand(2, 5, 5, 6)
     S.spatial_forward(x2, wv, None, wh, None, (1, 1), (1, 1), (1, 1), dy2.clone())
     S.spatial_backward(x2, wv, None, wh, dy2, (1, 1), (1, 1), (1, 1), torch.empty_like(x2),
@@ -263,6 +268,7 @@ def test_autotune_prunes_get_their_arguments(triton_device, monkeypatch):
         else:
             assert kept == full, name
     assert seen["_depthwise_forward_kernel"]["CHANNELS_LAST"]
+    assert seen["_depthwise_backward_input_kernel"]["CHANNELS_LAST"]
 
 
 # ---------------------------------------------------------------- sm_90 compile
@@ -304,6 +310,11 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16):
     compile_all("depthwise_backward_input", D._depthwise_backward_input_kernel,
                 [x, x, x] + ints(8) + ints(10) + ints(9), first,
                 KD=1, KH=3, KW=3, CHANNELS_LAST=True)
+    compile_all("depthwise_forward_planes", D._depthwise_forward_planes_kernel,
+                [x, x, x, x] + ints(7) + ints(10) + ints(9), first,
+                KD=1, KH=3, KW=3, HAS_BIAS=True)
+    compile_all("depthwise_backward_input_planes", D._depthwise_backward_input_planes_kernel,
+                [x, x, x] + ints(7) + ints(10) + ints(9), first, KD=1, KH=3, KW=3)
     f32 = t(torch.float32)
     compile_all("depthwise_backward_weight", D._depthwise_backward_weight_kernel,
                 [x, x, f32, f32] + ints(11) + ints(10) + ints(9), first,

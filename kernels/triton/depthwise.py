@@ -9,11 +9,16 @@ Rank-3 canonical torch tensors, any strides (NCDHW or channels_last alike):
 ``stride``, ``padding`` (before the first element of each axis) and ``dilation`` are 3-tuples.
 
 A depthwise convolution does KD*KH*KW multiply-adds per output element and reads each input once:
-it is memory-bound, so these are direct kernels. A program owns a tile of output pixels of a few
-channels, [BLOCK_P, BLOCK_C]; the kernel taps are unrolled (the kernel size is a constexpr), and
-the neighbouring taps' loads hit L1/L2. NCDHW tensors want many pixels of few channels per tile,
-channels_last tensors many channels (their contiguous axis): the configurations are keyed on the
-layout. Products accumulate in float32 whatever the input dtype.
+it is memory-bound, so these are direct kernels: the kernel taps are unrolled (the kernel size is
+a constexpr) and the neighbouring taps' loads hit L1/L2. Products accumulate in float32 whatever
+the input dtype. Two tilings of the forward and of the input gradient:
+
+* NCDHW (``*_planes_kernel``): a program owns a [BLOCK_H, BLOCK_W] tile of one plane of one
+  channel; rows and columns are separate index vectors, so bounds (and, for the input gradient,
+  stride divisibility) are checked per row and per column and no pixel index is divided.
+* any layout, used for channels_last (``_depthwise_forward_kernel``,
+  ``_depthwise_backward_input_kernel``): a program owns [BLOCK_P pixels (flattened), BLOCK_C
+  channels], channels being the contiguous axis; the configurations are pruned by layout.
 
 * forward: out[n, co, p] = b[co] + sum_t w[co, t] * x[n, co // m, in(p, t)].
 * gradient of the input (a gather, race-free): dx[n, c, q] = sum_j sum_t w[c*m + j, t] *
@@ -63,6 +68,10 @@ PRUNES = {
     "_depthwise_backward_input_kernel": _prune("C_IN", "P_IN", small=SMALL_IMAGE,
                                                layout="CHANNELS_LAST"),
     "_depthwise_backward_weight_kernel": _prune("C_OUT", "Q", small=SMALL_BATCH),
+    "_depthwise_forward_planes_kernel": _prune("N_CHANNELS", "H_OUT", "W_OUT",
+                                               small=SMALL_IMAGE),
+    "_depthwise_backward_input_planes_kernel": _prune("N_CHANNELS", "H_IN", "W_IN",
+                                                      small=SMALL_IMAGE),
 }
 
 # Size arguments are not specialised (Triton would compile a kernel for every combination of
@@ -88,9 +97,10 @@ def _depthwise_forward_kernel(
     co = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     p_ok = p < P_OUT
     c_ok = co < C_OUT
-    ow = p % W_OUT
-    oh = (p // W_OUT) % H_OUT
-    od = p // (W_OUT * H_OUT)
+    rows = p // W_OUT
+    ow = p - rows * W_OUT
+    od = rows // H_OUT
+    oh = rows - od * H_OUT
     x_chan = x_ptr + n * sxn + (co // M).to(tl.int64) * sxc
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     for kd in tl.static_range(KD):
@@ -115,6 +125,57 @@ def _depthwise_forward_kernel(
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=p_ok[:, None] & c_ok[None, :])
 
 
+_SIZES_DEPTHWISE_FORWARD_PLANES = ["D_IN", "H_IN", "W_IN", "H_OUT", "W_OUT", "N_CHANNELS"]
+
+
+@autotune(CONV["depthwise_forward_planes"], key=["H_OUT", "W_OUT", "M", "KD", "KH", "KW"],
+          prune=PRUNES["_depthwise_forward_planes_kernel"])
+@triton.jit(do_not_specialize=_SIZES_DEPTHWISE_FORWARD_PLANES)
+def _depthwise_forward_planes_kernel(
+        x_ptr, w_ptr, b_ptr, out_ptr,
+        M, D_IN, H_IN, W_IN, H_OUT, W_OUT, N_CHANNELS,
+        sxn, sxc, sxd, sxh, sxw, son, soc, sod, soh, sow,
+        SD, SH, SW, PD, PH, PW, DD, DH, DW,
+        KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr,
+        BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """The forward for NCDHW tensors: a program computes a [BLOCK_H, BLOCK_W] tile of one output
+    plane (one image, channel and output depth). Rows and columns are separate index vectors, so
+    the bounds checks are per row and per column and no per-pixel division is needed."""
+    tiles_w = tl.cdiv(W_OUT, BLOCK_W)
+    tiles_h = tl.cdiv(H_OUT, BLOCK_H)
+    tile = tl.program_id(0)
+    tw = tile % tiles_w
+    th = (tile // tiles_w) % tiles_h
+    od = tile // (tiles_w * tiles_h)
+    co = tl.program_id(1)
+    n = tl.program_id(2).to(tl.int64)
+    oh = th * BLOCK_H + tl.arange(0, BLOCK_H)
+    ow = tw * BLOCK_W + tl.arange(0, BLOCK_W)
+    x_chan = x_ptr + n * sxn + (co // M).to(tl.int64) * sxc
+    acc = tl.zeros((BLOCK_H, BLOCK_W), dtype=tl.float32)
+    for kd in tl.static_range(KD):
+        i_d = od * SD - PD + kd * DD
+        ok_d = (i_d >= 0) & (i_d < D_IN)
+        for kh in tl.static_range(KH):
+            ih = oh * SH - PH + kh * DH
+            ok_h = ok_d & (ih >= 0) & (ih < H_IN)
+            rows = x_chan + i_d * sxd + ih * sxh
+            for kw in tl.static_range(KW):
+                iw = ow * SW - PW + kw * DW
+                ok_w = (iw >= 0) & (iw < W_IN)
+                xv = tl.load(rows[:, None] + (iw * sxw)[None, :],
+                             mask=ok_h[:, None] & ok_w[None, :], other=0.0)
+                wv = tl.load(w_ptr + co * (KD * KH * KW) + ((kd * KH + kh) * KW + kw))
+                acc += xv.to(tl.float32) * wv.to(tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + co).to(tl.float32)
+    out = (out_ptr + n * son + co.to(tl.int64) * soc + od * sod + (oh * soh)[:, None]
+           + (ow * sow)[None, :])
+    tl.store(out, acc.to(out_ptr.dtype.element_ty),
+             mask=(oh < H_OUT)[:, None] & (ow < W_OUT)[None, :])
+
+
+
 _SIZES_DEPTHWISE_BACKWARD_INPUT = ["C_IN", "D_OUT", "H_OUT", "W_OUT", "H_IN", "W_IN", "P_IN"]
 
 
@@ -136,9 +197,10 @@ def _depthwise_backward_input_kernel(
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     q_ok = q < P_IN
     c_ok = c < C_IN
-    iw = q % W_IN
-    ih = (q // W_IN) % H_IN
-    i_d = q // (W_IN * H_IN)
+    rows = q // W_IN
+    iw = q - rows * W_IN
+    i_d = rows // H_IN
+    ih = rows - i_d * H_IN
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     for j in range(M):
         co = c * M + j
@@ -165,6 +227,60 @@ def _depthwise_backward_input_kernel(
     dx = (dx_ptr + n * sxn + c.to(tl.int64)[None, :] * sxc
           + (i_d * sxd + ih * sxh + iw * sxw)[:, None])
     tl.store(dx, acc.to(dx_ptr.dtype.element_ty), mask=q_ok[:, None] & c_ok[None, :])
+
+
+_SIZES_DEPTHWISE_BACKWARD_INPUT_PLANES = ["D_OUT", "H_OUT", "W_OUT", "H_IN", "W_IN",
+                                          "N_CHANNELS"]
+
+
+@autotune(CONV["depthwise_backward_input_planes"], key=["H_IN", "W_IN", "M", "KD", "KH", "KW"],
+          prune=PRUNES["_depthwise_backward_input_planes_kernel"])
+@triton.jit(do_not_specialize=_SIZES_DEPTHWISE_BACKWARD_INPUT_PLANES)
+def _depthwise_backward_input_planes_kernel(
+        dy_ptr, w_ptr, dx_ptr,
+        M, D_OUT, H_OUT, W_OUT, H_IN, W_IN, N_CHANNELS,
+        syn, syc, syd, syh, syw, sxn, sxc, sxd, sxh, sxw,
+        SD, SH, SW, PD, PH, PW, DD, DH, DW,
+        KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+        BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """The input gradient for NCDHW tensors, a [BLOCK_H, BLOCK_W] tile of one input plane per
+    program; the gather's divisibility and bounds checks are per row and per column."""
+    tiles_w = tl.cdiv(W_IN, BLOCK_W)
+    tiles_h = tl.cdiv(H_IN, BLOCK_H)
+    tile = tl.program_id(0)
+    tw = tile % tiles_w
+    th = (tile // tiles_w) % tiles_h
+    i_d = tile // (tiles_w * tiles_h)
+    c = tl.program_id(1)
+    n = tl.program_id(2).to(tl.int64)
+    ih = th * BLOCK_H + tl.arange(0, BLOCK_H)
+    iw = tw * BLOCK_W + tl.arange(0, BLOCK_W)
+    acc = tl.zeros((BLOCK_H, BLOCK_W), dtype=tl.float32)
+    for j in range(M):
+        co = c * M + j
+        dy_chan = dy_ptr + n * syn + co.to(tl.int64) * syc
+        for kd in tl.static_range(KD):
+            num_d = i_d + PD - kd * DD
+            od = num_d // SD
+            ok_d = (num_d >= 0) & (od * SD == num_d) & (od < D_OUT)
+            for kh in tl.static_range(KH):
+                num_h = ih + PH - kh * DH
+                oh = num_h // SH
+                ok_h = ok_d & (num_h >= 0) & (oh * SH == num_h) & (oh < H_OUT)
+                rows = dy_chan + od * syd + oh * syh
+                for kw in tl.static_range(KW):
+                    num_w = iw + PW - kw * DW
+                    ow = num_w // SW
+                    ok_w = (num_w >= 0) & (ow * SW == num_w) & (ow < W_OUT)
+                    g = tl.load(rows[:, None] + (ow * syw)[None, :],
+                                mask=ok_h[:, None] & ok_w[None, :], other=0.0)
+                    wv = tl.load(w_ptr + co * (KD * KH * KW) + ((kd * KH + kh) * KW + kw))
+                    acc += g.to(tl.float32) * wv.to(tl.float32)
+    dx = (dx_ptr + n * sxn + c.to(tl.int64) * sxc + i_d * sxd + (ih * sxh)[:, None]
+          + (iw * sxw)[None, :])
+    tl.store(dx, acc.to(dx_ptr.dtype.element_ty),
+             mask=(ih < H_IN)[:, None] & (iw < W_IN)[None, :])
+
 
 
 _SIZES_DEPTHWISE_BACKWARD_WEIGHT = ["C_OUT", "D_IN", "H_IN", "W_IN", "H_OUT", "W_OUT", "P_OUT",
@@ -197,11 +313,13 @@ def _depthwise_backward_weight_kernel(
     for q0 in range(s * CHUNK, q_end, BLOCK_P):
         q = q0 + tl.arange(0, BLOCK_P)
         q_ok = q < q_end
-        n = (q // P_OUT).to(tl.int64)
-        p = q % P_OUT
-        ow = p % W_OUT
-        oh = (p // W_OUT) % H_OUT
-        od = p // (W_OUT * H_OUT)
+        n = q // P_OUT
+        p = q - n * P_OUT
+        rows = p // W_OUT
+        ow = p - rows * W_OUT
+        od = rows // H_OUT
+        oh = rows - od * H_OUT
+        n = n.to(tl.int64)
         g = tl.load(dy_ptr + n * syn + co.to(tl.int64) * syc + od * syd + oh * syh + ow * syw,
                     mask=q_ok, other=0.0).to(tl.float32)
         i_d = od[None, :] * SD - PD + kd[:, None] * DD
@@ -237,6 +355,20 @@ def depthwise_forward(x, w, b, stride, padding, dilation, out):
     c_out, _, kd, kh, kw = w.shape
     w = w.contiguous()
     b = b.contiguous() if b is not None else None
+    if not _is_channels_last(out):
+        h_out, w_out = out.shape[3:]
+
+        def planes(meta):
+            tiles_h = triton.cdiv(h_out, meta["BLOCK_H"])
+            tiles_w = triton.cdiv(w_out, meta["BLOCK_W"])
+            return (out.shape[2] * tiles_h * tiles_w, c_out, n_img)
+
+        _depthwise_forward_planes_kernel[planes](
+            x, w, b if b is not None else w, out,
+            c_out // c_in, *x.shape[2:], h_out, w_out, c_out,
+            *_strides(x), *_strides(out), *stride, *padding, *dilation,
+            kd, kh, kw, b is not None)
+        return out
     p_out = out.shape[2] * out.shape[3] * out.shape[4]
 
     def grid(meta):
@@ -257,6 +389,18 @@ def depthwise_backward_input(dy, w, stride, padding, dilation, dx):
     n_img, c_in = dx.shape[:2]
     c_out, _, kd, kh, kw = w.shape
     w = w.contiguous()
+    if not _is_channels_last(dx):
+        h_in, w_in = dx.shape[3:]
+
+        def planes(meta):
+            tiles_h = triton.cdiv(h_in, meta["BLOCK_H"])
+            tiles_w = triton.cdiv(w_in, meta["BLOCK_W"])
+            return (dx.shape[2] * tiles_h * tiles_w, c_in, n_img)
+
+        _depthwise_backward_input_planes_kernel[planes](
+            dy, w, dx, c_out // c_in, *dy.shape[2:], h_in, w_in, c_in,
+            *_strides(dy), *_strides(dx), *stride, *padding, *dilation, kd, kh, kw)
+        return dx
     p_in = dx.shape[2] * dx.shape[3] * dx.shape[4]
 
     def grid(meta):

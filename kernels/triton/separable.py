@@ -89,9 +89,10 @@ def _dsconv_forward_kernel(
     co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     p_ok = p < P_OUT
     co_ok = co < C_OUT
-    ow = p % W_OUT
-    oh = (p // W_OUT) % H_OUT
-    od = p // (W_OUT * H_OUT)
+    rows = p // W_OUT
+    ow = p - rows * W_OUT
+    od = rows // H_OUT
+    oh = rows - od * H_OUT
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, CM, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
@@ -154,11 +155,13 @@ def _dsconv_pointwise_weight_kernel(
     for q0 in range(s * CHUNK, q_end, BLOCK_K):
         q = q0 + tl.arange(0, BLOCK_K)
         q_ok = q < q_end
-        n = (q // P_OUT).to(tl.int64)
-        p = q % P_OUT
-        ow = p % W_OUT
-        oh = (p // W_OUT) % H_OUT
-        od = p // (W_OUT * H_OUT)
+        n = q // P_OUT
+        p = q - n * P_OUT
+        rows = p // W_OUT
+        ow = p - rows * W_OUT
+        od = rows // H_OUT
+        oh = rows - od * H_OUT
+        n = n.to(tl.int64)
         a = tl.load(dy_ptr + (n * syn + od * syd + oh * syh + ow * syw)[None, :]
                     + ro.to(tl.int64)[:, None] * syc,
                     mask=o_ok[:, None] & q_ok[None, :], other=0.0)
