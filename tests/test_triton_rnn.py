@@ -8,7 +8,6 @@ kernel for sm_90 in a fresh process without the interpreter.
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -34,22 +33,6 @@ def exact_float32(monkeypatch):
     matmul.allow_tf32 = False
     yield
     matmul.allow_tf32 = saved
-
-
-@pytest.fixture(autouse=True)
-def interpreter_index_fix(monkeypatch):
-    """Triton 3.6's interpreter turns a scalar into a loop bound with int(array of shape (1,)),
-    which NumPy >= 2.4 refuses; read the element instead (only while these tests run)."""
-    if torch.cuda.is_available() or np.lib.NumpyVersion(np.__version__) < "2.4.0":
-        return
-    interpreter = pytest.importorskip("triton.runtime.interpreter")
-    original = interpreter._patch_lang_tensor
-
-    def patch_lang_tensor(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-
-    monkeypatch.setattr(interpreter, "_patch_lang_tensor", patch_lang_tensor)
 
 
 # One layer configuration per case: every parameter kind at least once. lengths: None = a padded
