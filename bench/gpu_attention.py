@@ -100,6 +100,13 @@ def _sdpa_case(ctx, name, shape, kwargs, mask_kind, dtype):
         ctx.check(f"{name} grad {arg}", dtype, a, e, t)
 
 
+# (name, input shape, bool mask shape); softmax over the last axis
+SOFTMAX_CHECKS = [
+    ("masked_softmax (4, 8, 300)", (4, 8, 300), (4, 1, 300)),
+    ("masked_softmax (64, 6000)", (64, 6000), (6000,)),
+]
+
+
 def _softmax_reference(x, mask, dim):
     mask = mask.expand(x.shape)
     keep_any = mask.any(dim, keepdim=True)
@@ -153,8 +160,7 @@ def check(ctx, dtypes=CHECK_DTYPES):
                     _sdpa_case(ctx, name, shape, kwargs, mask_kind, dtype)
                 except Exception as exc:  # a failing case is reported, the others still run
                     ctx.check_failed(name, dtype, exc)
-            for name, shape, mask_shape in (("masked_softmax (4, 8, 300)", (4, 8, 300), (4, 1, 300)),
-                                            ("masked_softmax (64, 6000)", (64, 6000), (6000,))):
+            for name, shape, mask_shape in SOFTMAX_CHECKS:
                 try:
                     _softmax_case(ctx, name, shape, mask_shape, dtype)
                 except Exception as exc:

@@ -84,9 +84,11 @@ def make_mask(kind, b, h, lq, lk, dtype, gen):
 def sdpa_inputs(shape, dtype, device, gen, layout="contiguous"):
     b, hq, hk, lq, lk, d, dv = shape
     if layout == "transposed":  # (B, L, H, D) memory viewed as (B, H, L, D)
-        make = lambda h, n, e: make_tensor((b, n, h, e), torch.float64, generator=gen).transpose(1, 2)  # noqa: E731
+        def make(h, n, e):
+            return make_tensor((b, n, h, e), torch.float64, generator=gen).transpose(1, 2)
     else:
-        make = lambda h, n, e: make_tensor((b, h, n, e), torch.float64, generator=gen)  # noqa: E731
+        def make(h, n, e):
+            return make_tensor((b, h, n, e), torch.float64, generator=gen)
     return tuple(t.to(device=device, dtype=dtype) for t in (make(hq, lq, d), make(hk, lk, d),
                                                             make(hk, lk, dv)))
 
@@ -324,13 +326,15 @@ for kernel, name in ((A.attention_forward_kernel, "forward"),
     # serves, with a head dim that is not a power of two; the first one also in bfloat16
     for x, configs in ((f32, all_configs), (bf16, all_configs[:1])):
         if name == "forward":
-            args = [x, x, x, x, x, f32] + strides + [32, 4, 4096, 4096, 0.18, 0.1, 1.1, seed]
+            args = [x, x, x, x, x, f32] + strides + [32, 4, 4096, 4096, 0.18, 0.1, 1.1, seed,
+                                                     4096, 4096]
         else:
             args = [x, x, x, x, x, f32, f32, x, x] + strides + [8, 4, 4096, 4096, 0.18, 0.125,
-                                                               0.1, 1.1, seed]
+                                                               0.1, 1.1, seed, 4096, 4096]
         for config in configs:
             width = widest(config)
-            assert config in A._prune_attention(all_configs, {{"BLOCK_D": width, "BLOCK_DV": width}})
+            offered = A._prune_attention(all_configs, {{"BLOCK_D": width, "BLOCK_DV": width}})
+            assert config in offered
             compile_one(name, kernel, args, config, CAUSAL=True, MASK_KIND=1, DROPOUT=True,
                         HEAD_D=width - 8, HEAD_DV=width, BLOCK_D=width, BLOCK_DV=width,
                         PRECISION="tf32" if x is f32 else "ieee", **extra)

@@ -30,7 +30,6 @@ from dlkern.kernels.triton._autotune import autotune
 from dlkern.kernels.triton.configs import ATTENTION
 
 _LOG2E = 1.4426950408889634
-_LN2 = 0.6931471805599453
 
 
 def _prune_attention(configs, named_args):
@@ -139,7 +138,7 @@ def _forward_range(acc, l_i, m_i, q, K, V, mask_ptr, offs_m, rows, lo, hi, Lq, L
     return acc, l_i, m_i
 
 
-@autotune(ATTENTION["forward"], key=["Lq", "Lk", "HEAD_D", "HEAD_DV", "CAUSAL", "MASK_KIND",
+@autotune(ATTENTION["forward"], key=["q_bucket", "k_bucket", "HEAD_D", "HEAD_DV", "CAUSAL", "MASK_KIND",
                                      "DROPOUT"], prune=_prune_attention)
 @triton.jit
 def attention_forward_kernel(
@@ -148,14 +147,15 @@ def attention_forward_kernel(
         stride_kb, stride_kh, stride_kn, stride_kd,
         stride_vb, stride_vh, stride_vn, stride_vd,
         stride_mb, stride_mh, stride_mm, stride_mn,
-        Hq, group, Lq, Lk, qk_scale2, dropout_p, inv_keep, seed,
+        Hq, group, Lq, Lk, qk_scale2, dropout_p, inv_keep, seed, q_bucket, k_bucket,
         CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, DROPOUT: tl.constexpr,
         HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr,
         BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MAX_HEAD: tl.constexpr = 256,
         MIN_HEAD: tl.constexpr = 0):
     """Out (B, Hq, Lq, HEAD_DV) contiguous, q's dtype; Lse (B, Hq, Lq) contiguous float32.
-    Grid (cdiv(Lq, BLOCK_M), B * Hq). qk_scale2 = scale * log2(e); MASK_KIND 0 none, 1 any
+    Grid (cdiv(Lq, BLOCK_M), B * Hq). qk_scale2 = scale * log2(e); q_bucket and k_bucket, the
+    lengths rounded up to powers of two, key the autotuning only; MASK_KIND 0 none, 1 any
     strides, 2 constant along queries (stride_mm == 0)."""
     pid_m = tl.program_id(0)
     if CAUSAL:  # the last query blocks see the most keys: start them first
@@ -168,7 +168,8 @@ def attention_forward_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     row_in = offs_m < Lq
-    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
+    q_ptrs = (Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm
+              + offs_d[None, :] * stride_qd)
     q = tl.load(q_ptrs, mask=row_in[:, None] & (offs_d[None, :] < HEAD_D), other=0.0)
     K += b * stride_kb + hk * stride_kh
     V += b * stride_vb + hk * stride_vh
@@ -281,7 +282,7 @@ def _dkdv_maybe(dk, dv, k, v, Q, GradOut, Lse, Delta, mask_ptr, offs_m, offs_n, 
     return dk, dv
 
 
-@autotune(ATTENTION["backward_dkdv"], key=["Lq", "Lk", "HEAD_D", "HEAD_DV", "CAUSAL",
+@autotune(ATTENTION["backward_dkdv"], key=["q_bucket", "k_bucket", "HEAD_D", "HEAD_DV", "CAUSAL",
                                            "MASK_KIND", "DROPOUT"], prune=_prune_attention)
 @triton.jit
 def attention_backward_dkdv_kernel(
@@ -290,7 +291,7 @@ def attention_backward_dkdv_kernel(
         stride_kb, stride_kh, stride_kn, stride_kd,
         stride_vb, stride_vh, stride_vn, stride_vd,
         stride_mb, stride_mh, stride_mm, stride_mn,
-        Hk, group, Lq, Lk, qk_scale2, scale, dropout_p, inv_keep, seed,
+        Hk, group, Lq, Lk, qk_scale2, scale, dropout_p, inv_keep, seed, q_bucket, k_bucket,
         CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, DROPOUT: tl.constexpr,
         HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr,
         BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr,
@@ -320,7 +321,8 @@ def attention_backward_dkdv_kernel(
     if CAUSAL:
         lo = (pid_n * BLOCK_N // BLOCK_M) * BLOCK_M  # earlier queries see none of these keys
     # query blocks from `split` on lie wholly below the diagonal of the block's last key
-    split = tl.maximum(lo, tl.minimum(tl.cdiv(pid_n * BLOCK_N + BLOCK_N - 1, BLOCK_M) * BLOCK_M, Lq))
+    split = tl.cdiv(pid_n * BLOCK_N + BLOCK_N - 1, BLOCK_M) * BLOCK_M
+    split = tl.maximum(lo, tl.minimum(split, Lq))
     for g in range(group):
         h = hk * group + g
         bh = b * hq_total + h
@@ -414,7 +416,7 @@ def _dq_range(dq, q, do, shift, delta, K, V, mask_ptr, grad_mask_ptr, offs_m, ro
     return dq
 
 
-@autotune(ATTENTION["backward_dq"], key=["Lq", "Lk", "HEAD_D", "HEAD_DV", "CAUSAL",
+@autotune(ATTENTION["backward_dq"], key=["q_bucket", "k_bucket", "HEAD_D", "HEAD_DV", "CAUSAL",
                                          "MASK_KIND", "DROPOUT", "GRAD_MASK"],
           prune=_prune_attention)
 @triton.jit
@@ -424,7 +426,7 @@ def attention_backward_dq_kernel(
         stride_kb, stride_kh, stride_kn, stride_kd,
         stride_vb, stride_vh, stride_vn, stride_vd,
         stride_mb, stride_mh, stride_mm, stride_mn,
-        Hq, group, Lq, Lk, qk_scale2, scale, dropout_p, inv_keep, seed,
+        Hq, group, Lq, Lk, qk_scale2, scale, dropout_p, inv_keep, seed, q_bucket, k_bucket,
         CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, DROPOUT: tl.constexpr,
         GRAD_MASK: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr,
@@ -497,7 +499,7 @@ def dropout_keep_kernel(Out, seed, dropout_p, inv_keep, Lk, total, BLOCK: tl.con
 # ---------------------------------------------------------------------------------------------
 # masked softmax
 
-@autotune(ATTENTION["softmax"], key=["N", "HAS_MASK"])
+@autotune(ATTENTION["softmax"], key=["BLOCK", "HAS_MASK"])
 @triton.jit
 def masked_softmax_forward_kernel(X, Mask, MaskRowOffset, Out, N, mask_col_stride,
                                   HAS_MASK: tl.constexpr, BLOCK: tl.constexpr):
@@ -540,7 +542,7 @@ def masked_softmax_forward_kernel(X, Mask, MaskRowOffset, Out, N, mask_col_strid
         tl.store(Out + row * N + offs, y.to(Out.dtype.element_ty), mask=inside)
 
 
-@autotune(ATTENTION["softmax"], key=["N"])
+@autotune(ATTENTION["softmax"], key=["BLOCK"])
 @triton.jit
 def masked_softmax_backward_kernel(Y, GradY, GradX, N, BLOCK: tl.constexpr):
     """GradX[r] = Y[r] * (GradY[r] - sum(GradY[r] * Y[r])); all (R, N) contiguous. Grid (R,).
@@ -576,6 +578,12 @@ def _philox_seed(seed):
     return (int(seed) & ((1 << 62) - 1)) | (1 << 62)
 
 
+def _buckets(lq, lk):
+    """The lengths the autotuning is keyed on: powers of two, so that a model whose sequence
+    lengths vary does not tune again for every length."""
+    return max(16, triton.next_power_of_2(lq)), max(16, triton.next_power_of_2(lk))
+
+
 def _mask_arguments(mask, q):
     """(tensor, 4 strides, MASK_KIND) of the canonical (B, Hq, Lq, Lk) additive mask or None."""
     if mask is None:
@@ -603,7 +611,7 @@ def attention_forward(q, k, v, mask, causal, scale, dropout_p, seed, out, lse, a
     attention_forward_kernel[grid](
         q, k, v, mask_t, out, lse, *q.stride(), *k.stride(), *v.stride(), *ms,
         hq, hq // hk, lq, lk, float(scale) * _LOG2E, float(dropout_p), inv_keep,
-        _philox_seed(seed), bool(causal), kind, dropout_p > 0.0, d, dv, _head_block(d),
+        _philox_seed(seed), *_buckets(lq, lk), bool(causal), kind, dropout_p > 0.0, d, dv, _head_block(d),
         _head_block(dv), _precision(q, allow_tf32))
 
 
@@ -623,7 +631,7 @@ def attention_backward(grad_out, q, k, v, mask, out, lse, causal, scale, dropout
         out, grad_out, delta, rows, dv, _head_block(dv), block_r)
     common = (*q.stride(), *k.stride(), *v.stride(), *ms)
     scalars = (lq, lk, float(scale) * _LOG2E, float(scale), float(dropout_p), inv_keep,
-               _philox_seed(seed), bool(causal), kind, dropout_p > 0.0)
+               _philox_seed(seed), *_buckets(lq, lk), bool(causal), kind, dropout_p > 0.0)
     precision = _precision(q, allow_tf32)
 
     def grid_keys(meta):
