@@ -5,7 +5,6 @@ and every kernel is also compiled for an H100 (sm_90) with every autotune config
 import math
 import zlib
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,27 +12,6 @@ import torch.nn.functional as F
 import dlkern.functional as DF
 import dlkern.nn as dnn
 from helpers import TRITON_DTYPES, assert_close, check_against_torch, make_tensor, run_isolated
-
-
-@pytest.fixture(autouse=True)
-def interpreter_scalar_loops(monkeypatch):
-    """Triton 3.6's interpreter holds scalar arguments as 1-element arrays and turns them into loop
-    bounds with int(array), which NumPy >= 2.4 refuses for arrays with a dimension; read element 0
-    instead (only under TRITON_INTERPRET, only for this module's tests)."""
-    import os
-    if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
-        yield
-        return
-    from triton.runtime import interpreter
-    original = interpreter._patch_lang_tensor
-
-    def patch(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__",
-                       lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
-
-    monkeypatch.setattr(interpreter, "_patch_lang_tensor", patch)
-    yield
 
 
 def _id(v):
