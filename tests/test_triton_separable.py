@@ -96,15 +96,15 @@ def test_depthwise_kernels_direct(triton_device):
 
     dtype = TRITON_DTYPES[0]
     g = torch.Generator().manual_seed(2)
-    x = make_tensor((2, 3, 3, 7, 6), torch.float64, generator=g)
-    w = make_tensor((6, 1, 2, 3, 2), torch.float64, generator=g)
+    x = make_tensor((2, 3, 3, 7, 6), torch.float64, generator=g).to(triton_device)
+    w = make_tensor((6, 1, 2, 3, 2), torch.float64, generator=g).to(triton_device)
     stride, padding, dilation = (1, 2, 1), (1, 1, 0), (1, 1, 2)
     xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
     ref = F.conv3d(xr, wr, None, stride, padding, dilation, groups=3)
-    dy = make_tensor(tuple(ref.shape), torch.float64, generator=g)
+    dy = make_tensor(tuple(ref.shape), torch.float64, generator=g).to(triton_device)
     ref.backward(dy)
     cl = torch.channels_last_3d
-    xd, wd, dyd = (t.to(triton_device, dtype) for t in (x, w, dy))
+    xd, wd, dyd = (t.to(dtype) for t in (x, w, dy))
     out = torch.full(ref.shape, float("nan"), dtype=dtype, device=triton_device).contiguous(
         memory_format=cl)
     depthwise.depthwise_forward(xd.contiguous(memory_format=cl), wd, None, stride, padding,
