@@ -312,7 +312,7 @@ for kernel, name in ((A.attention_forward_kernel, "forward"),
         for config in configs:
             width = widest(config)
             offered = A._prune_attention(all_configs, {{"BLOCK_D": width, "BLOCK_DV": width}})
-            assert config in offered
+            assert config in offered or config is all_configs[0]
             compile_one(name, kernel, args, config, CAUSAL=True, MASK_KIND=1, DROPOUT=True,
                         HEAD_D=width - 8, HEAD_DV=width, BLOCK_D=width, BLOCK_DV=width,
                         PRECISION="tf32" if x is f32 else "ieee", **extra)

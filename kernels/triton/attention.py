@@ -33,10 +33,13 @@ _LOG2E = 1.4426950408889634
 
 
 def _prune_attention(configs, named_args):
-    """Drop the tiles whose registers or shared memory do not fit a head this wide."""
+    """Drop the tiles whose registers or shared memory do not fit a head this wide, and the first
+    configuration (the interpreter's small tiles, valid for every head) when another one fits."""
     width = max(named_args["BLOCK_D"], named_args["BLOCK_DV"])
     kept = [c for c in configs if c.kwargs.get("MAX_HEAD", 256) >= width
             and c.kwargs.get("MIN_HEAD", 0) <= width]
+    if len(kept) > 1 and kept[0] is configs[0]:
+        kept = kept[1:]
     return kept or list(configs)[:1]
 
 
@@ -138,8 +141,8 @@ def _forward_range(acc, l_i, m_i, q, K, V, mask_ptr, offs_m, rows, lo, hi, Lq, L
     return acc, l_i, m_i
 
 
-@autotune(ATTENTION["forward"], key=["q_bucket", "k_bucket", "HEAD_D", "HEAD_DV", "CAUSAL", "MASK_KIND",
-                                     "DROPOUT"], prune=_prune_attention)
+@autotune(ATTENTION["forward"], key=["q_bucket", "k_bucket", "HEAD_D", "HEAD_DV", "CAUSAL",
+                                     "MASK_KIND", "DROPOUT"], prune=_prune_attention)
 @triton.jit
 def attention_forward_kernel(
         Q, K, V, Mask, Out, Lse,
@@ -154,13 +157,15 @@ def attention_forward_kernel(
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MAX_HEAD: tl.constexpr = 256,
         MIN_HEAD: tl.constexpr = 0):
     """Out (B, Hq, Lq, HEAD_DV) contiguous, q's dtype; Lse (B, Hq, Lq) contiguous float32.
-    Grid (cdiv(Lq, BLOCK_M), B * Hq). qk_scale2 = scale * log2(e); q_bucket and k_bucket, the
-    lengths rounded up to powers of two, key the autotuning only; MASK_KIND 0 none, 1 any
-    strides, 2 constant along queries (stride_mm == 0)."""
-    pid_m = tl.program_id(0)
+    Grid (cdiv(Lq, BLOCK_M) * B * Hq,), query blocks fastest. qk_scale2 = scale * log2(e);
+    q_bucket and k_bucket, the lengths rounded up to powers of two, key the autotuning only;
+    MASK_KIND 0 none, 1 any strides, 2 constant along queries (stride_mm == 0)."""
+    # one grid axis (the second and third are limited to 65535 programs)
+    query_blocks = tl.cdiv(Lq, BLOCK_M)
+    pid_m = tl.program_id(0) % query_blocks
+    bh = (tl.program_id(0) // query_blocks).to(tl.int64)
     if CAUSAL:  # the last query blocks see the most keys: start them first
-        pid_m = tl.num_programs(0) - 1 - pid_m
-    bh = tl.program_id(1).to(tl.int64)
+        pid_m = query_blocks - 1 - pid_m
     b = bh // Hq
     h = bh % Hq
     hk = h // group
@@ -299,9 +304,11 @@ def attention_backward_dkdv_kernel(
         MIN_HEAD: tl.constexpr = 0):
     """GradK (B, Hk, Lk, HEAD_D), GradV (B, Hk, Lk, HEAD_DV) contiguous, q's dtype; GradOut
     (B, Hq, Lq, HEAD_DV), Lse and Delta (B, Hq, Lq) float32, contiguous. Grid
-    (cdiv(Lk, BLOCK_N), B * Hk); each program sums over the `group` query heads of its head."""
-    pid_n = tl.program_id(0)
-    bhk = tl.program_id(1).to(tl.int64)
+    (cdiv(Lk, BLOCK_N) * B * Hk,), key blocks fastest; each program sums over the `group` query
+    heads of its head."""
+    key_blocks = tl.cdiv(Lk, BLOCK_N)
+    pid_n = tl.program_id(0) % key_blocks
+    bhk = (tl.program_id(0) // key_blocks).to(tl.int64)
     b = bhk // Hk
     hk = bhk % Hk
     hq_total = Hk * group
@@ -433,12 +440,14 @@ def attention_backward_dq_kernel(
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MAX_HEAD: tl.constexpr = 256,
         MIN_HEAD: tl.constexpr = 0):
     """GradQ (B, Hq, Lq, HEAD_D) contiguous, q's dtype; GradMask (B, Hq, Lq, Lk) contiguous,
-    zero-filled by the caller, written where visited if GRAD_MASK. Grid (cdiv(Lq, BLOCK_M), B * Hq).
+    zero-filled by the caller, written where visited if GRAD_MASK. Grid
+    (cdiv(Lq, BLOCK_M) * B * Hq,), query blocks fastest.
     """
-    pid_m = tl.program_id(0)
+    query_blocks = tl.cdiv(Lq, BLOCK_M)
+    pid_m = tl.program_id(0) % query_blocks
+    bh = (tl.program_id(0) // query_blocks).to(tl.int64)
     if CAUSAL:
-        pid_m = tl.num_programs(0) - 1 - pid_m
-    bh = tl.program_id(1).to(tl.int64)
+        pid_m = query_blocks - 1 - pid_m
     b = bh // Hq
     h = bh % Hq
     hk = h // group
@@ -606,13 +615,13 @@ def attention_forward(q, k, v, mask, causal, scale, dropout_p, seed, out, lse, a
     inv_keep = 1.0 / (1.0 - dropout_p) if dropout_p < 1.0 else 0.0
 
     def grid(meta):
-        return (triton.cdiv(lq, meta["BLOCK_M"]), nb * hq)
+        return (triton.cdiv(lq, meta["BLOCK_M"]) * nb * hq,)
 
     attention_forward_kernel[grid](
         q, k, v, mask_t, out, lse, *q.stride(), *k.stride(), *v.stride(), *ms,
         hq, hq // hk, lq, lk, float(scale) * _LOG2E, float(dropout_p), inv_keep,
-        _philox_seed(seed), *_buckets(lq, lk), bool(causal), kind, dropout_p > 0.0, d, dv, _head_block(d),
-        _head_block(dv), _precision(q, allow_tf32))
+        _philox_seed(seed), *_buckets(lq, lk), bool(causal), kind, dropout_p > 0.0, d, dv,
+        _head_block(d), _head_block(dv), _precision(q, allow_tf32))
 
 
 def attention_backward(grad_out, q, k, v, mask, out, lse, causal, scale, dropout_p, seed,
@@ -635,14 +644,14 @@ def attention_backward(grad_out, q, k, v, mask, out, lse, causal, scale, dropout
     precision = _precision(q, allow_tf32)
 
     def grid_keys(meta):
-        return (triton.cdiv(lk, meta["BLOCK_N"]), nb * hk)
+        return (triton.cdiv(lk, meta["BLOCK_N"]) * nb * hk,)
 
     attention_backward_dkdv_kernel[grid_keys](
         q, k, v, mask_t, grad_out, lse, delta, grad_k, grad_v, *common, hk, hq // hk, *scalars,
         d, dv, _head_block(d), _head_block(dv), precision)
 
     def grid_queries(meta):
-        return (triton.cdiv(lq, meta["BLOCK_M"]), nb * hq)
+        return (triton.cdiv(lq, meta["BLOCK_M"]) * nb * hq,)
 
     attention_backward_dq_kernel[grid_queries](
         q, k, v, mask_t, grad_out, lse, delta, grad_q, q if grad_mask is None else grad_mask,

@@ -121,15 +121,15 @@ CONV = {
 # --- attention (attention.py) -----------------------------------------------------------------
 # BLOCK_M tiles queries, BLOCK_N keys; MIN_HEAD/MAX_HEAD bound the padded head width
 # (max(BLOCK_D, BLOCK_DV)) a tile is offered for (registers and shared memory). The first entry
-# of each list serves every head width (and is the one the interpreter runs: small tiles, so that
-# the CPU tests cross several blocks and the causal diagonal).
+# of each list serves every head width: it is the one the interpreter runs (small tiles, so that
+# the CPU tests cross several blocks and the causal diagonal); on a GPU the pruning offers it only
+# when nothing else fits.
 ATTENTION = {
     "forward": [
         Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=1),
         Config({"BLOCK_M": 128, "BLOCK_N": 64, "MAX_HEAD": 128}, num_warps=4, num_stages=3),
         Config({"BLOCK_M": 128, "BLOCK_N": 64, "MAX_HEAD": 128}, num_warps=8, num_stages=3),
         Config({"BLOCK_M": 128, "BLOCK_N": 128, "MAX_HEAD": 64}, num_warps=8, num_stages=3),
-        Config({"BLOCK_M": 64, "BLOCK_N": 64, "MAX_HEAD": 128}, num_warps=4, num_stages=3),
         Config({"BLOCK_M": 64, "BLOCK_N": 64, "MIN_HEAD": 256}, num_warps=8, num_stages=2),
     ],
     "backward_dkdv": [
