@@ -8,7 +8,6 @@ The last test compiles every kernel, with every autotune configuration, for an H
 """
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,22 +25,6 @@ def exact_float32(monkeypatch):
     """float32 convolutions follow cuDNN's TF32 switch (on by default): off here, so float32 is
     checked at full precision. (The TF32 variant is compiled by the AOT test.)"""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-
-
-@pytest.fixture(autouse=True)
-def interpreter_index_fix(monkeypatch):
-    """Triton 3.6's interpreter turns a scalar into a loop bound with int(array of shape (1,)),
-    which NumPy >= 2.4 refuses; read the element instead (only while these tests run)."""
-    if torch.cuda.is_available() or np.lib.NumpyVersion(np.__version__) < "2.4.0":
-        return
-    interpreter = pytest.importorskip("triton.runtime.interpreter")
-    original = interpreter._patch_lang_tensor
-
-    def patch_lang_tensor(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-
-    monkeypatch.setattr(interpreter, "_patch_lang_tensor", patch_lang_tensor)
 
 
 def _reductions_conv(w, out_shape):

@@ -24,28 +24,6 @@ def full_precision(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def interpreter_scalars():
-    """Triton 3.6's interpreter keeps kernel scalars as 1-element arrays and turns them into loop
-    bounds with int(array), which NumPy >= 2.4 refuses: a loop over a runtime bound fails with
-    "only 0-dimensional arrays can be converted to Python scalars". Read the element instead,
-    for this module's tests only."""
-    if torch.cuda.is_available():
-        yield
-        return
-    from triton.runtime import interpreter
-
-    original = interpreter._patch_lang_tensor
-
-    def patch_lang_tensor(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(interpreter, "_patch_lang_tensor", patch_lang_tensor)
-        yield
-
-
 def _on(device, *tensors):
     return [t.to(device) if isinstance(t, torch.Tensor) else t for t in tensors]
 
