@@ -219,7 +219,7 @@ os.environ.pop("TRITON_INTERPRET", None)
 sys.path.insert(0, TESTS)
 import torch
 from triton_aot import compile_for_h100, H100_SHARED_BYTES
-from dlkern.kernels.triton import rnn as R
+from dlkern.kernels.triton import rnn as R, rnn_backward as RB
 
 f32 = lambda: torch.empty(8, dtype=torch.float32)
 i32 = torch.empty(8, dtype=torch.int32)
@@ -274,12 +274,12 @@ for dtype, prec in ((torch.float32, "ieee"), (torch.float32, "tf32"), (torch.flo
         build(R.lstm_forward_kernel, [f32(), t(), t(), t(), t(), i32, i32, t(), t(), t(), f32(),
               f32(), 16, 32, 64, 48 if proj else 64, 2], all_cfg and proj, HAS_PROJ=proj,
               PACKED=proj, PRECISION=prec, RESIDENT=False)
-        build(R.lstm_backward_kernel, [t(), t(), t(), t(), i32, i32, t(), f32(), f32(), t(), t(),
+        build(RB.lstm_backward_kernel, [t(), t(), t(), t(), i32, i32, t(), f32(), f32(), t(), t(),
               t(), f32(), t(), f32(), f32(), f32(), t(), t(), 16, 32, 64, 48 if proj else 64, 2],
               all_cfg and proj, HAS_PROJ=proj, PACKED=proj, PRECISION=prec)
     build(R.gru_forward_kernel, [f32(), t(), f32(), t(), i32, i32, t(), t(), f32(), f32(),
           16, 32, 64, 2], all_cfg, HAS_BIAS=True, PACKED=True, PRECISION=prec, RESIDENT=False)
-    build(R.gru_backward_kernel, [t(), t(), i32, i32, t(), f32(), f32(), t(), t(), f32(), f32(),
+    build(RB.gru_backward_kernel, [t(), t(), i32, i32, t(), f32(), f32(), t(), t(), f32(), f32(),
           t(), f32(), f32(), t(), 16, 32, 64, 2], all_cfg, PACKED=False, PRECISION=prec)
     cell = R.RNN["cell"][0]
     for lstm in (True, False):
