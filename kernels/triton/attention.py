@@ -83,31 +83,42 @@ def _keep_transposed(seed, rows, offs_n, Lk, dropout_p):
 
 @triton.jit
 def _forward_block(acc, l_i, m_i, q, k_ptrs, v_ptrs, bias, offs_m, offs_n, rows, Lk, qk_scale2,
-                   dropout_p, seed,
-                   DIAGONAL: tl.constexpr, MASK_KIND: tl.constexpr, DROPOUT: tl.constexpr,
-                   HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr,
-                   BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
-    """One key block of the online softmax: (acc, l_i, m_i) updated; bias the mask tile."""
+                   dropout_p, seed, DIAGONAL: tl.constexpr, CHECK_KEYS: tl.constexpr,
+                   MASK_KIND: tl.constexpr, DROPOUT: tl.constexpr, HEAD_D: tl.constexpr,
+                   HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                   PRECISION: tl.constexpr):
+    """One key block of the online softmax: (acc, l_i, m_i) updated; bias the mask tile.
+    DIAGONAL: apply the causal test; CHECK_KEYS: the block may reach past Lk. Blocks with neither
+    and no mask (the bulk of the work) load and scale without any test."""
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    key_in = offs_n < Lk
-    k_t = tl.load(k_ptrs, mask=(offs_d[:, None] < HEAD_D) & key_in[None, :], other=0.0)
+    if CHECK_KEYS or HEAD_D != BLOCK_D:
+        k_t = tl.load(k_ptrs, mask=(offs_d[:, None] < HEAD_D) & (offs_n[None, :] < Lk), other=0.0)
+    else:
+        k_t = tl.load(k_ptrs)
     s = tl.dot(q, k_t, input_precision=PRECISION) * qk_scale2
     if MASK_KIND != 0:
         s += bias * 1.4426950408889634
-    visible = key_in[None, :]
-    if DIAGONAL:
-        visible = visible & (offs_n[None, :] <= offs_m[:, None])
-    s = tl.where(visible, s, float("-inf"))
+    if DIAGONAL or CHECK_KEYS:
+        visible = offs_n[None, :] < Lk
+        if DIAGONAL:
+            visible = visible & (offs_n[None, :] <= offs_m[:, None])
+        s = tl.where(visible, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
-    # A row with no visible key so far keeps m = -inf; shift by 0 there so exp2 gives 0, not NaN.
-    m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    if MASK_KIND == 0 and not DIAGONAL and not CHECK_KEYS:
+        m_shift = m_new  # every row has a finite score in this block
+    else:
+        # A row with no visible key so far keeps m = -inf; shift it by 0 so exp2 gives 0, not NaN
+        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.exp2(m_i - m_shift)
     p = tl.exp2(s - m_shift[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     if DROPOUT:
         p = tl.where(_keep(seed, rows, offs_n, Lk, dropout_p), p, 0.0)
-    v = tl.load(v_ptrs, mask=key_in[:, None] & (offs_dv[None, :] < HEAD_DV), other=0.0)
+    if CHECK_KEYS or HEAD_DV != BLOCK_DV:
+        v = tl.load(v_ptrs, mask=(offs_n[:, None] < Lk) & (offs_dv[None, :] < HEAD_DV), other=0.0)
+    else:
+        v = tl.load(v_ptrs)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
     return acc, l_i, m_new
 
@@ -115,10 +126,10 @@ def _forward_block(acc, l_i, m_i, q, k_ptrs, v_ptrs, bias, offs_m, offs_n, rows,
 @triton.jit
 def _forward_range(acc, l_i, m_i, q, K, V, mask_ptr, offs_m, rows, lo, hi, Lq, Lk,
                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, qk_scale2,
-                   dropout_p, seed, DIAGONAL: tl.constexpr, MASK_KIND: tl.constexpr,
-                   DROPOUT: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
-                   BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_N: tl.constexpr,
-                   PRECISION: tl.constexpr):
+                   dropout_p, seed, DIAGONAL: tl.constexpr, CHECK_KEYS: tl.constexpr,
+                   MASK_KIND: tl.constexpr, DROPOUT: tl.constexpr, HEAD_D: tl.constexpr,
+                   HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                   BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     for start_n in range(lo, hi, BLOCK_N):
@@ -128,16 +139,16 @@ def _forward_range(acc, l_i, m_i, q, K, V, mask_ptr, offs_m, rows, lo, hi, Lq, L
         if MASK_KIND == 0:
             acc, l_i, m_i = _forward_block(
                 acc, l_i, m_i, q, k_ptrs, v_ptrs, 0.0, offs_m, offs_n, rows, Lk, qk_scale2,
-                dropout_p, seed, DIAGONAL, MASK_KIND, DROPOUT, HEAD_D, HEAD_DV, BLOCK_D,
-                BLOCK_DV, PRECISION)
+                dropout_p, seed, DIAGONAL, CHECK_KEYS, MASK_KIND, DROPOUT, HEAD_D, HEAD_DV,
+                BLOCK_D, BLOCK_DV, PRECISION)
         else:
             bias = _load_bias(mask_ptr, offs_m, offs_n, Lq, Lk, stride_mm, stride_mn, MASK_KIND,
                               False)
             if tl.max(tl.max(bias, 1), 0) > float("-inf"):  # else the mask hides the block
                 acc, l_i, m_i = _forward_block(
                     acc, l_i, m_i, q, k_ptrs, v_ptrs, bias, offs_m, offs_n, rows, Lk, qk_scale2,
-                    dropout_p, seed, DIAGONAL, MASK_KIND, DROPOUT, HEAD_D, HEAD_DV, BLOCK_D,
-                    BLOCK_DV, PRECISION)
+                    dropout_p, seed, DIAGONAL, CHECK_KEYS, MASK_KIND, DROPOUT, HEAD_D, HEAD_DV,
+                    BLOCK_D, BLOCK_DV, PRECISION)
     return acc, l_i, m_i
 
 
@@ -183,24 +194,22 @@ def attention_forward_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
-    hi = Lk
     if CAUSAL:
         hi = tl.minimum(Lk, (pid_m + 1) * BLOCK_M)
-        # key blocks wholly at or below the diagonal of the first row need no causal test
-        split = tl.minimum(((pid_m * BLOCK_M + 1) // BLOCK_N) * BLOCK_N, hi)
-        acc, l_i, m_i = _forward_range(
-            acc, l_i, m_i, q, K, V, mask_ptr, offs_m, rows, 0, split, Lq, Lk, stride_kn,
-            stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, qk_scale2, dropout_p, seed,
-            False, MASK_KIND, DROPOUT, HEAD_D, HEAD_DV, BLOCK_D, BLOCK_DV, BLOCK_N, PRECISION)
-        acc, l_i, m_i = _forward_range(
-            acc, l_i, m_i, q, K, V, mask_ptr, offs_m, rows, split, hi, Lq, Lk, stride_kn,
-            stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, qk_scale2, dropout_p, seed,
-            True, MASK_KIND, DROPOUT, HEAD_D, HEAD_DV, BLOCK_D, BLOCK_DV, BLOCK_N, PRECISION)
+        # whole key blocks at or below the diagonal of the first row need no causal test
+        split = tl.minimum(pid_m * BLOCK_M + 1, hi) // BLOCK_N * BLOCK_N
     else:
-        acc, l_i, m_i = _forward_range(
-            acc, l_i, m_i, q, K, V, mask_ptr, offs_m, rows, 0, hi, Lq, Lk, stride_kn,
-            stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, qk_scale2, dropout_p, seed,
-            False, MASK_KIND, DROPOUT, HEAD_D, HEAD_DV, BLOCK_D, BLOCK_DV, BLOCK_N, PRECISION)
+        hi = Lk
+        split = (Lk // BLOCK_N) * BLOCK_N  # whole key blocks, then the ragged end
+    acc, l_i, m_i = _forward_range(
+        acc, l_i, m_i, q, K, V, mask_ptr, offs_m, rows, 0, split, Lq, Lk, stride_kn,
+        stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, qk_scale2, dropout_p, seed,
+        False, False, MASK_KIND, DROPOUT, HEAD_D, HEAD_DV, BLOCK_D, BLOCK_DV, BLOCK_N, PRECISION)
+    acc, l_i, m_i = _forward_range(
+        acc, l_i, m_i, q, K, V, mask_ptr, offs_m, rows, split, hi, Lq, Lk, stride_kn,
+        stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, qk_scale2, dropout_p, seed,
+        CAUSAL, True, MASK_KIND, DROPOUT, HEAD_D, HEAD_DV, BLOCK_D, BLOCK_DV, BLOCK_N,
+        PRECISION)
     seen = l_i > 0.0
     inv = tl.where(seen, inv_keep / tl.where(seen, l_i, 1.0), 0.0)
     out = acc * inv[:, None]
