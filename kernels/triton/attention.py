@@ -250,13 +250,13 @@ def _dkdv_block(dk, dv, k, v, Q, GradOut, Lse, Delta, bias_t, offs_m, offs_n, ro
     s_t = tl.dot(k, q_t, input_precision=PRECISION) * qk_scale2
     if MASK_KIND != 0:
         s_t += bias_t * 1.4426950408889634
-    visible = (offs_n[:, None] < Lk) & row_in[None, :]
-    if DIAGONAL:
-        visible = visible & (offs_n[:, None] <= offs_m[None, :])
     lse = tl.load(Lse + offs_m, mask=row_in, other=float("-inf"))
-    # rows that see no key (lse = -inf) have p = 0: shift them by +inf
+    # rows that see no key (lse = -inf), and rows past Lq, have p = 0: shift them by +inf. Keys
+    # past Lk need no test: they only reach rows of dK and dV that are never stored.
     shift = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
-    p_t = tl.where(visible, tl.exp2(s_t - shift[None, :]), 0.0)
+    p_t = tl.exp2(s_t - shift[None, :])
+    if DIAGONAL:
+        p_t = tl.where(offs_n[:, None] <= offs_m[None, :], p_t, 0.0)
     do = tl.load(GradOut + offs_m[:, None] * HEAD_DV + offs_dv[None, :],
                  mask=row_in[:, None] & (offs_dv[None, :] < HEAD_DV), other=0.0)
     dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)
