@@ -316,6 +316,10 @@ for kernel, name in ((A.attention_forward_kernel, "forward"),
             compile_one(name, kernel, args, config, CAUSAL=True, MASK_KIND=1, DROPOUT=True,
                         HEAD_D=width - 8, HEAD_DV=width, BLOCK_D=width, BLOCK_DV=width,
                         PRECISION="tf32" if x is f32 else "ieee", **extra)
+    # float32 without tf32 (what gpu_check's float32 checks run), in the first configuration
+    args32 = [f32 if a is bf16 else a for a in args]
+    compile_one(name, kernel, args32, all_configs[0], CAUSAL=True, MASK_KIND=2, DROPOUT=False,
+                HEAD_D=56, HEAD_DV=64, BLOCK_D=64, BLOCK_DV=64, PRECISION="ieee", **extra)
     # the benchmarks' paths: float16, head 64 = its block (unmasked loads), not causal, no
     # dropout, a key-padding mask or (forward) none, in the first configuration a GPU tunes over
     x = ptr(torch.float16)
