@@ -282,3 +282,18 @@ def test_property_random_configurations(config, seed):
     w = make_tensor((cout_g * groups, cin_g) + kernel, dtype, generator=g)
     b = make_tensor((cout_g * groups,), dtype, generator=g) if bias else None
     run_case(rank, (x, w, b), dict(stride=stride, padding=padding, dilation=dilation, groups=groups))
+
+
+@pytest.mark.parametrize("x_last,w_last", [(False, True), (True, False), (True, True)])
+@pytest.mark.parametrize("groups", [1, 4])
+def test_output_layout_follows_input_or_weight(x_last, w_last, groups):
+    """torch returns a channels_last output when the input or the weight is channels_last."""
+    g = torch.Generator().manual_seed(5)
+    x = make_tensor((2, 4, 7, 6), torch.float32, "channels_last" if x_last else "contiguous", g)
+    w = make_tensor((8, 4 // groups, 3, 3), torch.float32, "channels_last" if w_last else "contiguous", g)
+    wt = make_tensor((4, 8 // groups, 3, 3), torch.float32, "channels_last" if w_last else "contiguous", g)
+    for ours, theirs in ((DF.conv2d(x, w, groups=groups), F.conv2d(x, w, groups=groups)),
+                         (DF.conv_transpose2d(x, wt, groups=groups),
+                          F.conv_transpose2d(x, wt, groups=groups))):
+        assert ours.stride() == theirs.stride()
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)

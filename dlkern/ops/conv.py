@@ -106,13 +106,19 @@ def _as_rank3_array(t):
     return t.numpy().reshape(shape)
 
 
-def _layout_of(t):
-    """The memory format torch gives a convolution's output for this input."""
+def _channels_last_format(t):
     if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
         return torch.channels_last
     if t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d) and not t.is_contiguous():
         return torch.channels_last_3d
-    return torch.contiguous_format
+    return None
+
+
+def _layout_of(t, weight=None):
+    """The memory format torch gives a convolution's output for this input (and weight: torch
+    returns channels_last when either of them is channels_last)."""
+    return (_channels_last_format(t) or (weight is not None and _channels_last_format(weight))
+            or torch.contiguous_format)
 
 
 def _run_into(result, write):
@@ -132,7 +138,7 @@ def conv(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence
          padding: Sequence[int], dilation: Sequence[int], groups: int,
          output_size: Sequence[int]) -> Tensor:
     out = _dispatch.new_output((input.shape[0], weight.shape[0], *output_size), input,
-                               memory_format=_layout_of(input))
+                               memory_format=_layout_of(input, weight))
     if _dispatch.backend_for("conv", input, weight, bias) == "triton":
         _triton_forward(_rank3_view(input), _rank3_view(weight),
                         None if bias is None else bias.detach(), _rank3(stride, 1),
@@ -149,7 +155,7 @@ def conv(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence
 @conv.register_fake
 def _(input, weight, bias, stride, padding, dilation, groups, output_size):
     return torch.empty((input.shape[0], weight.shape[0], *output_size), dtype=input.dtype,
-                       device=input.device, memory_format=_layout_of(input))
+                       device=input.device, memory_format=_layout_of(input, weight))
 
 
 @torch.library.custom_op("dlkern::conv_backward_input", mutates_args=())

@@ -49,7 +49,7 @@ def conv_transpose(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride
                    output_size: Sequence[int]) -> Tensor:
     c_out = weight.shape[1] * groups
     out = _dispatch.new_output((input.shape[0], c_out, *output_size), input,
-                               memory_format=_layout_of(input))
+                               memory_format=_layout_of(input, weight))
     if _dispatch.backend_for("conv_transpose", input, weight, bias) == "triton":
         _triton_backward_input(_rank3_view(input), _rank3_view(weight), _rank3(stride, 1),
                                _rank3(padding, 0), _rank3(dilation, 1), groups, _rank3_view(out),
@@ -71,7 +71,7 @@ def conv_transpose(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride
 @conv_transpose.register_fake
 def _(input, weight, bias, stride, padding, dilation, groups, output_size):
     return torch.empty((input.shape[0], weight.shape[1] * groups, *output_size), dtype=input.dtype,
-                       device=input.device, memory_format=_layout_of(input))
+                       device=input.device, memory_format=_layout_of(input, weight))
 
 
 def _backward(ctx, grad_output):
