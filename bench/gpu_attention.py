@@ -19,45 +19,25 @@ Everything runs under DLKERN_STRICT=1, so a case that fell back to torch fails i
 torch against itself.
 """
 import contextlib
-import os
 
 import torch
 import torch.nn.functional as F
 
 import dlkern.functional as DF
 import dlkern.nn as dnn
-
-CHECK_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def _device():
-    # A dry run without a GPU (DLKERN_BACKEND=triton, TRITON_INTERPRET=1) uses "cpu".
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@contextlib.contextmanager
-def _strict():
-    before = os.environ.get("DLKERN_STRICT")
-    os.environ["DLKERN_STRICT"] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("DLKERN_STRICT", None)
-        else:
-            os.environ["DLKERN_STRICT"] = before
+from gpu_common import CHECK_DTYPES, device, strict
 
 
 def _randn(shape, dtype, seed):
     g = torch.Generator(device="cpu").manual_seed(seed)
-    return torch.randn(shape, generator=g, dtype=torch.float64).to(_device(), dtype)
+    return torch.randn(shape, generator=g, dtype=torch.float64).to(device(), dtype)
 
 
 def _key_padding(b, lk, seed, shortest):
     """bool (b, 1, 1, lk), True = attend: each batch keeps a random prefix of >= shortest keys."""
     g = torch.Generator(device="cpu").manual_seed(seed)
     lengths = torch.randint(shortest, lk + 1, (b,), generator=g)
-    return (torch.arange(lk) < lengths[:, None])[:, None, None, :].to(_device())
+    return (torch.arange(lk) < lengths[:, None])[:, None, None, :].to(device())
 
 
 # ---------------------------------------------------------------- checks
@@ -117,7 +97,7 @@ def _softmax_reference(x, mask, dim):
 
 def _softmax_case(ctx, name, shape, mask_shape, dtype):
     g = torch.Generator(device="cpu").manual_seed(7)
-    mask = (torch.rand(mask_shape, generator=g) < 0.7).to(_device())
+    mask = (torch.rand(mask_shape, generator=g) < 0.7).to(device())
     x64 = _randn(shape, torch.float64, 8).requires_grad_()
     x_torch = x64.detach().to(dtype).requires_grad_()
     x = x64.detach().to(dtype).requires_grad_()
@@ -134,9 +114,9 @@ def _softmax_case(ctx, name, shape, mask_shape, dtype):
 def _mha_case(ctx, dtype):
     name = "MultiheadAttention E256 H4 L77 key padding"
     torch.manual_seed(0)
-    ref64 = torch.nn.MultiheadAttention(256, 4, batch_first=True).to(_device(), torch.float64)
-    ref = torch.nn.MultiheadAttention(256, 4, batch_first=True).to(_device(), dtype)
-    module = dnn.MultiheadAttention(256, 4, batch_first=True).to(_device(), dtype)
+    ref64 = torch.nn.MultiheadAttention(256, 4, batch_first=True).to(device(), torch.float64)
+    ref = torch.nn.MultiheadAttention(256, 4, batch_first=True).to(device(), dtype)
+    module = dnn.MultiheadAttention(256, 4, batch_first=True).to(device(), dtype)
     ref.load_state_dict(ref64.state_dict())
     module.load_state_dict(ref64.state_dict())
     padding = ~_key_padding(3, 77, 10, 1).reshape(3, 77)  # True = padded, as torch's module wants
@@ -171,7 +151,7 @@ def _first_configs():
 
 
 def check(ctx, dtypes=CHECK_DTYPES):
-    with _strict(), _first_configs():
+    with strict(), _first_configs():
         for dtype in dtypes:
             for name, shape, kwargs, mask_kind in SDPA_CHECKS:
                 try:
@@ -257,7 +237,7 @@ def _time_sdpa(ctx, name, dtype, shape, mode, target, causal=False, mask=None):
 
 def time(ctx):
     f16, bf16 = torch.float16, torch.bfloat16
-    with _strict():
+    with strict():
         _time_sdpa(ctx, "sdpa B4 H32 L4096 D64", f16, (4, 32, 4096, 4096, 64), "fwd", "≥1.0x")
         _time_sdpa(ctx, "sdpa causal B4 H32 L4096 D64", f16, (4, 32, 4096, 4096, 64), "fwd",
                    "≥1.0x", causal=True)

@@ -3,11 +3,13 @@
     pip install --no-build-isolation --no-deps -e . && python bench/gpu_check.py --out DIR
 
 Runs on Python 3.12, torch 2.11, triton 3.6 with no network. Sections live in ``gpu_<family>.py``
-next to this file; each has ``run(ctx)``, which calls ``ctx.check`` for correctness (float32, float16,
-bfloat16, forward and gradients) and ``ctx.time`` for timings (forward, forward+backward). Checks run
-first for every section, then timings, all within ``--budget`` seconds (default 330, so the whole call
-stays under the 6 minutes the issues allow); timings left when the budget is spent are reported as
-skipped, never guessed.
+next to this file; each has ``check(ctx)``, which calls ``ctx.check`` for correctness (float32,
+float16, bfloat16, forward and gradients), and ``time(ctx)``, which calls ``ctx.time`` for timings
+(forward, forward+backward). Checks run first for every section, then timings, all within
+``--budget`` seconds (default 330, so the whole call stays under the 6 minutes the issues allow).
+In the timing phase each section gets an equal share of the time left (a section that finishes
+early leaves its rest to the next); timings left when a share is spent are reported as skipped,
+never guessed.
 
 Correctness: dlkern's error against a float64 torch reference may be at most twice torch's own error
 in the same dtype, plus a small floor. Timing: ``triton.testing.do_bench`` medians, torch and dlkern
@@ -34,6 +36,7 @@ FLOOR = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 class Context:
     def __init__(self, budget_s):
         self.deadline = time.monotonic() + budget_s
+        self.section_deadline = self.deadline
         self.checks = []
         self.timings = []
         self.phase = "check"
@@ -68,7 +71,7 @@ class Context:
         """Median ms of each with do_bench; ``flops`` or ``bytes_moved`` give TFLOP/s or TB/s."""
         from triton.testing import do_bench
         row = {"name": name, "dtype": str(dtype).replace("torch.", ""), "mode": mode, "target": target}
-        if time.monotonic() > self.deadline:
+        if time.monotonic() > min(self.deadline, self.section_deadline):
             row["skipped"] = "time budget spent"
             self.timings.append(row)
             print(f"  skip {name} [{row['dtype']}] {mode}: time budget spent", flush=True)
@@ -125,7 +128,9 @@ def main(argv=None):
             ctx.check_failed(f"import gpu_{s}", torch.float32, exc)
     for phase in ("check",) + (() if args.no_timing else ("time",)):
         ctx.phase = phase
-        for s, module in modules.items():
+        for i, (s, module) in enumerate(modules.items()):
+            left = max(0.0, ctx.deadline - time.monotonic())
+            ctx.section_deadline = time.monotonic() + left / (len(modules) - i)
             print(f"== {s}: {phase}", flush=True)
             try:
                 getattr(module, phase)(ctx)

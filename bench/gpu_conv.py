@@ -10,38 +10,18 @@ bias, on the issue's shapes and targets (TFLOP/s counts 2 * MACs; forward+backwa
 Runs strict (DLKERN_STRICT=1 while the section runs): a call that would fall back to torch fails
 instead of timing torch against itself.
 """
-import contextlib
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 
 import dlkern.functional as DF
+from gpu_common import CHECK_DTYPES, device, strict
 
-CHECK_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 TIME_DTYPES = (torch.float16, torch.float32)
 CONV = {1: (DF.conv1d, F.conv1d), 2: (DF.conv2d, F.conv2d), 3: (DF.conv3d, F.conv3d)}
 CONV_T = {1: (DF.conv_transpose1d, F.conv_transpose1d), 2: (DF.conv_transpose2d, F.conv_transpose2d),
           3: (DF.conv_transpose3d, F.conv_transpose3d)}
-
-
-def _device():
-    # A dry run without a GPU (DLKERN_BACKEND=triton, TRITON_INTERPRET=1) uses the CPU.
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@contextlib.contextmanager
-def _strict():
-    before = os.environ.get("DLKERN_STRICT")
-    os.environ["DLKERN_STRICT"] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("DLKERN_STRICT", None)
-        else:
-            os.environ["DLKERN_STRICT"] = before
 
 
 class Case:
@@ -61,7 +41,7 @@ class Case:
     def inputs(self, dtype, seed=0):
         g = torch.Generator().manual_seed(seed)
         shapes = [self.x, self.w] + ([(self.c_out(),)] if self.bias else [])
-        ts = [torch.randn(s, generator=g, dtype=torch.float64).to(_device(), dtype) for s in shapes]
+        ts = [torch.randn(s, generator=g, dtype=torch.float64).to(device(), dtype) for s in shapes]
         if self.channels_last:
             fmt = torch.channels_last if len(self.x) == 4 else torch.channels_last_3d
             ts[0] = ts[0].contiguous(memory_format=fmt)
@@ -114,7 +94,7 @@ def _check_case(ctx, case, dtype):
     out = dlkern_fn(*ins)
     ctx.check(f"{case.name} fwd", dtype, out, ref64, ref)
     g = torch.Generator().manual_seed(1)
-    grad = torch.randn(tuple(ref64.shape), generator=g, dtype=torch.float64).to(_device())
+    grad = torch.randn(tuple(ref64.shape), generator=g, dtype=torch.float64).to(device())
     g64 = torch.autograd.grad(ref64, ins64, grad)
     g_torch = torch.autograd.grad(ref, ins_torch, grad.to(dtype))
     g_dl = torch.autograd.grad(out, ins, grad.to(dtype))
@@ -123,7 +103,7 @@ def _check_case(ctx, case, dtype):
 
 
 def check(ctx, dtypes=CHECK_DTYPES, cases=CHECKS):
-    with _strict():
+    with strict():
         for case in cases:
             for dtype in dtypes:
                 try:
@@ -164,7 +144,7 @@ def _time_case(ctx, case, dtype):
     ins = [t.requires_grad_() for t in case.inputs(dtype)]
     with torch.no_grad():
         out_shape = tuple(torch_fn(*ins).shape)
-    grad = torch.randn(out_shape, device=_device(), dtype=dtype)
+    grad = torch.randn(out_shape, device=device(), dtype=dtype)
 
     def fwd_bwd(fn):
         return lambda: torch.autograd.grad(fn(*ins), ins, grad)
@@ -174,7 +154,7 @@ def _time_case(ctx, case, dtype):
 
 
 def time(ctx, dtypes=TIME_DTYPES, cases=TIMINGS):
-    with _strict():
+    with strict():
         for dtype in dtypes:
             for case in cases:
                 _time_case(ctx, case, dtype)

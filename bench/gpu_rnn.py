@@ -14,17 +14,12 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import dlkern.nn as dnn
+from gpu_common import CHECK_DTYPES, device
 
-CHECK_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 TORCH_LAYER = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
 DL_LAYER = {"lstm": dnn.LSTM, "gru": dnn.GRU}
 TORCH_CELL = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell}
 DL_CELL = {"lstm": dnn.LSTMCell, "gru": dnn.GRUCell}
-
-
-def _device():
-    # A dry run on a machine without a GPU (DLKERN_BACKEND=triton, TRITON_INTERPRET=1) uses "cpu".
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # (name, mode, input, hidden, constructor keywords, seq, batch, lengths or None for padded)
@@ -52,7 +47,7 @@ def _layer_case(ctx, name, mode, inp, hid, kw, seq, batch, lengths, dtype):
     mods = {"dlkern": DL_LAYER[mode](inp, hid, **kw), "torch": TORCH_LAYER[mode](inp, hid, **kw)}
     for m in mods.values():
         m.load_state_dict(ref.state_dict())
-        m.to(_device(), dtype)
+        m.to(device(), dtype)
     g = torch.Generator().manual_seed(1)
     n = kw.get("num_layers", 1) * (2 if kw.get("bidirectional") else 1)
     first = kw.get("batch_first", False)
@@ -75,7 +70,7 @@ def _layer_case(ctx, name, mode, inp, hid, kw, seq, batch, lengths, dtype):
     outs64 = run(ref, ins64)
     results = {}
     for who, m in mods.items():
-        ins = [t.to(_device(), dtype).requires_grad_() for t in base]
+        ins = [t.to(device(), dtype).requires_grad_() for t in base]
         try:
             results[who] = (ins, run(m, ins), m)
         except Exception:
@@ -97,7 +92,7 @@ def _layer_case(ctx, name, mode, inp, hid, kw, seq, batch, lengths, dtype):
             continue
         ins, outs, m = r
         got[who] = torch.autograd.grad(outs, ins + list(m.parameters()),
-                                       [gr.to(_device(), dtype) for gr in grads])
+                                       [gr.to(device(), dtype) for gr in grads])
     names = ["input", "h0", "c0"][:len(base)] + [p for p, _ in ref.named_parameters()]
     for k, what in enumerate(names):
         same = got["torch"][k].cpu() if got["torch"] else None
@@ -110,7 +105,7 @@ def _cell_case(ctx, name, mode, inp, hid, batch, dtype):
     mods = {"dlkern": DL_CELL[mode](inp, hid), "torch": TORCH_CELL[mode](inp, hid)}
     for m in mods.values():
         m.load_state_dict(ref.state_dict())
-        m.to(_device(), dtype)
+        m.to(device(), dtype)
     g = torch.Generator().manual_seed(4)
     base = [_randn((batch, inp), g), _randn((batch, hid), g)]
     if mode == "lstm":
@@ -124,19 +119,19 @@ def _cell_case(ctx, name, mode, inp, hid, batch, dtype):
     outs64 = run(ref, ins64)
     res = {}
     for who, m in mods.items():
-        ins = [t.to(_device(), dtype).requires_grad_() for t in base]
+        ins = [t.to(device(), dtype).requires_grad_() for t in base]
         res[who] = (ins, run(m, ins), m)
     for k, what in enumerate(["h", "c"][:len(outs64)]):
         ctx.check(f"{name} {what}", dtype, res["dlkern"][1][k].cpu(), outs64[k],
                   res["torch"][1][k].cpu())
     with torch.no_grad():  # the lean path (no autograd) gives the same numbers
-        lean = run(mods["dlkern"], [t.to(_device(), dtype) for t in base])
+        lean = run(mods["dlkern"], [t.to(device(), dtype) for t in base])
     ctx.check(f"{name} no_grad h", dtype, lean[0].cpu(), outs64[0], res["torch"][1][0].cpu())
     g = torch.Generator().manual_seed(5)
     grads = [_randn(tuple(o.shape), g) for o in outs64]
     want = torch.autograd.grad(outs64, ins64 + list(ref.parameters()), grads)
     got = {who: torch.autograd.grad(outs, ins + list(m.parameters()),
-                                    [gr.to(_device(), dtype) for gr in grads])
+                                    [gr.to(device(), dtype) for gr in grads])
            for who, (ins, outs, m) in res.items()}
     names = ["input", "h", "c"][:len(base)] + [p for p, _ in ref.named_parameters()]
     for k, what in enumerate(names):
@@ -163,17 +158,17 @@ def check(ctx, dtypes=CHECK_DTYPES):
 
 def _time_layer(ctx, mode, dtype, batch=64, seq=256, inp=256, hid=256, target="≥1.0x"):
     torch.manual_seed(0)
-    ref = TORCH_LAYER[mode](inp, hid).to(_device(), dtype)
-    mod = DL_LAYER[mode](inp, hid).to(_device(), dtype)
+    ref = TORCH_LAYER[mode](inp, hid).to(device(), dtype)
+    mod = DL_LAYER[mode](inp, hid).to(device(), dtype)
     mod.load_state_dict(ref.state_dict())
-    x = torch.randn(seq, batch, inp, device=_device(), dtype=dtype)
+    x = torch.randn(seq, batch, inp, device=device(), dtype=dtype)
     gates = 4 if mode == "lstm" else 3
     flops = 2 * seq * batch * gates * hid * (inp + hid)
     name = f"{mode.upper()} B{batch} T{seq} I{inp} H{hid}"
     with torch.no_grad():
         ctx.time(name, dtype, "fwd", lambda: ref(x), lambda: mod(x), flops=flops, target=target)
     xg = x.clone().requires_grad_()
-    dy = torch.randn(seq, batch, hid, device=_device(), dtype=dtype)
+    dy = torch.randn(seq, batch, hid, device=device(), dtype=dtype)
 
     def fwd_bwd(module):
         def run():
@@ -186,12 +181,12 @@ def _time_layer(ctx, mode, dtype, batch=64, seq=256, inp=256, hid=256, target="�
 
 def _time_cell(ctx, dtype=torch.float32, batch=8, inp=128, hid=128):
     torch.manual_seed(0)
-    ref = torch.nn.LSTMCell(inp, hid).to(_device(), dtype)
-    mod = dnn.LSTMCell(inp, hid).to(_device(), dtype)
+    ref = torch.nn.LSTMCell(inp, hid).to(device(), dtype)
+    mod = dnn.LSTMCell(inp, hid).to(device(), dtype)
     mod.load_state_dict(ref.state_dict())
-    x = torch.randn(batch, inp, device=_device(), dtype=dtype)
-    hx = (torch.randn(batch, hid, device=_device(), dtype=dtype),
-          torch.randn(batch, hid, device=_device(), dtype=dtype))
+    x = torch.randn(batch, inp, device=device(), dtype=dtype)
+    hx = (torch.randn(batch, hid, device=device(), dtype=dtype),
+          torch.randn(batch, hid, device=device(), dtype=dtype))
     with torch.no_grad():
         ctx.time(f"LSTMCell B{batch} I{inp} H{hid} one step", dtype, "fwd", lambda: ref(x, hx),
                  lambda: mod(x, hx), flops=2 * batch * 4 * hid * (inp + hid), target="≥1.5x")

@@ -15,14 +15,9 @@ import torch
 import torch.nn.functional as F
 
 import dlkern.functional as DF
+from gpu_common import CHECK_DTYPES, device
 
-CHECK_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 TIME_DTYPES = (torch.float16, torch.float32)
-
-
-def _device():
-    # A dry run on a machine without a GPU (DLKERN_BACKEND=triton, TRITON_INTERPRET=1) uses "cpu".
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # ---------------------------------------------------------------- the cases
@@ -66,7 +61,7 @@ def _spatial(stride=(1, 1), padding=(1, 1), dilation=(1, 1)):
 
 def _inputs(shapes, dtype, seed=0):
     g = torch.Generator(device="cpu").manual_seed(seed)
-    return [torch.randn(s, generator=g, dtype=torch.float64).to(_device(), dtype)
+    return [torch.randn(s, generator=g, dtype=torch.float64).to(device(), dtype)
             for s in shapes]
 
 
