@@ -11,6 +11,11 @@ autotuned one; ``args`` are example values of its runtime arguments in order (te
 pointer type from their dtype, Python ints and floats give i32/i64 and fp32); constexpr values come
 from ``constexprs``, the autotune configuration, or the parameter's default. Returns the compiled
 kernels, one per configuration; raises whatever the compiler raises.
+
+Like Triton's launcher at run time, the compile assumes 16-byte aligned pointers and marks an
+integer that is a multiple of 16 as such (unless the parameter is in ``do_not_specialize``), so the
+kernels are compiled as they will be for typical shapes: with vectorised, asynchronous
+(``cp.async``) loads and their pipelining buffers in shared memory.
 """
 import torch
 import triton
@@ -51,9 +56,9 @@ def compile_for_h100(kernel, args, **constexprs):
     for config in configs:
         values = dict(constexprs)
         values.update(config.kwargs)
-        signature, const = {}, {}
+        signature, const, attrs = {}, {}, {}
         runtime = iter(args)
-        for param in fn.params:
+        for index, param in enumerate(fn.params):
             name = param.name
             if param.is_constexpr:
                 if name in values:
@@ -68,7 +73,13 @@ def compile_for_h100(kernel, args, **constexprs):
                 signature[name] = _scalar_type(value)
                 if value is None:
                     const[name] = None
-        src = ASTSource(fn=fn, signature=signature, constexprs={(fn.arg_names.index(k),): v for k, v in const.items()})
+                aligned = (isinstance(value, torch.Tensor) and not param.do_not_specialize_on_alignment
+                           or type(value) is int and value % 16 == 0 and not param.do_not_specialize)
+                if aligned:
+                    attrs[(index,)] = [["tt.divisibility", 16]]
+        src = ASTSource(fn=fn, signature=signature,
+                        constexprs={(fn.arg_names.index(k),): v for k, v in const.items()},
+                        attrs=attrs)
         options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
         compiled.append(triton.compile(src, target=H100, options=options))
     return compiled
