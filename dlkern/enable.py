@@ -294,6 +294,10 @@ def _make_kernel(operator, key, original):
 
 
 def _register():
+    if not hasattr(torch.library, "get_kernel"):
+        raise RuntimeError(f"dlkern.enable() needs torch >= 2.9 (torch.library.get_kernel, to keep "
+                           f"torch's own kernels for the cases it passes on); this is torch "
+                           f"{torch.__version__}. dlkern.patch() and dlkern.nn work without it.")
     library = torch.library.Library("aten", "IMPL")
     try:
         for operator, families in _OPERATORS.items():
