@@ -188,9 +188,6 @@ CONFIG_OF = {
     "_depthwise_backward_input_planes_kernel": "depthwise_backward_input_planes",
     "_dsconv_forward_kernel": "dsconv_forward",
     "_dsconv_pointwise_weight_kernel": "dsconv_backward_pointwise",
-    "_conv2d_forward_kernel": "sep_gemm_forward",
-    "_conv2d_backward_input_kernel": "sep_gemm_backward_input",
-    "_conv2d_backward_weight_kernel": "sep_gemm_backward_weight",
     "_spatial_forward_kernel": "spatial_forward",
 }
 
@@ -306,14 +303,6 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16):
     compile_all("spatial_forward", S._spatial_forward_kernel,
                 [x] * 6 + ints(9) + ints(14) + ints(6), first,
                 KH=3, KW=3, MID_W=64, HAS_BV=True, HAS_BH=True, PRECISION=prec)
-    compile_all("conv2d_forward", S._conv2d_forward_kernel,
-                [x] * 4 + ints(7) + ints(12) + ints(6), first,
-                KH=3, KW=1, HAS_BIAS=True, PRECISION=prec)
-    compile_all("conv2d_backward_input", S._conv2d_backward_input_kernel,
-                [x] * 3 + ints(7) + ints(12) + ints(6), first, KH=1, KW=3, PRECISION=prec)
-    compile_all("conv2d_backward_weight", S._conv2d_backward_weight_kernel,
-                [x, x, f32, f32] + ints(9) + ints(8) + ints(6), first,
-                KH=1, KW=3, HAS_BIAS=True, PRECISION=prec)
 print("OK", sorted(worst.items()))
 '''
 

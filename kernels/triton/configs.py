@@ -97,25 +97,6 @@ CONV = {
         Config({"BLOCK_N": 128, "BLOCK_CM": 32, "BLOCK_CI": 32}, num_warps=4, num_stages=2),
         Config({"BLOCK_N": 128, "BLOCK_CM": 64, "BLOCK_CI": 32}, num_warps=8, num_stages=2),
     ],
-    # separable.py's 2-d implicit GEMMs (groups = 1) of the unfused stages and the backward:
-    # forward and input gradient [BLOCK_M pixels, BLOCK_N channels, BLOCK_K channels];
-    # weight gradient [BLOCK_M out channels, BLOCK_N in channels, BLOCK_K pixels].
-    "sep_gemm_forward": [
-        Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
-        Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
-        Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=4, num_stages=3),
-        Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
-    ],
-    "sep_gemm_backward_input": [
-        Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
-        Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
-        Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
-    ],
-    "sep_gemm_backward_weight": [
-        Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
-        Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
-        Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
-    ],
 }
 
 # --- attention (attention.py) -----------------------------------------------------------------

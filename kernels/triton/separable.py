@@ -39,29 +39,24 @@ gathers it over a neighbourhood, which a fused kernel would have to recompute):
 * spatial: mid = vertical(x); dmid = horizontal's input gradient of dy; dwh, dbh from dy and mid;
   dwv, dbv from dmid and x; dx = vertical's input gradient of dmid.
 
-The 2-d implicit GEMMs (groups = 1): ``_conv2d_forward_kernel`` (M = N*OH*OW pixels, N = output
-channels, K = input channels per tap), ``_conv2d_backward_input_kernel`` (a gather: M = N*H*W input
-pixels, N = input channels, K = output channels per tap; strided taps where the division is exact),
-``_conv2d_backward_weight_kernel`` (M = output channels, N = input channels, K = pixels, one tap
-per program, split over SPLIT programs whose float32 partial sums the launcher adds up).
-float32 operands use ``precision`` ("tf32" or "ieee") in ``tl.dot``; float16/bfloat16 accumulate
-in float32.
+The plain convolutions of these compositions (the 1x1 GEMM, the vertical and horizontal stages
+and their gradients) are conv.py's implicit-GEMM kernels on rank-3 views, which read cuDNN's TF32
+switch themselves. The fused kernels here use ``precision`` ("tf32" or "ieee") in ``tl.dot``;
+float16/bfloat16 accumulate in float32.
 """
 import triton
 import triton.language as tl
 
 from ._autotune import autotune
 from .configs import CONV
-from .depthwise import (SMALL_BATCH, SMALL_IMAGE, _prune, depthwise_backward_input,
-                        depthwise_backward_weight)
+from .conv import conv_backward_input, conv_backward_weight, conv_forward
+from .depthwise import (_WEIGHT_PROGRAMS, SMALL_BATCH, SMALL_IMAGE, _prune,
+                        depthwise_backward_input, depthwise_backward_weight)
 
 # Each autotuned kernel's prune, by kernel name (the tests check them against launch arguments).
 PRUNES = {
     "_dsconv_forward_kernel": _prune("C_OUT", "P_OUT", small=SMALL_IMAGE),
     "_dsconv_pointwise_weight_kernel": _prune("C_OUT", "Q", small=SMALL_BATCH),
-    "_conv2d_forward_kernel": _prune("C_OUT", "M_TOTAL", small=SMALL_BATCH),
-    "_conv2d_backward_input_kernel": _prune("C_IN", "M_TOTAL", small=SMALL_BATCH),
-    "_conv2d_backward_weight_kernel": _prune("C_OUT", "Q", small=SMALL_BATCH),
     "_spatial_forward_kernel": _prune("C_OUT", "H_OUT", "W_OUT", small=SMALL_IMAGE),
 }
 
@@ -192,148 +187,6 @@ def _dsconv_pointwise_weight_kernel(
             tl.store(db_part_ptr + s.to(tl.int64) * C_OUT + ro, acc_b, mask=o_ok)
 
 
-_SIZES_CONV2D_FORWARD = ["C_IN", "H_IN", "W_IN", "C_OUT", "H_OUT", "W_OUT", "M_TOTAL"]
-
-
-@autotune(CONV["sep_gemm_forward"], key=["C_IN", "C_OUT", "M_TOTAL", "KH", "KW"],
-          prune=PRUNES["_conv2d_forward_kernel"])
-@triton.jit(do_not_specialize=_SIZES_CONV2D_FORWARD)
-def _conv2d_forward_kernel(
-        x_ptr, w_ptr, b_ptr, out_ptr,
-        C_IN, H_IN, W_IN, C_OUT, H_OUT, W_OUT, M_TOTAL,
-        sxn, sxc, sxh, sxw, swo, swi, swh, sww, son, soc, soh, sow,
-        SH, SW, PH, PW, DH, DW,
-        KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """out[n, co, oh, ow] = b[co] + sum over (ci, kh, kw) of w[co, ci, kh, kw] * x[n, ci, ih,
-    iw]."""
-    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
-    m_ok = rm < M_TOTAL
-    n_ok = rn < C_OUT
-    img = (rm // (H_OUT * W_OUT)).to(tl.int64)
-    ow = rm % W_OUT
-    oh = (rm // W_OUT) % H_OUT
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for kh in tl.static_range(KH):
-        ih = oh * SH - PH + kh * DH
-        for kw in tl.static_range(KW):
-            iw = ow * SW - PW + kw * DW
-            ok = m_ok & (ih >= 0) & (ih < H_IN) & (iw >= 0) & (iw < W_IN)
-            a_row = x_ptr + img * sxn + ih * sxh + iw * sxw
-            b_col = w_ptr + rn * swo + kh * swh + kw * sww
-            for c0 in range(0, C_IN, BLOCK_K):
-                ck = c0 + rk
-                k_ok = ck < C_IN
-                a = tl.load(a_row[:, None] + ck[None, :] * sxc, mask=ok[:, None] & k_ok[None, :],
-                            other=0.0)
-                b = tl.load(b_col[None, :] + ck[:, None] * swi,
-                            mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-                acc = tl.dot(a, b, acc, input_precision=PRECISION)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    out = (out_ptr + (img * son + oh * soh + ow * sow)[:, None] + rn[None, :].to(tl.int64) * soc)
-    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
-
-
-_SIZES_CONV2D_BACKWARD_INPUT = ["C_IN", "H_IN", "W_IN", "C_OUT", "H_OUT", "W_OUT", "M_TOTAL"]
-
-
-@autotune(CONV["sep_gemm_backward_input"], key=["C_IN", "C_OUT", "M_TOTAL", "KH", "KW"],
-          prune=PRUNES["_conv2d_backward_input_kernel"])
-@triton.jit(do_not_specialize=_SIZES_CONV2D_BACKWARD_INPUT)
-def _conv2d_backward_input_kernel(
-        dy_ptr, w_ptr, dx_ptr,
-        C_IN, H_IN, W_IN, C_OUT, H_OUT, W_OUT, M_TOTAL,
-        syn, syc, syh, syw, swo, swi, swh, sww, sxn, sxc, sxh, sxw,
-        SH, SW, PH, PW, DH, DW,
-        KH: tl.constexpr, KW: tl.constexpr, PRECISION: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """dx[n, ci, ih, iw] = sum over (co, kh, kw) of w[co, ci, kh, kw] * dy[n, co, oh, ow] where
-    oh*SH = ih + PH - kh*DH and ow*SW = iw + PW - kw*DW exactly."""
-    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
-    m_ok = rm < M_TOTAL
-    n_ok = rn < C_IN
-    img = (rm // (H_IN * W_IN)).to(tl.int64)
-    iw = rm % W_IN
-    ih = (rm // W_IN) % H_IN
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for kh in tl.static_range(KH):
-        num_h = ih + PH - kh * DH
-        oh = num_h // SH
-        ok_h = m_ok & (num_h >= 0) & (oh * SH == num_h) & (oh < H_OUT)
-        for kw in tl.static_range(KW):
-            num_w = iw + PW - kw * DW
-            ow = num_w // SW
-            ok = ok_h & (num_w >= 0) & (ow * SW == num_w) & (ow < W_OUT)
-            a_row = dy_ptr + img * syn + oh * syh + ow * syw
-            b_col = w_ptr + rn * swi + kh * swh + kw * sww
-            for c0 in range(0, C_OUT, BLOCK_K):
-                ck = c0 + rk
-                k_ok = ck < C_OUT
-                a = tl.load(a_row[:, None] + ck[None, :] * syc, mask=ok[:, None] & k_ok[None, :],
-                            other=0.0)
-                b = tl.load(b_col[None, :] + ck[:, None] * swo,
-                            mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-                acc = tl.dot(a, b, acc, input_precision=PRECISION)
-    dx = (dx_ptr + (img * sxn + ih * sxh + iw * sxw)[:, None] + rn[None, :].to(tl.int64) * sxc)
-    tl.store(dx, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
-
-
-_SIZES_CONV2D_BACKWARD_WEIGHT = ["C_IN", "H_IN", "W_IN", "C_OUT", "H_OUT", "W_OUT", "Q", "CHUNK",
-                                 "SPLIT"]
-
-
-@autotune(CONV["sep_gemm_backward_weight"], key=["C_IN", "C_OUT", "Q", "KH", "KW", "SPLIT"],
-          prune=PRUNES["_conv2d_backward_weight_kernel"])
-@triton.jit(do_not_specialize=_SIZES_CONV2D_BACKWARD_WEIGHT)
-def _conv2d_backward_weight_kernel(
-        x_ptr, dy_ptr, dw_part_ptr, db_part_ptr,
-        C_IN, H_IN, W_IN, C_OUT, H_OUT, W_OUT, Q, CHUNK, SPLIT,
-        sxn, sxc, sxh, sxw, syn, syc, syh, syw,
-        SH, SW, PH, PW, DH, DW,
-        KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """dw_part[s, co, ci, tap] = sum over q in [s*CHUNK, (s+1)*CHUNK) of dy[q, co] * x[q through
-    tap, ci], q = (n, oh, ow) flattened; db_part[s, co] = the sum of dy[q, co] (written by tap
-    0's programs)."""
-    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    tap = tl.program_id(2) % (KH * KW)
-    s = tl.program_id(2) // (KH * KW)
-    kh = tap // KW
-    kw = tap % KW
-    co_ok = rm < C_OUT
-    ci_ok = rn < C_IN
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc_b = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    q_end = tl.minimum(Q, (s + 1) * CHUNK)
-    for q0 in range(s * CHUNK, q_end, BLOCK_K):
-        q = q0 + tl.arange(0, BLOCK_K)
-        q_ok = q < q_end
-        img = (q // (H_OUT * W_OUT)).to(tl.int64)
-        ow = q % W_OUT
-        oh = (q // W_OUT) % H_OUT
-        ih = oh * SH - PH + kh * DH
-        iw = ow * SW - PW + kw * DW
-        ok = q_ok & (ih >= 0) & (ih < H_IN) & (iw >= 0) & (iw < W_IN)
-        a = tl.load(dy_ptr + (img * syn + oh * syh + ow * syw)[None, :] + rm[:, None] * syc,
-                    mask=co_ok[:, None] & q_ok[None, :], other=0.0)
-        b = tl.load(x_ptr + (img * sxn + ih * sxh + iw * sxw)[:, None] + rn[None, :] * sxc,
-                    mask=ok[:, None] & ci_ok[None, :], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=PRECISION)
-        if HAS_BIAS:
-            acc_b += tl.sum(a.to(tl.float32), axis=1)
-    part = (s.to(tl.int64) * C_OUT + rm[:, None]) * C_IN + rn[None, :]
-    tl.store(dw_part_ptr + part * (KH * KW) + tap, acc, mask=co_ok[:, None] & ci_ok[None, :])
-    if HAS_BIAS:
-        if (tl.program_id(1) == 0) & (tap == 0):
-            tl.store(db_part_ptr + s.to(tl.int64) * C_OUT + rm, acc_b, mask=co_ok)
-
-
 _SIZES_SPATIAL_FORWARD = ["C_IN", "C_MID", "C_OUT", "H_IN", "W_IN", "H_OUT", "W_OUT", "OW_PER",
                           "SEGMENTS"]
 
@@ -411,78 +264,30 @@ def _precision(dtype, precision):
     return precision if dtype == torch.float32 else "ieee"
 
 
-def conv2d_forward(x, w, b, stride, padding, dilation, out, precision="ieee"):
-    """out (N, C_out, OH, OW) = conv2d(x (N, C_in, H, W), w (C_out, C_in, KH, KW)) + b; any
-    strides, groups = 1, padding before each axis (out's shape gives the output size)."""
-    if out.numel() == 0:
-        return out
-    c_out, c_in, kh, kw = w.shape
-    m_total = out.shape[0] * out.shape[2] * out.shape[3]
-
-    def grid(meta):
-        return (triton.cdiv(m_total, meta["BLOCK_M"]), triton.cdiv(c_out, meta["BLOCK_N"]))
-
-    _conv2d_forward_kernel[grid](
-        x, w, b if b is not None else w, out, c_in, *x.shape[2:], c_out, *out.shape[2:], m_total,
-        *x.stride(), *w.stride(), *out.stride(), *stride, *padding, *dilation,
-        KH=kh, KW=kw, HAS_BIAS=b is not None, PRECISION=_precision(x.dtype, precision))
-    return out
+def _rank3(t):
+    """A 2-d (N, C, H, W) tensor as the rank-3 (N, C, 1, H, W) view conv.py's kernels take."""
+    return t if t.dim() == 5 else t.unsqueeze(2)
 
 
-def conv2d_backward_input(dy, w, stride, padding, dilation, dx, precision="ieee"):
-    """dx (N, C_in, H, W) = the gradient of conv2d_forward w.r.t. x, given dy (N, C_out, OH, OW)."""
-    if dx.numel() == 0:
-        return dx
-    c_out, c_in, kh, kw = w.shape
-    m_total = dx.shape[0] * dx.shape[2] * dx.shape[3]
-
-    def grid(meta):
-        return (triton.cdiv(m_total, meta["BLOCK_M"]), triton.cdiv(c_in, meta["BLOCK_N"]))
-
-    _conv2d_backward_input_kernel[grid](
-        dy, w, dx, c_in, *dx.shape[2:], c_out, *dy.shape[2:], m_total,
-        *dy.stride(), *w.stride(), *dx.stride(), *stride, *padding, *dilation,
-        KH=kh, KW=kw, PRECISION=_precision(dy.dtype, precision))
-    return dx
+def _conv2d(x, w, b, stride, padding, dilation, out):
+    """out = conv2d(x, w) + b (groups 1) by conv.py's implicit GEMM; 2-d pairs of parameters."""
+    conv_forward(_rank3(x), _rank3(w), b, (1,) + tuple(stride), (0,) + tuple(padding),
+                 (1,) + tuple(dilation), 1, _rank3(out))
 
 
-# Programs the weight gradients aim for: enough to fill a large GPU several times over.
-_WEIGHT_PROGRAMS = 1024
+def _conv2d_backward_input(dy, w, stride, padding, dilation, dx):
+    """dx = the input gradient of _conv2d for dy."""
+    conv_backward_input(_rank3(dy), _rank3(w), (1,) + tuple(stride), (0,) + tuple(padding),
+                        (1,) + tuple(dilation), 1, _rank3(dx))
 
 
-def conv2d_backward_weight(x, dy, w_shape, stride, padding, dilation, want_bias,
-                           precision="ieee"):
-    """(dw (w_shape), db (C_out,) or None): gradients of conv2d_forward w.r.t. w and b."""
-    import torch
-
+def _conv2d_backward_weight(x, dy, w_shape, stride, padding, dilation, want_bias):
+    """(dw (w_shape), db or None): the weight and bias gradients of _conv2d for dy."""
     c_out, c_in, kh, kw = w_shape
-    q = dy.shape[0] * dy.shape[2] * dy.shape[3]
-    if q == 0 or x.numel() == 0:
-        dw = torch.zeros(tuple(w_shape), dtype=x.dtype, device=x.device)
-        return dw, (torch.zeros(c_out, dtype=x.dtype, device=x.device) if want_bias else None)
-    tiles = triton.cdiv(c_out, 64) * triton.cdiv(c_in, 64) * kh * kw
-    split = max(1, min(triton.cdiv(_WEIGHT_PROGRAMS, tiles), triton.cdiv(q, 4096)))
-    # CHUNK is a multiple of every configuration's BLOCK_K, so the programs' ranges tile Q exactly.
-    chunk = triton.cdiv(triton.cdiv(q, split), 1024) * 1024
-    split = triton.cdiv(q, chunk)
-    dw_part = torch.empty((split, c_out, c_in, kh * kw), dtype=torch.float32, device=x.device)
-    db_part = torch.empty((split, c_out), dtype=torch.float32, device=x.device)
-
-    def grid(meta):
-        return (triton.cdiv(c_out, meta["BLOCK_M"]), triton.cdiv(c_in, meta["BLOCK_N"]),
-                kh * kw * split)
-
-    _conv2d_backward_weight_kernel[grid](
-        x, dy, dw_part, db_part, c_in, *x.shape[2:], c_out, *dy.shape[2:], q, chunk, split,
-        *x.stride(), *dy.stride(), *stride, *padding, *dilation,
-        KH=kh, KW=kw, HAS_BIAS=bool(want_bias), PRECISION=_precision(x.dtype, precision))
-    dw = dw_part.sum(0).to(x.dtype).reshape(tuple(w_shape))
-    return dw, (db_part.sum(0).to(x.dtype) if want_bias else None)
-
-
-def _planes(t):
-    """A rank-3 (N, C, 1, H, W) tensor as the 2-d (N, C, H, W) view the GEMMs take."""
-    return t[:, :, 0]
+    dw, db = conv_backward_weight(_rank3(x), _rank3(dy), (c_out, c_in, 1, kh, kw),
+                                  (1,) + tuple(stride), (0,) + tuple(padding),
+                                  (1,) + tuple(dilation), 1, want_bias)
+    return dw.reshape(tuple(w_shape)), db
 
 
 def dsconv_forward(x, wd, bd, wp, bp, stride, padding, dilation, out, precision="ieee"):
@@ -518,8 +323,7 @@ def dsconv_backward(x, wd, bd, wp, dy, stride, padding, dilation, dx, want_bias,
     wd = wd.contiguous()
     # dmid = wp^T dy: a 1x1 convolution of dy with the (C*m, C_out) transposed weight
     dmid = torch.empty((dy.shape[0], cm) + tuple(dy.shape[2:]), dtype=dy.dtype, device=dy.device)
-    conv2d_forward(_planes(dy), wp.t()[:, :, None, None], None, (1, 1), (0, 0), (1, 1),
-                   _planes(dmid), precision)
+    _conv2d(dy, wp.t()[:, :, None, None, None], None, (1, 1), (0, 0), (1, 1), dmid)
     # dwp = dy mid^T with mid recomputed from x in registers, dbp = the sums of dy
     p_out = dy.shape[2] * dy.shape[3] * dy.shape[4]
     q = dy.shape[0] * p_out
@@ -590,13 +394,11 @@ def spatial_backward(x, wv, bv, wh, dy, stride, padding, dilation, dx, want_bias
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     mid = torch.empty((x.shape[0], wv.shape[0], dy.shape[2], x.shape[3]), dtype=x.dtype,
                       device=x.device)
-    conv2d_forward(x, wv, bv, (sh, 1), (ph, 0), (dh, 1), mid, precision)
+    _conv2d(x, wv, bv, (sh, 1), (ph, 0), (dh, 1), mid)
     dmid = torch.empty_like(mid)
-    conv2d_backward_input(dy, wh, (1, sw), (0, pw), (1, dw), dmid, precision)
-    dwh, dbh = conv2d_backward_weight(mid, dy, wh.shape, (1, sw), (0, pw), (1, dw), want_bias[1],
-                                      precision)
-    dwv, dbv = conv2d_backward_weight(x, dmid, wv.shape, (sh, 1), (ph, 0), (dh, 1), want_bias[0],
-                                      precision)
+    _conv2d_backward_input(dy, wh, (1, sw), (0, pw), (1, dw), dmid)
+    dwh, dbh = _conv2d_backward_weight(mid, dy, wh.shape, (1, sw), (0, pw), (1, dw), want_bias[1])
+    dwv, dbv = _conv2d_backward_weight(x, dmid, wv.shape, (sh, 1), (ph, 0), (dh, 1), want_bias[0])
     if dx is not None:
-        conv2d_backward_input(dmid, wv, (sh, 1), (ph, 0), (dh, 1), dx, precision)
+        _conv2d_backward_input(dmid, wv, (sh, 1), (ph, 0), (dh, 1), dx)
     return dwv, dwh, dbv, dbh
