@@ -74,7 +74,7 @@ def _rnn_cell(op, mode, input, hx, w_ih, w_hh, b_ih, b_hh):
 
     x, h, c, unbatched = _validate.rnn_cell_args(op, mode, input, hx, w_ih, w_hh, b_ih, b_hh)
     backend = _dispatch.backend_for("rnn", x, h, c, w_ih, w_hh, b_ih, b_hh)
-    if backend not in ("numba", "triton"):
+    if backend is None:
         _dispatch.fallback("rnn", x, h, c, w_ih, w_hh, b_ih, b_hh)
         if mode == "lstm":
             h_new, c_new = torch.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh)

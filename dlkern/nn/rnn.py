@@ -76,7 +76,7 @@ class _DlkernRNNMixin:
             states = tuple(s if sorted_indices is None else s.index_select(1, sorted_indices)
                            for s in states)
         params = list(self.parameters())
-        if _dispatch.backend_for("rnn", data, *states, *params) not in ("numba", "triton"):
+        if _dispatch.backend_for("rnn", data, *states, *params) is None:
             _dispatch.fallback("rnn", data, *states, *params)
             return super().forward(input, hx)
 
@@ -157,7 +157,7 @@ class _DlkernCellMixin:
         x, h, c, unbatched = _validate.rnn_cell_args(op, self._mode, input, hx, *weights)
         # The checks above make every tensor share x's dtype and device: x decides the backend.
         backend = _dispatch.backend_for("rnn", x)
-        if backend not in ("numba", "triton"):
+        if backend is None:
             return (DF.lstm_cell if lstm else DF.gru_cell)(input, hx, *weights)
         np_weights = None
         if backend == "numba" and not torch.compiler.is_compiling():
