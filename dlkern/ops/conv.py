@@ -24,6 +24,7 @@ from torch import Tensor
 from dlkern import _dispatch
 from dlkern.kernels.numba import conv as numba_conv
 from dlkern.kernels.numba import depthwise as numba_depthwise
+from dlkern.ops.layout import as_rank3_array, output_format, rank3, rank3_view, write_rank3
 
 _dispatch.register_triton("conv")
 
@@ -55,8 +56,8 @@ def _backward_weight_kernel(x, dy, w_shape, stride, padding, dilation, groups, w
 
 
 def _triton_forward(x, w, b, stride, padding, dilation, groups, out):
-    """The Triton forward on rank-3 views (``_rank3_view``); writes ``out``. Triton is imported
-    on the first such call only (it is optional on the CPU)."""
+    """The Triton forward on rank-3 views (``layout.rank3_view``); writes ``out``. Triton is
+    imported on the first such call only (it is optional on the CPU)."""
     if _is_depthwise(w.shape, groups):
         from dlkern.kernels.triton import depthwise
         return depthwise.depthwise_forward(x, w, b, stride, padding, dilation, out)
@@ -86,76 +87,29 @@ def _triton_backward_weight(x, dy, w_shape, stride, padding, dilation, groups, w
                                             want_bias)
 
 
-def _rank3_view(t):
-    """``t`` (N, C, *spatial) as a rank-3 torch view (N, C, D, H, W), strides kept: no copy."""
-    t = t.detach()
-    while t.dim() < 5:
-        t = t.unsqueeze(2)
-    return t
-
-
-def _rank3(values, fill):
-    """Pad a per-axis tuple of 1-3 values to 3 (leading axes get ``fill``): rank-3 canonical form."""
-    return (fill,) * (3 - len(values)) + tuple(int(v) for v in values)
-
-
-def _as_rank3_array(t):
-    """A C-contiguous NumPy view (or copy) of ``t`` as (N, C, D, H, W); never writes to ``t``."""
-    t = t.detach().contiguous()
-    shape = tuple(t.shape[:2]) + _rank3(t.shape[2:], 1)
-    return t.numpy().reshape(shape)
-
-
-def _channels_last_format(t):
-    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
-        return torch.channels_last
-    if t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d) and not t.is_contiguous():
-        return torch.channels_last_3d
-    return None
-
-
-def _layout_of(t, weight=None):
-    """The memory format torch gives a convolution's output for this input (and weight: torch
-    returns channels_last when either of them is channels_last)."""
-    return (_channels_last_format(t) or (weight is not None and _channels_last_format(weight))
-            or torch.contiguous_format)
-
-
-def _run_into(result, write):
-    """Let ``write(array)`` fill ``result`` (rank-3 view), going through a contiguous buffer if needed."""
-    if result.is_contiguous():
-        shape = tuple(result.shape[:2]) + _rank3(result.shape[2:], 1)
-        write(result.numpy().reshape(shape))
-        return result
-    buffer = _dispatch.new_output(result.shape, result)
-    _run_into(buffer, write)
-    result.copy_(buffer)
-    return result
-
-
 @torch.library.custom_op("dlkern::conv", mutates_args=())
 def conv(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int],
          padding: Sequence[int], dilation: Sequence[int], groups: int,
          output_size: Sequence[int]) -> Tensor:
     out = _dispatch.new_output((input.shape[0], weight.shape[0], *output_size), input,
-                               memory_format=_layout_of(input, weight))
+                               memory_format=output_format(input, weight))
     if _dispatch.backend_for("conv", input, weight, bias) == "triton":
-        _triton_forward(_rank3_view(input), _rank3_view(weight),
-                        None if bias is None else bias.detach(), _rank3(stride, 1),
-                        _rank3(padding, 0), _rank3(dilation, 1), groups, _rank3_view(out))
+        _triton_forward(rank3_view(input), rank3_view(weight),
+                        None if bias is None else bias.detach(), rank3(stride, 1),
+                        rank3(padding, 0), rank3(dilation, 1), groups, rank3_view(out))
         return out
-    x = _as_rank3_array(input)
-    w = _as_rank3_array(weight)
+    x = as_rank3_array(input)
+    w = as_rank3_array(weight)
     b = None if bias is None else bias.detach().contiguous().numpy()
-    _run_into(out, lambda o: _forward_kernel(
-        x, w, b, _rank3(stride, 1), _rank3(padding, 0), _rank3(dilation, 1), groups, o))
+    write_rank3(out, lambda o: _forward_kernel(
+        x, w, b, rank3(stride, 1), rank3(padding, 0), rank3(dilation, 1), groups, o))
     return out
 
 
 @conv.register_fake
 def _(input, weight, bias, stride, padding, dilation, groups, output_size):
     return torch.empty((input.shape[0], weight.shape[0], *output_size), dtype=input.dtype,
-                       device=input.device, memory_format=_layout_of(input, weight))
+                       device=input.device, memory_format=output_format(input, weight))
 
 
 @torch.library.custom_op("dlkern::conv_backward_input", mutates_args=())
@@ -163,39 +117,39 @@ def conv_backward_input(grad_output: Tensor, weight: Tensor, input_size: Sequenc
                         stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
                         groups: int) -> Tensor:
     grad_input = _dispatch.new_output(tuple(input_size), grad_output,
-                                      memory_format=_layout_of(grad_output))
+                                      memory_format=output_format(grad_output))
     if _dispatch.backend_for("conv", grad_output, weight) == "triton":
-        _triton_backward_input(_rank3_view(grad_output), _rank3_view(weight), _rank3(stride, 1),
-                               _rank3(padding, 0), _rank3(dilation, 1), groups,
-                               _rank3_view(grad_input))
+        _triton_backward_input(rank3_view(grad_output), rank3_view(weight), rank3(stride, 1),
+                               rank3(padding, 0), rank3(dilation, 1), groups,
+                               rank3_view(grad_input))
         return grad_input
-    dy = _as_rank3_array(grad_output)
-    w = _as_rank3_array(weight)
-    _run_into(grad_input, lambda dx: _backward_input_kernel(
-        dy, w, _rank3(stride, 1), _rank3(padding, 0), _rank3(dilation, 1), groups, dx))
+    dy = as_rank3_array(grad_output)
+    w = as_rank3_array(weight)
+    write_rank3(grad_input, lambda dx: _backward_input_kernel(
+        dy, w, rank3(stride, 1), rank3(padding, 0), rank3(dilation, 1), groups, dx))
     return grad_input
 
 
 @conv_backward_input.register_fake
 def _(grad_output, weight, input_size, stride, padding, dilation, groups):
     return torch.empty(tuple(input_size), dtype=grad_output.dtype, device=grad_output.device,
-                       memory_format=_layout_of(grad_output))
+                       memory_format=output_format(grad_output))
 
 
 @torch.library.custom_op("dlkern::conv_backward_weight", mutates_args=())
 def conv_backward_weight(grad_output: Tensor, input: Tensor, weight_size: Sequence[int],
                          stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
                          groups: int, bias_grad: bool) -> Tuple[Tensor, Tensor]:
-    w_shape = tuple(weight_size[:2]) + _rank3(weight_size[2:], 1)
+    w_shape = tuple(weight_size[:2]) + rank3(weight_size[2:], 1)
     if _dispatch.backend_for("conv", grad_output, input) == "triton":
         dw, db = _triton_backward_weight(
-            _rank3_view(input), _rank3_view(grad_output), w_shape, _rank3(stride, 1),
-            _rank3(padding, 0), _rank3(dilation, 1), groups, bias_grad)
+            rank3_view(input), rank3_view(grad_output), w_shape, rank3(stride, 1),
+            rank3(padding, 0), rank3(dilation, 1), groups, bias_grad)
         return dw.reshape(tuple(weight_size)), db if bias_grad else grad_output.new_empty((0,))
-    x = _as_rank3_array(input)
-    dy = _as_rank3_array(grad_output)
+    x = as_rank3_array(input)
+    dy = as_rank3_array(grad_output)
     dw, db = _backward_weight_kernel(
-        x, dy, w_shape, _rank3(stride, 1), _rank3(padding, 0), _rank3(dilation, 1), groups, bias_grad)
+        x, dy, w_shape, rank3(stride, 1), rank3(padding, 0), rank3(dilation, 1), groups, bias_grad)
     grad_weight = torch.from_numpy(dw).reshape(tuple(weight_size))
     grad_bias = torch.from_numpy(db) if bias_grad else grad_output.new_empty((0,))
     return grad_weight, grad_bias

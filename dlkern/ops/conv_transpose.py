@@ -22,10 +22,10 @@ from torch import Tensor
 
 from dlkern import _dispatch
 from dlkern.kernels.numba import channel as numba_channel
-from dlkern.ops.conv import (_as_rank3_array, _backward_input_kernel, _conv_setup_context,
-                             _layout_of, _rank3, _rank3_view, _run_into, _triton_backward_input)
+from dlkern.ops.conv import _backward_input_kernel, _conv_setup_context, _triton_backward_input
 from dlkern.ops.conv import conv as conv_op
 from dlkern.ops.conv import conv_backward_weight as conv_backward_weight_op
+from dlkern.ops.layout import as_rank3_array, output_format, rank3, rank3_view, write_rank3
 
 _dispatch.register_triton("conv_transpose")
 
@@ -34,8 +34,8 @@ _dispatch.register_triton("conv_transpose")
 def channel_sum(t: Tensor) -> Tensor:
     if _dispatch.backend_for("conv_transpose", t) == "triton":
         from dlkern.kernels.triton import conv as triton_conv
-        return triton_conv.channel_sum(_rank3_view(t))
-    return torch.from_numpy(numba_channel.channel_sum(_as_rank3_array(t)))
+        return triton_conv.channel_sum(rank3_view(t))
+    return torch.from_numpy(numba_channel.channel_sum(as_rank3_array(t)))
 
 
 @channel_sum.register_fake
@@ -49,29 +49,29 @@ def conv_transpose(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride
                    output_size: Sequence[int]) -> Tensor:
     c_out = weight.shape[1] * groups
     out = _dispatch.new_output((input.shape[0], c_out, *output_size), input,
-                               memory_format=_layout_of(input, weight))
+                               memory_format=output_format(input, weight))
     if _dispatch.backend_for("conv_transpose", input, weight, bias) == "triton":
-        _triton_backward_input(_rank3_view(input), _rank3_view(weight), _rank3(stride, 1),
-                               _rank3(padding, 0), _rank3(dilation, 1), groups, _rank3_view(out),
+        _triton_backward_input(rank3_view(input), rank3_view(weight), rank3(stride, 1),
+                               rank3(padding, 0), rank3(dilation, 1), groups, rank3_view(out),
                                None if bias is None else bias.detach())
         return out
-    x = _as_rank3_array(input)
-    w = _as_rank3_array(weight)
+    x = as_rank3_array(input)
+    w = as_rank3_array(weight)
     b = None if bias is None else bias.detach().contiguous().numpy()
 
     def write(o):
-        _backward_input_kernel(x, w, _rank3(stride, 1), _rank3(padding, 0), _rank3(dilation, 1),
+        _backward_input_kernel(x, w, rank3(stride, 1), rank3(padding, 0), rank3(dilation, 1),
                                groups, o)
         if b is not None:
             numba_channel.add_channel_bias(o, b)
 
-    return _run_into(out, write)
+    return write_rank3(out, write)
 
 
 @conv_transpose.register_fake
 def _(input, weight, bias, stride, padding, dilation, groups, output_size):
     return torch.empty((input.shape[0], weight.shape[1] * groups, *output_size), dtype=input.dtype,
-                       device=input.device, memory_format=_layout_of(input, weight))
+                       device=input.device, memory_format=output_format(input, weight))
 
 
 def _backward(ctx, grad_output):
