@@ -47,10 +47,6 @@ def _on_triton(op, *tensors):
     return _dispatch.backend_for(op, *tensors) == "triton"
 
 
-def _allow_tf32():
-    return bool(torch.backends.cuda.matmul.allow_tf32)
-
-
 def _threads():
     return numba.config.NUMBA_NUM_THREADS
 
@@ -240,7 +236,7 @@ def attention_op(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], is_cau
         return out, lse
     if _on_triton("attention", q, k, v):
         _triton_kernels().attention_forward(q, k, v, mask, is_causal, scale, dropout_p, seed, out,
-                                            lse, _allow_tf32())
+                                            lse)
         return out, lse
     args = _kernel_args(q, k, v, mask)
     nt, dtype = _threads(), args[0].dtype
@@ -283,7 +279,7 @@ def attention_backward_op(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor,
         _triton_kernels().attention_backward(
             grad_out.contiguous(), q, k, v, mask, out.contiguous(), lse.contiguous(), is_causal,
             scale, dropout_p, seed, grad_q, grad_k, grad_v,
-            grad_mask if want_grad_mask else None, _allow_tf32())
+            grad_mask if want_grad_mask else None)
         return grad_q, grad_k, grad_v, grad_mask
     args = _kernel_args(q, k, v, mask)
     if want_grad_mask:

@@ -39,18 +39,19 @@ def _on_triton(x):
     return _dispatch.backend_for("rnn", x) == "triton"
 
 
-def _precision(x, allow_tf32):
-    """TF32 for float32 on a GPU when torch allows it for this op's twin; never under the
-    interpreter (it computes float32 exactly anyway)."""
-    return "tf32" if x.is_cuda and x.dtype == torch.float32 and allow_tf32 else "ieee"
-
-
 def _layer_precision(x, batch_sizes, w_hh, w_hr):
-    """torch runs layers on cuDNN (cudnn.allow_tf32) and cells as matmuls (matmul.allow_tf32); a
-    one-step, one-direction layer without projection is how cells reach the layer op."""
+    """torch runs layers on cuDNN and cells as matmuls (kernels/triton/precision.py); a one-step,
+    one-direction layer without projection is how cells reach the layer op."""
+    from dlkern.kernels.triton.precision import CUDNN, MATMUL, dot_precision
+
     cell = batch_sizes.shape[0] == 1 and w_hh.shape[0] == 1 and w_hr is None
-    flag = (torch.backends.cuda.matmul.allow_tf32 if cell else torch.backends.cudnn.allow_tf32)
-    return _precision(x, flag)
+    return dot_precision(x, MATMUL if cell else CUDNN)
+
+
+def _cell_precision(x):
+    from dlkern.kernels.triton.precision import MATMUL, dot_precision
+
+    return dot_precision(x, MATMUL)
 
 
 def _workspace_shapes(mode, x, w_hh, n_rows):
@@ -249,7 +250,7 @@ def _cell_lean(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, np_weights=None, backend=N
     c_n = torch.empty_like(y) if lstm else None  # every element is written (c' = f c + i g)
     if (backend or _dispatch.backend_for("rnn", x)) == "triton":
         _triton().cell_forward(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, y, c_n,
-                               _precision(x, torch.backends.cuda.matmul.allow_tf32))
+                               _cell_precision(x))
         return y, c_n
     if np_weights is None:
         np_weights = numpy_weights(w_ih, w_hh, b_ih, b_hh)

@@ -25,7 +25,8 @@ from torch import Tensor
 
 from dlkern import _dispatch
 from dlkern.kernels.numba import separable as numba_separable
-from dlkern.ops.conv import _as_rank3_array, _layout_of, _rank3, _run_into
+from dlkern.ops.layout import (as_array, as_rank3_array, output_format, rank3, rank3_view,
+                              write_array, write_rank3)
 
 _TORCH_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
@@ -37,33 +38,6 @@ def _triton():
     from dlkern.kernels.triton import separable
 
     return separable
-
-
-def _tf32():
-    """float32 products in TF32 exactly when torch's convolutions would use it."""
-    return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
-
-
-def _rank3_view(t):
-    """(N, C, *spatial) with 1-3 spatial axes as an (N, C, D, H, W) view (size-1 axes in front)."""
-    while t.dim() < 5:
-        t = t.unsqueeze(2)
-    return t
-
-
-def _numpy(t):
-    return None if t is None else t.detach().contiguous().numpy()
-
-
-def _fill_output(result, write):
-    """``write(array)`` fills ``result`` (its own shape), through a contiguous buffer if needed."""
-    if result.is_contiguous():
-        write(result.numpy())
-        return result
-    buffer = _dispatch.new_output(result.shape, result)
-    write(buffer.numpy())
-    result.copy_(buffer)
-    return result
 
 
 def _empty_grad(like):
@@ -82,19 +56,19 @@ def depthwise_separable_conv(input: Tensor, depthwise_weight: Tensor, pointwise_
                              stride: Sequence[int], padding: Sequence[int],
                              dilation: Sequence[int], output_size: Sequence[int]) -> Tensor:
     out = _dispatch.new_output((input.shape[0], pointwise_weight.shape[0], *output_size), input,
-                               memory_format=_layout_of(input))
+                               memory_format=output_format(input))
     if _dispatch.backend_for("depthwise_separable_conv", input, depthwise_weight) == "triton":
         _triton().dsconv_forward(
-            _rank3_view(input), _rank3_view(depthwise_weight), depthwise_bias,
+            rank3_view(input), rank3_view(depthwise_weight), depthwise_bias,
             pointwise_weight.reshape(pointwise_weight.shape[0], -1), pointwise_bias,
-            _rank3(stride, 1), _rank3(padding, 0), _rank3(dilation, 1), _rank3_view(out), _tf32())
+            rank3(stride, 1), rank3(padding, 0), rank3(dilation, 1), rank3_view(out))
         return out
-    x = _as_rank3_array(input)
-    wd = _as_rank3_array(depthwise_weight)
-    wp = _numpy(pointwise_weight).reshape(pointwise_weight.shape[0], -1)
-    _run_into(out, lambda o: numba_separable.dsconv_forward(
-        x, wd, _numpy(depthwise_bias), wp, _numpy(pointwise_bias), _rank3(stride, 1),
-        _rank3(padding, 0), _rank3(dilation, 1), o))
+    x = as_rank3_array(input)
+    wd = as_rank3_array(depthwise_weight)
+    wp = as_array(pointwise_weight).reshape(pointwise_weight.shape[0], -1)
+    write_rank3(out, lambda o: numba_separable.dsconv_forward(
+        x, wd, as_array(depthwise_bias), wp, as_array(pointwise_bias), rank3(stride, 1),
+        rank3(padding, 0), rank3(dilation, 1), o))
     return out
 
 
@@ -102,7 +76,7 @@ def depthwise_separable_conv(input: Tensor, depthwise_weight: Tensor, pointwise_
 def _(input, depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias, stride, padding,
       dilation, output_size):
     return torch.empty((input.shape[0], pointwise_weight.shape[0], *output_size),
-                       dtype=input.dtype, device=input.device, memory_format=_layout_of(input))
+                       dtype=input.dtype, device=input.device, memory_format=output_format(input))
 
 
 @torch.library.custom_op("dlkern::depthwise_separable_conv_backward", mutates_args=())
@@ -115,30 +89,30 @@ def depthwise_separable_conv_backward(grad_output: Tensor, input: Tensor, depthw
     grad depthwise bias, grad pointwise bias)."""
     if _dispatch.backend_for("depthwise_separable_conv", grad_output, input) == "triton":
         grad_input = (_dispatch.new_output(tuple(input.shape), grad_output,
-                                           memory_format=_layout_of(grad_output))
+                                           memory_format=output_format(grad_output))
                       if input_grad else _empty_grad(grad_output))
         dwd, dwp, dbd, dbp = _triton().dsconv_backward(
-            _rank3_view(input), _rank3_view(depthwise_weight), depthwise_bias,
-            pointwise_weight.reshape(pointwise_weight.shape[0], -1), _rank3_view(grad_output),
-            _rank3(stride, 1), _rank3(padding, 0), _rank3(dilation, 1),
-            _rank3_view(grad_input) if input_grad else None, (True, True), _tf32())
+            rank3_view(input), rank3_view(depthwise_weight), depthwise_bias,
+            pointwise_weight.reshape(pointwise_weight.shape[0], -1), rank3_view(grad_output),
+            rank3(stride, 1), rank3(padding, 0), rank3(dilation, 1),
+            rank3_view(grad_input) if input_grad else None, (True, True))
         return (grad_input, dwd.reshape(depthwise_weight.shape),
                 dwp.reshape(pointwise_weight.shape), dbd, dbp)
-    x = _as_rank3_array(input)
-    wd = _as_rank3_array(depthwise_weight)
-    wp = _numpy(pointwise_weight).reshape(pointwise_weight.shape[0], -1)
-    dy = _as_rank3_array(grad_output)
+    x = as_rank3_array(input)
+    wd = as_rank3_array(depthwise_weight)
+    wp = as_array(pointwise_weight).reshape(pointwise_weight.shape[0], -1)
+    dy = as_rank3_array(grad_output)
     grads = []
 
     def run(dx):
         grads.extend(numba_separable.dsconv_backward(
-            x, wd, _numpy(depthwise_bias), wp, dy, _rank3(stride, 1), _rank3(padding, 0),
-            _rank3(dilation, 1), dx))
+            x, wd, as_array(depthwise_bias), wp, dy, rank3(stride, 1), rank3(padding, 0),
+            rank3(dilation, 1), dx))
 
     if input_grad:
         grad_input = _dispatch.new_output(tuple(input.shape), grad_output,
-                                          memory_format=_layout_of(grad_output))
-        _run_into(grad_input, run)
+                                          memory_format=output_format(grad_output))
+        write_rank3(grad_input, run)
     else:
         grad_input = _empty_grad(grad_output)
         run(None)
@@ -151,7 +125,7 @@ def depthwise_separable_conv_backward(grad_output: Tensor, input: Tensor, depthw
 def _(grad_output, input, depthwise_weight, pointwise_weight, depthwise_bias, stride, padding,
       dilation, input_grad):
     grad_input = (torch.empty(tuple(input.shape), dtype=grad_output.dtype,
-                              device=grad_output.device, memory_format=_layout_of(grad_output))
+                              device=grad_output.device, memory_format=output_format(grad_output))
                   if input_grad else grad_output.new_empty((0,)))
     return (grad_input, grad_output.new_empty(depthwise_weight.shape),
             grad_output.new_empty(pointwise_weight.shape),
@@ -225,14 +199,14 @@ def spatial_separable_conv(input: Tensor, weight_v: Tensor, weight_h: Tensor,
                            stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
                            output_size: Sequence[int]) -> Tensor:
     out = _dispatch.new_output((input.shape[0], weight_h.shape[0], *output_size), input,
-                               memory_format=_layout_of(input))
+                               memory_format=output_format(input))
     if _dispatch.backend_for("spatial_separable_conv", input, weight_v) == "triton":
         _triton().spatial_forward(input, weight_v, bias_v, weight_h, bias_h, tuple(stride),
-                                  tuple(padding), tuple(dilation), out, _tf32())
+                                  tuple(padding), tuple(dilation), out)
         return out
     x, wv, wh = _spatial_arrays(input, weight_v, weight_h)
-    _fill_output(out, lambda o: numba_separable.spatial_forward(
-        x, wv, _numpy(bias_v), wh, _numpy(bias_h), weight_h.shape[3], tuple(stride),
+    write_array(out, lambda o: numba_separable.spatial_forward(
+        x, wv, as_array(bias_v), wh, as_array(bias_h), weight_h.shape[3], tuple(stride),
         tuple(padding), tuple(dilation), o))
     return out
 
@@ -240,7 +214,7 @@ def spatial_separable_conv(input: Tensor, weight_v: Tensor, weight_h: Tensor,
 @spatial_separable_conv.register_fake
 def _(input, weight_v, weight_h, bias_v, bias_h, stride, padding, dilation, output_size):
     return torch.empty((input.shape[0], weight_h.shape[0], *output_size), dtype=input.dtype,
-                       device=input.device, memory_format=_layout_of(input))
+                       device=input.device, memory_format=output_format(input))
 
 
 @torch.library.custom_op("dlkern::spatial_separable_conv_backward", mutates_args=())
@@ -253,11 +227,11 @@ def spatial_separable_conv_backward(grad_output: Tensor, input: Tensor, weight_v
     grad bias_h)."""
     if _dispatch.backend_for("spatial_separable_conv", grad_output, input) == "triton":
         grad_input = (_dispatch.new_output(tuple(input.shape), grad_output,
-                                           memory_format=_layout_of(grad_output))
+                                           memory_format=output_format(grad_output))
                       if input_grad else _empty_grad(grad_output))
         dwv, dwh, dbv, dbh = _triton().spatial_backward(
             input, weight_v, bias_v, weight_h, grad_output, tuple(stride), tuple(padding),
-            tuple(dilation), grad_input if input_grad else None, (True, True), _tf32())
+            tuple(dilation), grad_input if input_grad else None, (True, True))
         return grad_input, dwv, dwh, dbv, dbh
     x, wv, wh = _spatial_arrays(input, weight_v, weight_h)
     dy = grad_output.detach().contiguous().numpy()
@@ -265,13 +239,13 @@ def spatial_separable_conv_backward(grad_output: Tensor, input: Tensor, weight_v
 
     def run(dx):
         grads.extend(numba_separable.spatial_backward(
-            x, wv, _numpy(bias_v), wh, dy, weight_h.shape[3], tuple(stride), tuple(padding),
+            x, wv, as_array(bias_v), wh, dy, weight_h.shape[3], tuple(stride), tuple(padding),
             tuple(dilation), dx))
 
     if input_grad:
         grad_input = _dispatch.new_output(tuple(input.shape), grad_output,
-                                          memory_format=_layout_of(grad_output))
-        _fill_output(grad_input, run)
+                                          memory_format=output_format(grad_output))
+        write_array(grad_input, run)
     else:
         grad_input = _empty_grad(grad_output)
         run(None)
@@ -283,7 +257,7 @@ def spatial_separable_conv_backward(grad_output: Tensor, input: Tensor, weight_v
 @spatial_separable_conv_backward.register_fake
 def _(grad_output, input, weight_v, weight_h, bias_v, stride, padding, dilation, input_grad):
     grad_input = (torch.empty(tuple(input.shape), dtype=grad_output.dtype,
-                              device=grad_output.device, memory_format=_layout_of(grad_output))
+                              device=grad_output.device, memory_format=output_format(grad_output))
                   if input_grad else grad_output.new_empty((0,)))
     return (grad_input, grad_output.new_empty(weight_v.shape),
             grad_output.new_empty(weight_h.shape), grad_output.new_empty((weight_v.shape[0],)),

@@ -20,7 +20,8 @@ the same Philox counter in forward and backward, so the mask is regenerated, nev
 seed comes from torch's generator (drawn by the caller).
 
 Head dims are padded to the next power of two (BLOCK_D, BLOCK_DV) with masked loads. float16 and
-bfloat16 inputs accumulate in float32; float32 dots use tf32 or full precision as the caller says.
+bfloat16 inputs accumulate in float32; float32 dots use tf32 or full precision as
+precision.dot_precision says (cuBLAS's switch).
 """
 import torch
 import triton
@@ -28,6 +29,7 @@ import triton.language as tl
 
 from dlkern.kernels.triton._autotune import autotune
 from dlkern.kernels.triton.configs import ATTENTION
+from dlkern.kernels.triton.precision import MATMUL, dot_precision
 
 _LOG2E = 1.4426950408889634
 
@@ -611,11 +613,7 @@ def _mask_arguments(mask, q):
     return mask, strides, kind
 
 
-def _precision(q, allow_tf32):
-    return "tf32" if q.dtype.is_floating_point and q.element_size() == 4 and allow_tf32 else "ieee"
-
-
-def attention_forward(q, k, v, mask, causal, scale, dropout_p, seed, out, lse, allow_tf32=False):
+def attention_forward(q, k, v, mask, causal, scale, dropout_p, seed, out, lse):
     """out (B, Hq, Lq, Dv) q's dtype and lse (B, Hq, Lq) float32, contiguous, written.
     q, k, v, mask as in attention_forward_kernel (any strides)."""
     nb, hq, lq, d = q.shape
@@ -630,11 +628,11 @@ def attention_forward(q, k, v, mask, causal, scale, dropout_p, seed, out, lse, a
         q, k, v, mask_t, out, lse, *q.stride(), *k.stride(), *v.stride(), *ms,
         hq, hq // hk, lq, lk, float(scale) * _LOG2E, float(dropout_p), inv_keep,
         _philox_seed(seed), *_buckets(lq, lk), bool(causal), kind, dropout_p > 0.0, d, dv,
-        _head_block(d), _head_block(dv), _precision(q, allow_tf32))
+        _head_block(d), _head_block(dv), dot_precision(q, MATMUL))
 
 
 def attention_backward(grad_out, q, k, v, mask, out, lse, causal, scale, dropout_p, seed,
-                       grad_q, grad_k, grad_v, grad_mask=None, allow_tf32=False):
+                       grad_q, grad_k, grad_v, grad_mask=None):
     """grad_q, grad_k, grad_v (contiguous, shapes of q, k, v) written; grad_mask (B, Hq, Lq, Lk)
     contiguous and zero-filled, written if given. grad_out and out (B, Hq, Lq, Dv) contiguous,
     lse (B, Hq, Lq) float32 from attention_forward."""
@@ -650,7 +648,7 @@ def attention_backward(grad_out, q, k, v, mask, out, lse, causal, scale, dropout
     common = (*q.stride(), *k.stride(), *v.stride(), *ms)
     scalars = (lq, lk, float(scale) * _LOG2E, float(scale), float(dropout_p), inv_keep,
                _philox_seed(seed), *_buckets(lq, lk), bool(causal), kind, dropout_p > 0.0)
-    precision = _precision(q, allow_tf32)
+    precision = dot_precision(q, MATMUL)
 
     def grid_keys(meta):
         return (triton.cdiv(lk, meta["BLOCK_N"]) * nb * hk,)

@@ -51,6 +51,7 @@ import triton.language as tl
 
 from ._autotune import autotune
 from .configs import CONV
+from .precision import CUDNN, dot_precision
 
 # Pixels per split of the weight gradient's reduction are a multiple of this (>= every BLOCK_K).
 _SPLIT_QUANTUM = 128
@@ -379,13 +380,6 @@ def _add_channel_bias_kernel(t, bias, total, C, QD, QH, QW, t_n, t_c, t_d, t_h, 
 # ------------------------------------------------------------------------------- launchers
 
 
-def _precision(dtype):
-    """tl.dot's input precision: float32 follows cuDNN's TF32 switch, as torch's convolutions do."""
-    if dtype == torch.float32 and torch.backends.cudnn.allow_tf32:
-        return "tf32"
-    return "ieee"
-
-
 def _channels_innermost(t):
     """``t`` (N, C, D, H, W) with the channel axis innermost in memory, copied only when needed and
     only on a GPU. With channels contiguous the reduction (or column) axis of every tile is one
@@ -428,7 +422,7 @@ def _launch_gemm(src, wgt, bias, dst, groups, cn, ck, w_n, w_k, stride, padding,
         w_n, w_k, *wgt.stride()[2:], (ck if phased else cn) * wgt.stride(0),
         dst.stride(0), dst.stride(1), *dst.stride()[2:],
         HAS_BIAS=bias is not None, SMALL_K=ck < _SMALL_K_CHANNELS, PHASED=phased,
-        PRECISION=_precision(src.dtype),
+        PRECISION=dot_precision(src, CUDNN),
     )
 
 
@@ -525,7 +519,7 @@ def conv_backward_weight(x, dy, w_shape, stride, padding, dilation, groups, want
         *stride, *padding, *dilation,
         *x.stride(), *dy.stride(),
         math.prod(w_shape),
-        PRECISION=_precision(x.dtype),
+        PRECISION=dot_precision(x, CUDNN),
     )
     if splits > 1:
         _sum_splits(parts, dw)

@@ -46,7 +46,7 @@ Small problems (``_TUNE_LOOP``, ``_TUNE_GEMM``) launch the first configuration u
 float16 / bfloat16 multiply on tensor cores and keep the cell state, gates, accumulators and
 gradients in float32; h is an output (y) in the data type and the recurrent product reads it back
 from there, in the type the tensor cores take anyway. float32 uses TF32 when the launcher is told
-to (``precision``).
+to (``precision``, from precision.dot_precision in dlkern.ops.rnn).
 """
 import torch
 import triton
@@ -517,11 +517,6 @@ _GATES = {"lstm": 4, "gru": 3}
 
 def _cdiv(a, b):
     return -(-a // b)  # triton.cdiv is a jit function: calling it from Python costs microseconds
-
-
-def precision(dtype, allow_tf32):
-    """tl.dot's input precision: TF32 only for float32 data when allowed."""
-    return "tf32" if allow_tf32 and dtype == torch.float32 else "ieee"
 
 
 def matmul(a, b, c, bias=None, precision="ieee"):

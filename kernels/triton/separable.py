@@ -41,14 +41,15 @@ gathers it over a neighbourhood, which a fused kernel would have to recompute):
 
 The plain convolutions of these compositions (the 1x1 GEMM, the vertical and horizontal stages
 and their gradients) are conv.py's implicit-GEMM kernels on rank-3 views, which read cuDNN's TF32
-switch themselves. The fused kernels here use ``precision`` ("tf32" or "ieee") in ``tl.dot``;
-float16/bfloat16 accumulate in float32.
+switch themselves. The fused kernels here ask precision.dot_precision (cuDNN's switch) for
+``tl.dot``; float16/bfloat16 accumulate in float32.
 """
 import triton
 import triton.language as tl
 
 from ._autotune import autotune
 from .configs import CONV
+from .precision import CUDNN, dot_precision
 from .conv import conv_backward_input, conv_backward_weight, conv_forward
 from .depthwise import (_WEIGHT_PROGRAMS, SMALL_BATCH, SMALL_IMAGE, _prune,
                         depthwise_backward_input, depthwise_backward_weight)
@@ -257,13 +258,6 @@ def _spatial_forward_kernel(
 # ---------------------------------------------------------------- launchers
 
 
-def _precision(dtype, precision):
-    """tf32 only means something for float32 operands."""
-    import torch
-
-    return precision if dtype == torch.float32 else "ieee"
-
-
 def _rank3(t):
     """A 2-d (N, C, H, W) tensor as the rank-3 (N, C, 1, H, W) view conv.py's kernels take."""
     return t if t.dim() == 5 else t.unsqueeze(2)
@@ -290,7 +284,7 @@ def _conv2d_backward_weight(x, dy, w_shape, stride, padding, dilation, want_bias
     return dw.reshape(tuple(w_shape)), db
 
 
-def dsconv_forward(x, wd, bd, wp, bp, stride, padding, dilation, out, precision="ieee"):
+def dsconv_forward(x, wd, bd, wp, bp, stride, padding, dilation, out):
     """out = pointwise(depthwise(x, wd) + bd, wp) + bp. Shapes as in the module docstring."""
     if out.numel() == 0:
         return out
@@ -308,12 +302,11 @@ def dsconv_forward(x, wd, bd, wp, bp, stride, padding, dilation, out, precision=
         cm, c_out, cm // c_in, *x.shape[2:], *out.shape[3:], p_out,
         *x.stride(), *wp.stride(), *out.stride(), *stride, *padding, *dilation,
         KD=kd, KH=kh, KW=kw, HAS_BD=bd is not None, HAS_BP=bp is not None,
-        PRECISION=_precision(x.dtype, precision))
+        PRECISION=dot_precision(x, CUDNN))
     return out
 
 
-def dsconv_backward(x, wd, bd, wp, dy, stride, padding, dilation, dx, want_bias,
-                    precision="ieee"):
+def dsconv_backward(x, wd, bd, wp, dy, stride, padding, dilation, dx, want_bias):
     """Gradients of dsconv_forward: fills dx (unless None) and returns (dwd, dwp, dbd, dbp), the
     biases' gradients None unless ``want_bias`` (a pair: depthwise, pointwise)."""
     import torch
@@ -346,7 +339,7 @@ def dsconv_backward(x, wd, bd, wp, dy, stride, padding, dilation, dx, want_bias,
             cm, c_out, cm // x.shape[1], *x.shape[2:], *dy.shape[3:], p_out, q, chunk, split,
             *x.stride(), *dy.stride(), *stride, *padding, *dilation,
             KD=kd, KH=kh, KW=kw, HAS_BD=bd is not None, HAS_BIAS=bool(want_bias[1]),
-            PRECISION=_precision(x.dtype, precision))
+            PRECISION=dot_precision(x, CUDNN))
         dwp = dw_part.sum(0).to(x.dtype)
         dbp = db_part.sum(0).to(x.dtype) if want_bias[1] else None
     if dx is not None:
@@ -356,7 +349,7 @@ def dsconv_backward(x, wd, bd, wp, dy, stride, padding, dilation, dx, want_bias,
     return dwd, dwp, dbd, dbp
 
 
-def spatial_forward(x, wv, bv, wh, bh, stride, padding, dilation, out, precision="ieee"):
+def spatial_forward(x, wv, bv, wh, bh, stride, padding, dilation, out):
     """out = horizontal(vertical(x, wv) + bv, wh) + bh; 2-d tensors as in the module docstring,
     stride, padding (low side) and dilation the (vertical, horizontal) pairs."""
     if out.numel() == 0:
@@ -382,12 +375,11 @@ def spatial_forward(x, wv, bv, wh, bh, stride, padding, dilation, out, precision
         c_in, c_mid, c_out, h_in, w_in, h_out, w_out, ow_per, segments,
         *x.stride(), *wv.stride()[:3], wh.stride(0), wh.stride(1), wh.stride(3), *out.stride(),
         sh, sw, ph, pw, dh, dw, KH=kh, KW=kw, MID_W=mid_w, HAS_BV=bv is not None,
-        HAS_BH=bh is not None, PRECISION=_precision(x.dtype, precision))
+        HAS_BH=bh is not None, PRECISION=dot_precision(x, CUDNN))
     return out
 
 
-def spatial_backward(x, wv, bv, wh, dy, stride, padding, dilation, dx, want_bias,
-                     precision="ieee"):
+def spatial_backward(x, wv, bv, wh, dy, stride, padding, dilation, dx, want_bias):
     """Gradients of spatial_forward: fills dx (unless None) and returns (dwv, dwh, dbv, dbh)."""
     import torch
 
