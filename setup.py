@@ -14,7 +14,9 @@ setup(
     package_dir={"dlkern": "dlkern", "dlkern.kernels": "kernels"},
     packages=[
         "dlkern",
+        "dlkern._validate",
         "dlkern.ops",
+        "dlkern.suites",
         "dlkern.nn",
         "dlkern.kernels",
         "dlkern.kernels.numba",
