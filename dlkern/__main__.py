@@ -1,4 +1,5 @@
-"""python -m dlkern bench [--op NAME] [--quick] [--json FILE] [--plot FILE]"""
+"""python -m dlkern bench [--op NAME] [--quick] [--json FILE] [--plot FILE]
+python -m dlkern explain [--model TEXT] [--mode inference|training|both] [--json FILE]"""
 import argparse
 import sys
 
@@ -16,7 +17,14 @@ def main(argv=None):
     bench.add_argument("--plot", metavar="FILE", help="write a PNG bar chart of the speedups")
     bench.add_argument("--no-first-call", action="store_true",
                        help="skip timing a new process's first call")
+    explain = sub.add_parser("explain", help="per covered call of the suite's whole models: "
+                             "torch ms, dlkern ms, the policy's choice, share of the step")
+    from dlkern.explain import add_arguments, run_cli
+
+    add_arguments(explain)
     args = parser.parse_args(argv)
+    if args.command == "explain":
+        return run_cli(args)
     from dlkern.benchmark import run
 
     run(args.op, quick=args.quick, json_path=args.json, plot_path=args.plot,

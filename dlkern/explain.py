@@ -147,3 +147,62 @@ def explain(model, *args, **kwargs):
     run_torch = _policy.timed_call(reference, args, kwargs, params, backward)
     run_patched = _policy.timed_call(patched, args, kwargs, list(patched.parameters()), backward)
     return explain_runs(type(model).__name__, run_torch, run_patched, backward, patched)
+
+
+# ---------------------------------------------------------------------------------------------
+# python -m dlkern explain: the whole models of dlkern/suites/models.py
+
+def _closure_module(fn):
+    """The torch module a benchmark callable closes over (to name the rows), or None."""
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:
+            continue
+        if isinstance(value, torch.nn.Module):
+            return value
+    return None
+
+
+def suite_reports(name_filter=None, modes=("inference", "training"), rounds=7):
+    """Yield the report of every whole model of the benchmark suite (``Case`` objects whose
+    ``torch_fn``/``dlkern_fn`` run inference and ``train_torch``/``train_dlkern`` one training
+    step, torch as written against patched), per mode."""
+    from dlkern.suites import models
+
+    for case in models.CASES:
+        if name_filter and name_filter.lower() not in case.name.lower():
+            continue
+        args, kwargs = case.inputs()
+        if "inference" in modes:
+            def infer(fn):
+                def run():
+                    with torch.no_grad():
+                        return fn(*args, **kwargs)
+                return run
+            yield explain_runs(case.name, infer(case.torch_fn), infer(case.dlkern_fn), False,
+                               _closure_module(case.dlkern_fn), rounds)
+        if "training" in modes and getattr(case, "train_dlkern", None) is not None:
+            yield explain_runs(case.name, case.train_torch, case.train_dlkern, True,
+                               _closure_module(case.train_dlkern), rounds)
+
+
+def add_arguments(parser):
+    parser.add_argument("--model", metavar="TEXT", help="only the models whose name contains it")
+    parser.add_argument("--mode", choices=["inference", "training", "both"], default="both")
+    parser.add_argument("--json", metavar="FILE", help="also write the reports as JSON")
+
+
+def run_cli(args):
+    """``python -m dlkern explain``: print the report of each suite model."""
+    import json
+
+    modes = ("inference", "training") if args.mode == "both" else (args.mode,)
+    reports = []
+    for report in suite_reports(args.model, modes):
+        print(report, end="\n\n", flush=True)
+        reports.append(dataclasses.asdict(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(reports, f, indent=1)
+    return 0
