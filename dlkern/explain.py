@@ -59,9 +59,16 @@ class Report:
 
 
 def _shapes(args, kwargs):
+    """The shapes of a call's tensor arguments; a packed sequence as its rows, batch and steps."""
     parts = []
-    for t in _policy.tensors_in((args, kwargs)):
-        parts.append("x".join(str(d) for d in t.shape) or "scalar")
+    for arg in list(args) + list(kwargs.values()):
+        if isinstance(arg, torch.nn.utils.rnn.PackedSequence):
+            sizes = arg.batch_sizes
+            parts.append(f"packed({'x'.join(str(d) for d in arg.data.shape)}, "
+                         f"B={int(sizes[0]) if sizes.numel() else 0}, T={sizes.numel()})")
+            continue
+        for t in _policy.tensors_in(arg):
+            parts.append("x".join(str(d) for d in t.shape) or "scalar")
     return " ".join(parts)
 
 

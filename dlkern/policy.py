@@ -226,6 +226,7 @@ _tables = {}                   # torch thread count -> {key: "dlkern" | "torch"}
 _current = {}                  # the table of the thread count last seen (read while tracing)
 _details = {}                  # (threads, key) -> {"choice", "torch_s", "dlkern_s"}
 _loaded_from = None            # the cache file read into the tables, if any
+_recording = threading.local()  # .calls: a list while dlkern.explain records a run
 
 
 @functools.lru_cache(maxsize=None)
@@ -387,8 +388,12 @@ def choose(family, key, make_torch, make_dlkern, tensors):
         elif choice is None:
             devices = {t.device for t in tensors}
             cuda = [d.index for d in devices if d.type == "cuda"]
-            with torch.random.fork_rng(devices=cuda):  # dropout inside the timing draws nothing
-                t_torch, t_dlkern = measure(make_torch(), make_dlkern(), devices)
+            recorded, _recording.calls = getattr(_recording, "calls", None), None
+            try:  # dropout inside the timing draws nothing; its calls are not recorded
+                with torch.random.fork_rng(devices=cuda):
+                    t_torch, t_dlkern = measure(make_torch(), make_dlkern(), devices)
+            finally:
+                _recording.calls = recorded
             choice = "dlkern" if t_dlkern < t_torch else "torch"
             table[key] = choice
             entry = {"choice": choice, "torch_s": t_torch, "dlkern_s": t_dlkern}
@@ -421,7 +426,6 @@ def torch_view(module, torch_cls):
         view.__dict__ = module.__dict__
         _views[module] = view
     return view
-_recording = threading.local()  # .calls: a list while dlkern.explain records a run
 
 
 @contextlib.contextmanager
@@ -468,6 +472,10 @@ def measured_class(dlkern_cls, torch_cls, family):
     def forward(self, *args, **kwargs):
         params = module_params(self)
         key, backward = call_key(self, args, kwargs, params)
+        if container and (backward or self.training):
+            # torch's own forward differs from the standard path only by its inference fast
+            # path, which needs eval mode and no gradient: nothing to choose
+            return dlkern_forward(self, *args, **kwargs)
         if torch.compiler.is_compiling():
             choice = trace_choice(key)
         else:
