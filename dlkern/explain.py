@@ -159,39 +159,29 @@ def explain(model, *args, **kwargs):
 # ---------------------------------------------------------------------------------------------
 # python -m dlkern explain: the whole models of dlkern/suites/models.py
 
-def _closure_module(fn):
-    """The torch module a benchmark callable closes over (to name the rows), or None."""
-    for cell in getattr(fn, "__closure__", None) or ():
-        try:
-            value = cell.cell_contents
-        except ValueError:
-            continue
-        if isinstance(value, torch.nn.Module):
-            return value
-    return None
-
-
 def suite_reports(name_filter=None, modes=("inference", "training"), rounds=7):
-    """Yield the report of every whole model of the benchmark suite (``Case`` objects whose
-    ``torch_fn``/``dlkern_fn`` run inference and ``train_torch``/``train_dlkern`` one training
-    step, torch as written against patched), per mode."""
-    from dlkern.suites import models
+    """Yield the report of every whole model of the benchmark suite
+    (dlkern.suites.model_cases.MODELS: torch as written against the model patched with the
+    default policy), per mode: inference (eval, no_grad) and one training step (forward, loss,
+    backward, SGD update)."""
+    from dlkern.suites import model_cases
 
-    for case in models.CASES:
-        if name_filter and name_filter.lower() not in case.name.lower():
+    for spec in model_cases.MODELS:
+        if name_filter and name_filter.lower() not in spec.name.lower():
             continue
-        args, kwargs = case.inputs()
+        case = spec.build()
+        example = case.example
         if "inference" in modes:
             def infer(fn):
                 def run():
                     with torch.no_grad():
-                        return fn(*args, **kwargs)
+                        return fn(*example)
                 return run
             yield explain_runs(case.name, infer(case.torch_fn), infer(case.dlkern_fn), False,
-                               _closure_module(case.dlkern_fn), rounds)
-        if "training" in modes and getattr(case, "train_dlkern", None) is not None:
+                               case.dlkern_model, rounds)
+        if "training" in modes:
             yield explain_runs(case.name, case.train_torch, case.train_dlkern, True,
-                               _closure_module(case.train_dlkern), rounds)
+                               case.dlkern_model, rounds)
 
 
 def add_arguments(parser):
