@@ -329,6 +329,7 @@ def load():
                 _tables.setdefault(threads, {}).setdefault(key, entry["choice"])
                 _details.setdefault((threads, key), dict(entry, source="disk"))
                 count += 1
+        _table()  # what a trace reads, before any eager call
         return count
 
 
@@ -364,10 +365,9 @@ def trace_choice(key):
 
 
 def _measurable():
-    """Timing is possible: no dispatch or function mode (FakeTensorMode, FlopCounterMode, a
-    recorder) is active, whose calls are not the real work."""
-    return (not torch._C._len_torch_dispatch_stack()
-            and not torch._C._is_torch_function_mode_enabled())
+    """Timing is possible: no dispatch mode (FakeTensorMode, FlopCounterMode, a recorder) is
+    active, under which the calls would not be the real work."""
+    return not torch._C._len_torch_dispatch_stack()
 
 
 def choose(family, key, make_torch, make_dlkern, tensors):

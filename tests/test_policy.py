@@ -67,9 +67,9 @@ def costs(monkeypatch, clock):
 _UNCHARGED = {}  # class -> its own _conv_forward, while the costs fixture charges the clock
 
 
-def _conv(groups=1):
+def _conv():
     torch.manual_seed(0)
-    return torch.nn.Conv2d(4, 4, 3, padding=1, groups=groups)
+    return torch.nn.Conv2d(4, 4, 3, padding=1)
 
 
 def _x(shape=(2, 4, 6, 5), requires_grad=False):
@@ -150,7 +150,7 @@ def test_timing_leaves_gradients_and_rng_alone(costs, clock):
 def test_outputs_and_gradients_agree_with_torch_on_either_path(costs, faster):
     cost, ran = costs
     cost["torch" if faster == "dlkern" else "dlkern"] = 3.0
-    model = torch.nn.Sequential(_conv(), torch.nn.ReLU(), _conv(groups=4))
+    model = torch.nn.Sequential(_conv(), torch.nn.ReLU(), _conv())
     reference = copy.deepcopy(model).double()
     patched = dlkern.patch(model)
     x = _x(requires_grad=True)
@@ -169,7 +169,8 @@ def test_outputs_and_gradients_agree_with_torch_on_either_path(costs, faster):
 
 
 def test_a_signature_first_seen_while_tracing_runs_dlkern(costs, monkeypatch):
-    """Under torch.compile a decision made before tracing holds; a new signature runs dlkern."""
+    """Under torch.compile a decision made before tracing (here read from the disk cache) holds;
+    a new signature runs dlkern."""
     from dlkern.kernels.numba import conv as kernels
     cost, _ = costs
     cost["dlkern"] = 3.0  # torch is faster: eager calls take torch's path
@@ -183,6 +184,8 @@ def test_a_signature_first_seen_while_tracing_runs_dlkern(costs, monkeypatch):
         model(x_seen)
         for cls, method in _UNCHARGED.items():  # dynamo cannot trace the fake clock
             monkeypatch.setattr(cls, "_conv_forward", method)
+        policy.forget()  # the decision now comes from the disk, read by patch before tracing
+        model = dlkern.patch(torch.nn.Sequential(_conv()))
         compiled = torch.compile(model, backend="eager", fullgraph=True, dynamic=False)
         kernel_calls.clear()
         out = compiled(x_seen)
