@@ -80,12 +80,15 @@ def _torch_class(cls):
 
 
 def torch_copy(model):
-    """A deep copy of ``model`` with torch's own class on every module (undoes a patch)."""
+    """A deep copy of ``model`` with torch's own class on every module that patch swaps (undoes
+    a patch; dlkern's own modules with no torch twin stay)."""
+    from dlkern.patch import _CONTAINERS, _TWINS
+
+    swapped = tuple(twin for twin, _ in _TWINS.values()) + tuple(_CONTAINERS.values())
     reference = copy.deepcopy(model)
     for module in reference.modules():
-        cls = _torch_class(type(module))
-        if cls is not type(module) and type(module).__module__.startswith("dlkern"):
-            module.__class__ = cls
+        if isinstance(module, swapped):
+            module.__class__ = _torch_class(type(module))
             module.__dict__.pop("_dlkern_policy_key", None)
     return reference
 

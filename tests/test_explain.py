@@ -69,3 +69,13 @@ def test_explain_of_a_patched_model_compares_with_torch(clock):
     assert report.total["torch_ms"] == pytest.approx(5.0)
     assert [r["choice"] for r in report.rows] == ["dlkern", "torch"]
     assert type(patched[0]) is dnn.Conv2d
+
+
+def test_torch_copy_undoes_a_patch_only():
+    from dlkern.explain import torch_copy
+    model = dlkern.patch(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), dnn.SeparableConv2d(4, 4, 3)),
+                         policy="fastest")
+    reference = torch_copy(model)
+    assert type(reference[0]) is torch.nn.Conv2d and type(reference[1]) is dnn.SeparableConv2d
+    assert "_dlkern_policy_key" not in reference[0].__dict__
+    assert type(model[0]).__name__ == "MeasuredConv2d"
