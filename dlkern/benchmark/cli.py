@@ -42,6 +42,8 @@ def add_arguments(parser):
                              "compare two runs without running")
     parser.add_argument("--first-call", action="store_true",
                         help="also time a new process's first conv2d call (warm and cold cache)")
+    parser.add_argument("--check", action="store_true",
+                        help="only check every row against torch (no timing)")
     parser.add_argument("--list", action="store_true", help="list the rows and exit")
 
 
@@ -89,7 +91,7 @@ def _build(item):
 
 
 def run(suite="all", ops=None, names=None, modes=None, budget=None, first_call=False, old=None,
-        echo=print):
+        echo=print, check_only=False):
     """Run a suite; returns the report (the dict written as JSON). ``old``: an older report to
     compare with, printed before the summary."""
     from dlkern.benchmark.machine import machine_info, measure_bandwidth_gbs, measure_peak_gflops
@@ -118,7 +120,7 @@ def run(suite="all", ops=None, names=None, modes=None, budget=None, first_call=F
             result = dict(suite=suite_name, name=item.name, family=item.family, mode=mode,
                           error=f"building the case: {type(case).__name__}: {case}")
         else:
-            result = run_case(case, mode, suite_name, peak, bandwidth, budget)
+            result = run_case(case, mode, suite_name, peak, bandwidth, budget, check_only)
         results.append(result)
         if result["family"] != family:
             family = result["family"]
@@ -172,7 +174,8 @@ def main(args):
         lines.append(text)
 
     old = _load(args.compare[0]) if args.compare else None
-    out = run(args.suite, args.op, args.row, args.mode, args.budget, args.first_call, old, echo)
+    out = run(args.suite, args.op, args.row, args.mode, args.budget, args.first_call, old, echo,
+              args.check)
     paths = {"json": args.json, "plot": args.plot}
     if args.out:
         import os

@@ -24,6 +24,9 @@ def format_row(r):
     if "error" in r:
         return f"{r['name'][:_NAME]:{_NAME}s} {r['mode']:6s} ERROR {r['error'][:200]}"
     flag = "" if r["accurate"] else f"  EXCEEDS TOLERANCE {r['tolerance']:.1e}"
+    if "speedup" not in r:  # checked, not timed
+        return (f"{r['name'][:_NAME]:{_NAME}s} {r['mode']:6s} max err {r['max_abs_err']:8.1e} "
+                f"(tolerance {r['tolerance']:.1e}){flag}")
     return (f"{r['name'][:_NAME]:{_NAME}s} {r['mode']:6s} {r['torch_ms']:9.3f} "
             f"{r['dlkern_ms']:9.3f} {r['speedup']:7.2f}x {r['dlkern_gflops']:7.1f} {r['dlkern_gbs']:7.1f} "
             f"{r['roofline_pct']:6.1f}% {r['bound'][:3]:3s} {r['max_abs_err']:8.1e}{flag}")

@@ -137,8 +137,9 @@ def _jsonable(value):
     return value
 
 
-def run_case(case, mode, suite, peak_gflops, bandwidth_gbs, budget):
-    """Check and time one case in one mode; returns the result row (a dict)."""
+def run_case(case, mode, suite, peak_gflops, bandwidth_gbs, budget, check_only=False):
+    """Check and time one case in one mode; returns the result row (a dict). ``check_only``:
+    the agreement check alone, no timing."""
     row = case.row
     result = dict(suite=suite, name=case.name, family=case.family,
                   op=row.op if row is not None else "model", mode=mode,
@@ -147,6 +148,9 @@ def run_case(case, mode, suite, peak_gflops, bandwidth_gbs, budget):
     try:
         with strict():
             err, tol, ok = check(case, mode)
+            if check_only:
+                result.update(max_abs_err=err, tolerance=tol, accurate=ok)
+                return result
             torch_call, dlkern_call = calls(case, mode)
             t_torch, t_dlkern, samples = measure_pair(torch_call, dlkern_call, budget=budget)
     except Exception as exc:  # a row that fails is reported, not dropped
