@@ -197,9 +197,10 @@ def measure(run_torch, run_dlkern, devices=(), rounds=4, min_sample=1e-3, max_in
     """(torch seconds, dlkern seconds) per call. Each path is warmed (dlkern first: its first call
     may load compiled code) and timed once for an estimate; then ``rounds`` alternating samples
     each, the minimum kept (noise from other processes only ever adds time). A sample of a call
-    shorter than ``min_sample`` repeats it (the same count for both), and a sample of a call
-    shorter than ``settle_below`` follows one untimed call of the same path, so the other
-    library's worker threads, still spinning after its turn, do not land on this one's clock."""
+    shorter than ``min_sample`` repeats it (the same count for both). A sample of a call shorter
+    than ``settle_below`` follows one untimed call of torch's path, for both paths: in a model
+    the op is surrounded by torch's own ops, so dlkern's kernel pays for waking its thread pool
+    while torch's threads still spin, and torch's does not; the decision should see that."""
     run_dlkern()
     run_torch()
     estimate = min(_time_once(run_dlkern, devices), _time_once(run_torch, devices))
@@ -209,7 +210,7 @@ def measure(run_torch, run_dlkern, devices=(), rounds=4, min_sample=1e-3, max_in
     for _ in range(rounds):
         for name, call in (("torch", run_torch), ("dlkern", run_dlkern)):
             if settle:
-                call()
+                run_torch()
 
             def repeated():
                 for _ in range(inner):
