@@ -345,7 +345,8 @@ def _make_kernel(operator, key, original):
 
     def kernel(keyset, *args, **kwargs):
         if not getattr(_local, "depth", 0):
-            selection, measured = _states[-1] if _states else (None, False)
+            top = _states[-1:]  # one atomic read: another thread may disable meanwhile
+            selection, measured = top[0] if top else (None, False)
             family, tags = _tags(operator, args)
             if selection is not None and selection.takes(tags):
                 run = route(*args, **kwargs)
