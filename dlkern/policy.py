@@ -192,11 +192,13 @@ def _time_once(call, devices):
     return clock() - start
 
 
-def measure(run_torch, run_dlkern, devices=(), rounds=4, min_sample=1e-3, max_inner=16,
-            settle_below=0.02):
+def measure(run_torch, run_dlkern, devices=(), rounds=4, max_rounds=12, min_sample=1e-3,
+            max_inner=16, settle_below=0.02):
     """(torch seconds, dlkern seconds) per call. Each path is warmed (dlkern first: its first call
-    may load compiled code) and timed once for an estimate; then ``rounds`` alternating samples
-    each, the minimum kept (noise from other processes only ever adds time). A sample of a call
+    may load compiled code) and timed once for an estimate; then at least ``rounds`` alternating
+    samples each, the minimum kept (noise from other processes only ever adds time), and more,
+    up to ``max_rounds``, while a round still lowers either minimum by over 3%: a busy machine
+    takes longer to show each path's real cost, a quiet one stops early. A sample of a call
     shorter than ``min_sample`` repeats it (the same count for both). A sample of a call shorter
     than ``settle_below`` follows one untimed call of torch's path, for both paths: in a model
     the op is surrounded by torch's own ops, so dlkern's kernel pays for waking its thread pool
@@ -207,7 +209,8 @@ def measure(run_torch, run_dlkern, devices=(), rounds=4, min_sample=1e-3, max_in
     inner = max(1, min(max_inner, int(min_sample / max(estimate, 1e-9))))
     settle = estimate < settle_below
     best = {"torch": float("inf"), "dlkern": float("inf")}
-    for _ in range(rounds):
+    for round_ in range(max_rounds):
+        improved = False
         for name, call in (("torch", run_torch), ("dlkern", run_dlkern)):
             if settle:
                 run_torch()
@@ -215,7 +218,11 @@ def measure(run_torch, run_dlkern, devices=(), rounds=4, min_sample=1e-3, max_in
             def repeated():
                 for _ in range(inner):
                     call()
-            best[name] = min(best[name], _time_once(repeated, devices) / inner)
+            sample = _time_once(repeated, devices) / inner
+            improved |= sample < 0.97 * best[name]
+            best[name] = min(best[name], sample)
+        if round_ + 1 >= rounds and not improved:
+            break
     return best["torch"], best["dlkern"]
 
 

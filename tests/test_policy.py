@@ -323,3 +323,26 @@ def test_policy_always_and_fastest_classes(clock):
     assert "weight" in model[0].state_dict() and "_dlkern_policy_key" not in model.state_dict()
     dlkern.unpatch(model)
     assert type(model[0]) is torch.nn.Conv2d and "_dlkern_policy_key" not in model[0].__dict__
+
+
+def test_measure_samples_more_while_the_minimum_still_falls(clock):
+    """A busy machine (each sample cheaper than the last) gets more rounds, up to the limit."""
+    calls = {"torch": 0, "dlkern": 0}
+
+    def falling(name):
+        def run():
+            calls[name] += 1
+            clock.now += 1.0 / calls[name]
+        return run
+    t_torch, t_dlkern = policy.measure(falling("torch"), falling("dlkern"), max_rounds=6)
+    # dlkern: warm-up, estimate, then all 6 rounds
+    assert calls["dlkern"] == 2 + 6 and t_dlkern == pytest.approx(1 / 8)
+    steady = {"torch": 0, "dlkern": 0}
+
+    def constant(name):
+        def run():
+            steady[name] += 1
+            clock.now += 1.0
+        return run
+    policy.measure(constant("torch"), constant("dlkern"), rounds=4, max_rounds=6)
+    assert steady["dlkern"] == 2 + 4
