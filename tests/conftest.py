@@ -1,6 +1,5 @@
 import os
 
-import numpy as np
 import pytest
 import torch
 
@@ -27,22 +26,5 @@ def triton_device(monkeypatch):
     if torch.cuda.is_available():
         return "cuda"
     monkeypatch.setenv("DLKERN_BACKEND", "triton")
-    _interpreter_numpy_fix(monkeypatch)
     return "cpu"
 
-
-def _interpreter_numpy_fix(monkeypatch):
-    """Triton 3.6's interpreter turns a runtime scalar into a loop bound with int() of a shape-(1,)
-    array, which NumPy >= 2.4 refuses ("only 0-dimensional arrays can be converted to Python
-    scalars"); give its tensors an __index__ that reads the element (only while a test runs)."""
-    if np.lib.NumpyVersion(np.__version__) < "2.4.0":
-        return
-    from triton.runtime import interpreter
-
-    original = interpreter._patch_lang_tensor
-
-    def patch_lang_tensor(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-
-    monkeypatch.setattr(interpreter, "_patch_lang_tensor", patch_lang_tensor)
