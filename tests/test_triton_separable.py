@@ -334,6 +334,7 @@ print("OK", sorted(worst.items()))
 '''
 
 
+@pytest.mark.slow
 def test_kernels_compile_for_h100():
     pytest.importorskip("triton", reason="Triton is not installed")
     import os
