@@ -87,7 +87,7 @@ def model_case(name, build_model, build_inputs, loss):
                      torch_model=reference, dlkern_model=patched, loss=loss, example=inputs)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """An entry of the models suite: its name and how to build its Case."""
     name: str
