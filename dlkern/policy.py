@@ -14,12 +14,14 @@ dlkern against torch the first time a call signature is seen, and keeps the fast
   shape, strides, dtype and device, the other arguments, grad mode, training mode, torch's thread
   count, and the machine (the cache file is per machine: ``kernels.machine.fingerprint()`` and the
   GPU's name);
-* timing: both paths run on detached copies of the arguments (the caller's tensors, gradients,
-  hooks and RNG state are untouched), forward only, or forward and backward (``autograd.grad``
-  against the copies and the parameters, never accumulating into ``.grad``) when grad mode is on
-  and something requires a gradient. Each path is warmed, then both are timed in alternating
-  rounds and the fastest samples compared (see ``measure``): about a dozen calls of each path,
-  once per signature and machine;
+* timing: both paths run on detached copies of the arguments (the caller's tensors, their
+  autograd graph, ``.grad`` and the RNG state are untouched; a hook registered on a parameter
+  with ``register_hook`` does see the timing's gradients), forward only, or forward and backward
+  (``autograd.grad`` against the copies and the parameters, never accumulating into ``.grad``)
+  when grad mode is on and something requires a gradient. Each path is warmed, then both are
+  timed in alternating rounds and the fastest samples compared (see ``measure``): about a dozen
+  calls of each path, once per signature and machine. Under a dispatch mode (FakeTensorMode,
+  FlopCounterMode) nothing is timed: an unknown signature runs dlkern, undecided;
 * cache: decisions go to ``$DLKERN_CACHE_DIR`` (default ``~/.cache/dlkern``), one JSON file per
   machine, written atomically (temporary file, ``os.replace``) under a file lock that merges with
   what other processes wrote; a file from another dlkern or torch version is ignored and replaced;
