@@ -24,7 +24,9 @@ dlkern against torch the first time a call signature is seen, and keeps the fast
   FlopCounterMode) nothing is timed: an unknown signature runs dlkern, undecided;
 * cache: decisions go to ``$DLKERN_CACHE_DIR`` (default ``~/.cache/dlkern``), one JSON file per
   machine, written atomically (temporary file, ``os.replace``) under a file lock that merges with
-  what other processes wrote; a file from another dlkern or torch version is ignored and replaced;
+  what other processes wrote; a file from another dlkern or torch version is ignored and replaced.
+  A decision timed while the machine is oversubscribed (load average above 1.5x its cores) holds
+  for the process but is not saved: a later, quieter process times it again;
 * under ``torch.compile``, a decision made (or read from disk) before tracing applies to the trace;
   a signature first seen while tracing runs dlkern's kernel (nothing can be timed on fake tensors).
 
@@ -314,6 +316,23 @@ def _write(path, new):
             raise
 
 
+def _load_average():
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average on this system
+        return 0.0
+
+
+def _busy():
+    """Whether the machine is oversubscribed now (1-minute load average above 1.5 times the
+    usable cores): a timing taken then is mostly other processes' noise, and is not saved."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return _load_average() > 1.5 * cores
+
+
 def _disk_key(threads, key):
     return f"{threads}|{key!r}"
 
@@ -410,10 +429,13 @@ def choose(family, key, make_torch, make_dlkern, tensors):
             threads = torch.get_num_threads()
             _details[(threads, key)] = dict(entry, source="timed")
             _dispatch.count_policy(family, "timed")
-            try:
-                _write(cache_path(), {_disk_key(threads, key): entry})
-            except OSError:
-                pass  # a read-only home: the decision still holds for this process
+            if _busy():
+                _dispatch.count_policy(family, "not_saved")  # timed again by a later process
+            else:
+                try:
+                    _write(cache_path(), {_disk_key(threads, key): entry})
+                except OSError:
+                    pass  # a read-only home: the decision still holds for this process
     _dispatch.count_policy(family, choice)
     return choice
 

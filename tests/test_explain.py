@@ -15,6 +15,7 @@ def clock(monkeypatch, tmp_path):
     cost = {}
     monkeypatch.setattr(policy, "clock", lambda: now[0])
     monkeypatch.setenv("DLKERN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(policy, "_load_average", lambda: 0.0)
     policy.forget()
 
     def charged(path, method):

@@ -37,6 +37,7 @@ def clock(monkeypatch, tmp_path):
     memory are dropped before and after."""
     fake = FakeClock()
     monkeypatch.setattr(policy, "clock", fake)
+    monkeypatch.setattr(policy, "_load_average", lambda: 0.0)  # a quiet machine: decisions saved
     monkeypatch.setenv("DLKERN_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("DLKERN_POLICY", "fastest")
     policy.forget()
@@ -346,3 +347,14 @@ def test_measure_samples_more_while_the_minimum_still_falls(clock):
         return run
     policy.measure(constant("torch"), constant("dlkern"), rounds=4, max_rounds=6)
     assert steady["dlkern"] == 2 + 4
+
+
+def test_a_decision_timed_on_a_busy_machine_is_not_saved(costs, monkeypatch):
+    costs[0]["dlkern"] = 0.5
+    monkeypatch.setattr(policy, "_load_average", lambda: 1000.0)
+    model = dlkern.patch(torch.nn.Sequential(_conv()))
+    with torch.no_grad():
+        model(_x())
+        model(_x())
+    assert not os.path.exists(policy.cache_path())
+    assert dlkern.stats()["policy"]["conv"] == {"timed": 1, "not_saved": 1, "dlkern": 2}
