@@ -15,15 +15,39 @@ backward ops are the gradient of the forward; transposed convolution reuses them
 Backends: CPU float32/float64 tensors run the Numba kernels on NumPy views; CUDA tensors (and CPU
 tensors under ``DLKERN_BACKEND=triton`` with ``TRITON_INTERPRET=1``) run the Triton kernels on
 rank-3 torch views of any strides, imported on the first such call.
+
+The CPU algorithm is chosen in one place, ``algorithm(kind, ...)``, for each of the three kernels
+(kind ``forward``, ``backward_input``, ``backward_weight``), from the rank-3 shapes:
+
+| algorithm  | kernels                     | applies when                                         | auto picks it when |
+| ---------- | --------------------------- | ---------------------------------------------------- | ------------------ |
+| depthwise  | numba/depthwise.py          | one input channel per group (groups > 1)            | it applies |
+| pointwise  | numba/conv.py (no packing)  | 1x1x1 kernel, no padding (any stride: strided input  | it applies |
+|            |                             | is subsampled first); forward and backward_weight    | |
+| winograd   | numba/winograd.py           | KH, KW in {1, 3}, not both 1; H and W strides 1      | forward/backward_input: it applies, the reduction |
+|            |                             | (backward_input: every stride 1); any dilation,      | (C/groups x KD) is >= WINOGRAD_MIN_CHANNELS and |
+|            |                             | depth kernel, groups; forward and backward_input     | the products have >= WINOGRAD_MIN_CHANNELS rows |
+| gemm       | numba/conv.py (im2col+BLAS) | always                                               | nothing else does |
+
+Winograd's tile is F(2x2, 3x3) (F(2, 3) along a single 3-tap axis) for float32, within the
+accuracy contract of numba/winograd.py; float64 takes F(4x4, 3x3). The weight gradient is the
+im2col GEMM (no Winograd: the GEMM over output pixels is as fast). ``DLKERN_CONV_ALGO`` (or the
+``force`` argument) = ``gemm``, ``winograd``, ``winograd2``, ``winograd4``, ``pointwise`` or
+``depthwise`` forces that algorithm wherever it applies (``auto`` elsewhere); tests and benchmarks
+use it to run every path. ``winograd4`` forces F(4x4) even in float32 (outside the contract:
+for measurements only).
 """
+import os
 from typing import Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from dlkern import _dispatch
 from dlkern.kernels.numba import conv as numba_conv
 from dlkern.kernels.numba import depthwise as numba_depthwise
+from dlkern.kernels.numba import winograd as numba_winograd
 from dlkern.ops.layout import as_rank3_array, output_format, rank3, rank3_view, write_rank3
 
 _dispatch.register_triton("conv")
@@ -35,22 +59,97 @@ def _is_depthwise(weight_shape, groups):
     return groups > 1 and weight_shape[1] == 1
 
 
-def _forward_kernel(x, w, b, stride, padding, dilation, groups, out):
-    if _is_depthwise(w.shape, groups):
+# Winograd's products are (C_out/g x C_in/g*KD) @ (C_in/g*KD x tiles): below this many channels
+# on either side the transforms cost more than the multiplications they save.
+WINOGRAD_MIN_CHANNELS = 8
+ALGORITHMS = ("auto", "gemm", "winograd", "winograd2", "winograd4", "pointwise", "depthwise")
+
+
+def _applies(name, kind, w_shape, stride, padding, groups):
+    if name == "depthwise":
+        return _is_depthwise(w_shape, groups)
+    if name == "pointwise":
+        return (kind != "backward_input" and tuple(w_shape[2:]) == (1, 1, 1)
+                and tuple(padding) == (0, 0, 0))
+    if name.startswith("winograd"):
+        if kind == "backward_weight" or not numba_winograd.applies(w_shape, stride):
+            return False
+        return kind == "forward" or tuple(stride) == (1, 1, 1)
+    return name == "gemm"
+
+
+def algorithm(kind, w_shape, stride, padding, groups, force=None):
+    """The CPU algorithm for one kernel of a convolution (the table in the module docstring).
+
+    kind: "forward", "backward_input" or "backward_weight"; w_shape the rank-3 weight shape
+    (C_out, C_in/g, KD, KH, KW); force (else DLKERN_CONV_ALGO) one of ALGORITHMS."""
+    forced = (force or os.environ.get("DLKERN_CONV_ALGO", "") or "auto").strip().lower()
+    if forced not in ALGORITHMS:
+        raise ValueError(f"DLKERN_CONV_ALGO={forced!r}: expected one of {', '.join(ALGORITHMS)}")
+    if forced != "auto" and _applies(forced, kind, w_shape, stride, padding, groups):
+        return forced
+    for name in ("depthwise", "pointwise"):
+        if _applies(name, kind, w_shape, stride, padding, groups):
+            return name
+    if _applies("winograd", kind, w_shape, stride, padding, groups):
+        c_out, cin_g, kd = w_shape[:3]
+        reduction = (cin_g if kind == "forward" else c_out // groups) * kd
+        rows = c_out // groups if kind == "forward" else cin_g
+        if min(reduction, rows) >= WINOGRAD_MIN_CHANNELS:
+            return "winograd"
+    return "gemm"
+
+
+def _winograd_tile(name, dtype):
+    """m of F(m, 3): 2 in float32 (the accuracy contract), 4 in float64, or as forced."""
+    if name == "winograd2":
+        return 2
+    if name == "winograd4":
+        return 4
+    return 4 if dtype == np.float64 else 2
+
+
+def _pointwise_input(x, stride, out_spatial):
+    """The input of a 1x1x1 convolution with this stride, subsampled to the output grid."""
+    if tuple(stride) == (1, 1, 1):
+        return x
+    od, oh, ow = out_spatial
+    sd, sh, sw = stride
+    return np.ascontiguousarray(x[:, :, :od * sd:sd, :oh * sh:sh, :ow * sw:sw])
+
+
+def _forward_kernel(x, w, b, stride, padding, dilation, groups, out, force=None):
+    name = algorithm("forward", w.shape, stride, padding, groups, force)
+    if name == "depthwise":
         return numba_depthwise.depthwise_forward(x, w, b, stride, padding, dilation, out)
+    if name.startswith("winograd"):
+        return numba_winograd.conv_forward(x, w, b, stride, padding, dilation, groups, out,
+                                           _winograd_tile(name, x.dtype))
+    if name == "pointwise":
+        x = _pointwise_input(x, stride, out.shape[2:])
+        stride = (1, 1, 1)
     return numba_conv.conv_forward(x, w, b, stride, padding, dilation, groups, out)
 
 
-def _backward_input_kernel(dy, w, stride, padding, dilation, groups, dx):
-    if _is_depthwise(w.shape, groups):
+def _backward_input_kernel(dy, w, stride, padding, dilation, groups, dx, force=None):
+    name = algorithm("backward_input", w.shape, stride, padding, groups, force)
+    if name == "depthwise":
         return numba_depthwise.depthwise_backward_input(dy, w, stride, padding, dilation, dx)
+    if name.startswith("winograd"):
+        return numba_winograd.conv_backward_input(dy, w, stride, padding, dilation, groups, dx,
+                                                  _winograd_tile(name, dy.dtype))
     return numba_conv.conv_backward_input(dy, w, stride, padding, dilation, groups, dx)
 
 
-def _backward_weight_kernel(x, dy, w_shape, stride, padding, dilation, groups, want_bias):
-    if _is_depthwise(w_shape, groups):
+def _backward_weight_kernel(x, dy, w_shape, stride, padding, dilation, groups, want_bias,
+                            force=None):
+    name = algorithm("backward_weight", w_shape, stride, padding, groups, force)
+    if name == "depthwise":
         return numba_depthwise.depthwise_backward_weight(x, dy, w_shape, stride, padding, dilation,
                                                          want_bias)
+    if name == "pointwise":
+        x = _pointwise_input(x, stride, dy.shape[2:])
+        stride = (1, 1, 1)
     return numba_conv.conv_backward_weight(x, dy, w_shape, stride, padding, dilation, groups,
                                            want_bias)
 
