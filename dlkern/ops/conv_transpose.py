@@ -14,15 +14,35 @@ layout of the weight of the convolution it is the gradient of. No second kernel 
 Op: ``dlkern::conv_transpose(input, weight, bias, stride, padding, dilation, groups, output_size)``
 with a batched input and the spatial output size computed by dlkern._validate (output_padding is
 folded into it). ``dlkern::channel_sum(t)`` sums over every axis but 1 (bias gradients).
+
+The CPU forward has two algorithms, chosen in ``algorithm`` (override: ``DLKERN_CONV_TRANSPOSE_ALGO``
+= ``phase`` or ``col2im``, used where it applies; ``auto`` otherwise):
+
+| algorithm | how                                                            | applies when     | auto picks it when |
+| --------- | -------------------------------------------------------------- | ---------------- | ------------------ |
+| phase     | per output phase r (o = s*j + r on each axis) one dense, unit-  | dilation 1, not  | it applies, the |
+|           | stride convolution of the input with the taps k = (r + p) mod s | depthwise        | kernel overlaps (k > s on an axis), C_out/g >= 16 |
+|           | + s*t of the flipped kernel (ceil(k/s) taps), written to the     |                  | |
+|           | interleaved output: no zero insertion, no col2im scatter-add;    |                  | |
+|           | each phase runs through conv's choice point (Winograd for the    |                  | |
+|           | stride-1 3x3 case, GEMM else)                                    |                  | |
+| col2im    | conv's input-gradient kernel (GEMM to columns, then scatter)     | always           | otherwise |
+
+The gradients are convolutions (conv's choice point): d/dx = conv(grad, w) with the stride, d/dw
+= conv's weight gradient with x as the output gradient.
 """
+import os
 from typing import Optional, Sequence
+
+import numpy as np
 
 import torch
 from torch import Tensor
 
 from dlkern import _dispatch
 from dlkern.kernels.numba import channel as numba_channel
-from dlkern.ops.conv import _backward_input_kernel, _conv_setup_context, _triton_backward_input
+from dlkern.ops.conv import (_backward_input_kernel, _conv_setup_context, _forward_kernel,
+                             _is_depthwise, _triton_backward_input)
 from dlkern.ops.conv import conv as conv_op
 from dlkern.ops.conv import conv_backward_weight as conv_backward_weight_op
 from dlkern.ops.layout import as_rank3_array, output_format, rank3, rank3_view, write_rank3
@@ -43,6 +63,77 @@ def _(t):
     return t.new_empty((t.shape[1],))
 
 
+ALGORITHMS = ("auto", "phase", "col2im")
+
+
+# Output channels per group below which the phase products (C_out/g rows) run slower than col2im's
+# (C_out/g x taps rows).
+PHASE_MIN_CHANNELS = 16
+
+
+def algorithm(w_shape, stride, dilation, groups, force=None):
+    """The CPU algorithm of a transposed convolution's forward (the table in the docstring);
+    w_shape is the rank-3 transposed weight (C_in, C_out/g, KD, KH, KW)."""
+    forced = (force or os.environ.get("DLKERN_CONV_TRANSPOSE_ALGO", "") or "auto").strip().lower()
+    if forced not in ALGORITHMS:
+        raise ValueError(f"DLKERN_CONV_TRANSPOSE_ALGO={forced!r}: expected one of "
+                         f"{', '.join(ALGORITHMS)}")
+    phase_applies = tuple(dilation) == (1, 1, 1) and not _is_depthwise(w_shape, groups)
+    if forced == "col2im" or not phase_applies:
+        return "col2im"
+    if forced == "phase":
+        return "phase"
+    # taps overlap (kernel > stride on some axis) and the phase products have enough rows
+    overlap = any(k > s for k, s in zip(w_shape[2:], stride))
+    return "phase" if overlap and w_shape[1] >= PHASE_MIN_CHANNELS else "col2im"
+
+
+def _phase_taps(kernel, stride, padding, phase):
+    """(first tap, tap count, conv padding) of output phase ``phase`` along one axis: outputs
+    o = stride*j + phase take taps k = first + stride*t, t < count, from inputs j + (first tap's
+    input offset) - t; as a correlation with the reversed taps, the padding before is count - 1 -
+    (phase + padding - first) // stride (negative: the first inputs are skipped)."""
+    first = (phase + padding) % stride
+    count = max(0, -(-(kernel - first) // stride))
+    shift = (phase + padding - first) // stride
+    return first, count, count - 1 - shift
+
+
+def _conv_weight(w, groups):
+    """The transposed weight (C_in, C_out/g, ...) as a convolution weight (C_out, C_in/g, ...)."""
+    c_in, cout_g = w.shape[:2]
+    wg = w.reshape((groups, c_in // groups, cout_g) + w.shape[2:]).swapaxes(1, 2)
+    return wg.reshape((groups * cout_g, c_in // groups) + w.shape[2:])
+
+
+def phase_forward(x, w, bias, stride, padding, groups, out):
+    """out = conv_transpose(x, w) + bias (dilation 1) by output phases; rank-3 arrays as in
+    numba/conv.py with w in the transposed layout (C_in, C_out/g, KD, KH, KW)."""
+    import itertools
+
+    if out.size == 0:
+        return out
+    wc = _conv_weight(w, groups)
+    for phase in itertools.product(*(range(min(s, o)) for s, o in zip(stride, out.shape[2:]))):
+        taps = [_phase_taps(k, s, p, r) for k, s, p, r in zip(w.shape[2:], stride, padding, phase)]
+        view = out[:, :, phase[0]::stride[0], phase[1]::stride[1], phase[2]::stride[2]]
+        if any(count == 0 for _, count, _ in taps):
+            view[...] = 0.0 if bias is None else bias.reshape(1, -1, 1, 1, 1)
+            continue
+        sub = wc[:, :, taps[0][0]::stride[0], taps[1][0]::stride[1], taps[2][0]::stride[2]]
+        sub = np.ascontiguousarray(sub[:, :, ::-1, ::-1, ::-1])
+        xs = x
+        crop = [max(0, -pad) for _, _, pad in taps]
+        if any(crop):
+            xs = np.ascontiguousarray(x[:, :, crop[0]:, crop[1]:, crop[2]:])
+        pad = tuple(max(0, pad) for _, _, pad in taps)
+        target = view if view.flags.c_contiguous else np.empty(view.shape, dtype=out.dtype)
+        _forward_kernel(xs, sub, bias, (1, 1, 1), pad, (1, 1, 1), groups, target)
+        if target is not view:
+            view[...] = target
+    return out
+
+
 @torch.library.custom_op("dlkern::conv_transpose", mutates_args=())
 def conv_transpose(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int],
                    padding: Sequence[int], dilation: Sequence[int], groups: int,
@@ -60,6 +151,9 @@ def conv_transpose(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride
     b = None if bias is None else bias.detach().contiguous().numpy()
 
     def write(o):
+        if algorithm(w.shape, rank3(stride, 1), rank3(dilation, 1), groups) == "phase":
+            phase_forward(x, w, b, rank3(stride, 1), rank3(padding, 0), groups, o)
+            return
         _backward_input_kernel(x, w, rank3(stride, 1), rank3(padding, 0), rank3(dilation, 1),
                                groups, o)
         if b is not None:
