@@ -12,7 +12,8 @@ asymmetric 'same' padding is expressed).
 
 The method is a tiled implicit GEMM. A work item is (image, group, tile of output pixels[, block
 of channels]). It packs the input patches of its tile into a per-thread column buffer
-``cols[K, tile]`` (K = C_in/groups * KD*KH*KW) that stays in the core's L2 cache, and multiplies
+``cols[K, tile]`` (K = C_in/groups * KD*KH*KW) sized to half of the core's L2 cache (read at
+run time by kernels/machine.py) so that it stays there, and multiplies
 it by the group's weight matrix with BLAS on the calling thread (``gemm``), writing straight into
 the strided output tile. Packing is copy-bound, so it is done as long vectorised copies
 (``_patches``): when output rows are as wide as input rows and the strides in H and W are 1 (the
@@ -32,10 +33,16 @@ single-threaded inside each item (blas_set_local_threads) and is handed back aft
 import numba
 import numpy as np
 
+from .. import machine
 from ._jit import blas_set_local_threads, gemm, jit, jit_parallel
 
-# Bytes of one thread's column buffer: half of the 2 MiB L2 of one core.
-_COLUMN_BUFFER_BYTES = 1 << 20
+
+
+def _column_buffer_bytes():
+    """Bytes of one thread's column buffer: half of this core's L2 (read at run time), so the
+    columns and the product's other operands stay in it."""
+    return machine.cache_bytes()["l2"] // 2
+
 # m*n*k of the column blocks of a product with a small weight block (see _gemm_blocked).
 _SMALL_GEMM_VOLUME = 450_000
 
@@ -407,7 +414,7 @@ def _is_direct(w_shape, stride, padding, in_spatial, out_spatial):
 def _tile_for(k_len, pixels, item_size, threads, images_x_groups):
     """Pixels per tile: as many as the column buffer holds, in a number of tiles that gives every
     thread the same number of work items (or at least 4 items per thread to even out)."""
-    tile = min(pixels, max(16, _COLUMN_BUFFER_BYTES // max(1, k_len * item_size)))
+    tile = min(pixels, max(16, _column_buffer_bytes() // max(1, k_len * item_size)))
     n_tiles = -(-pixels // tile)
     while (images_x_groups * n_tiles) % threads and images_x_groups * n_tiles < 4 * threads \
             and n_tiles < pixels:
@@ -462,7 +469,7 @@ def conv_backward_input(dy, w, stride, padding, dilation, groups, dx):
         ci_blocks *= 2
     ci_blocks = min(ci_blocks, cin_g)
     rows = (-(-cin_g // ci_blocks)) * kvol
-    tile = min(pixels, max(16, _COLUMN_BUFFER_BYTES // max(1, rows * dy.itemsize)))
+    tile = min(pixels, max(16, _column_buffer_bytes() // max(1, rows * dy.itemsize)))
     scratch = np.empty((threads, 0 if direct else rows * tile), dtype=dy.dtype)
     _backward_input_kernel(dy, w, dx, *stride, *padding, *dilation, groups, tile, ci_blocks,
                            direct, scratch, dy.dtype == np.float64)
