@@ -227,14 +227,14 @@ def _at_pass(src, s0, s_step, dst, d0, d_step, m, tb):
 
 @jit
 def _item(item, xp, u, bias, has_bias, out, sd, pd, dd, dh, dw, groups, n_img,
-          th_first, tw_first, mh, mw, tile_block, n_blocks, co_block, chunk, scratch, scratch64,
-          offsets, is_double):
+          th_first, tw_first, mh, mw, tile_block, n_blocks, co_block, chunk, scratch, offsets,
+          is_double):
     """One work item: group g, output depth plane od, block b of tiles (see the module docstring).
 
     xp is the input padded so that every tile's patch lies inside it (tile origin = the tile's
     first output index, in xp's coordinates); out is the output, or a padded one that every
     tile's outputs fit in. Output channels go in blocks of co_block (M stays in cache); the
-    products sum ``chunk`` channels at a time in the input's dtype and the chunks in float64."""
+    products sum ``chunk`` rows of the reduction at a time, each chunk's sum then added to M."""
     c_in, d_in, hp, wp = xp.shape[1], xp.shape[2], xp.shape[3], xp.shape[4]
     c_out, od_n, oh_p, ow_p = out.shape[1], out.shape[2], out.shape[3], out.shape[4]
     cout_g = c_out // groups
@@ -256,7 +256,6 @@ def _item(item, xp, u, bias, has_bias, out, sd, pd, dd, dh, dw, groups, n_img,
     lanes = tile_block
     tid = numba.get_thread_id()
     buf = scratch[tid]
-    buf64 = scratch64[tid]
     src_off = offsets[tid, 0]
     dst_off = offsets[tid, 1]
     for q in range(tb):
@@ -277,15 +276,11 @@ def _item(item, xp, u, bias, has_bias, out, sd, pd, dd, dh, dw, groups, n_img,
         kd_hi -= 1
     k_used = (kd_hi - kd_lo) * cin_g
     # buf: patch (positions runs) | temp (positions runs) | V (positions x k_full runs)
-    #      | one chunk's product (co_block runs); a run is ``lanes`` long
-    # buf64: M (positions x co_block runs) | temp (positions runs) | y (positions runs)
+    #      | M (positions x co_block runs); a run is ``lanes`` long
     patch = buf[0:positions * lanes]
     temp = buf[positions * lanes:2 * positions * lanes]
     v_off = 2 * positions * lanes
-    p_off = v_off + positions * k_full * lanes
-    m64 = buf64[0:positions * co_block * lanes]
-    temp64 = buf64[positions * co_block * lanes:(positions * co_block + positions) * lanes]
-    y64 = buf64[(positions * co_block + positions) * lanes:(positions * co_block + 2 * positions) * lanes]
+    m_off = v_off + positions * k_full * lanes
     item_size = out.itemsize
     xf = xp.reshape(xp.size)
     of = out.reshape(out.size)
@@ -313,41 +308,30 @@ def _item(item, xp, u, bias, has_bias, out, sd, pd, dd, dh, dw, groups, n_img,
                 a_addr = u.ctypes.data + (((g * positions + t) * cout_g + co0) * k_full
                                           + kd_lo * cin_g) * item_size
                 v_addr = buf.ctypes.data + (v_off + t * k_full * lanes) * item_size
-                mt = m64[t * co_block * lanes:(t * co_block + co_n) * lanes]
-                if is_double:
-                    gemm(True, 0, 0, co_n, tb, k_used, 1.0, a_addr, k_full, v_addr, lanes, 0.0,
-                         mt.ctypes.data, lanes)
-                    continue
+                m_addr = buf.ctypes.data + (m_off + t * co_block * lanes) * item_size
+                # the reduction in chunks, each summed apart and then added to M (accuracy)
                 for k0 in range(0, k_used, chunk):
-                    kc = min(chunk, k_used - k0)
-                    gemm(False, 0, 0, co_n, tb, kc, 1.0, a_addr + k0 * item_size, k_full,
-                         v_addr + k0 * lanes * item_size, lanes, 0.0,
-                         buf.ctypes.data + p_off * item_size, lanes)
-                    part = buf[p_off:p_off + co_n * lanes]
-                    if k0 == 0:
-                        for e in range(co_n * lanes):
-                            mt[e] = part[e]
-                    else:
-                        for e in range(co_n * lanes):
-                            mt[e] += part[e]
+                    gemm(is_double, 0, 0, co_n, tb, min(chunk, k_used - k0), 1.0,
+                         a_addr + k0 * item_size, k_full, v_addr + k0 * lanes * item_size, lanes,
+                         1.0 if k0 > 0 else 0.0, m_addr, lanes)
         for co in range(co0, co0 + co_n):
             co_abs = g * cout_g + co
             bias_value = bias[co_abs] if has_bias else 0.0
             if k_used > 0:
-                # A^T along W (M runs of this channel -> temp64), then along H (-> y64)
+                # A^T along W (M runs of this channel -> temp), then along H (temp -> patch)
                 for i in range(ah_n):
-                    _at_pass(m64, (i * aw_n * co_block + co - co0) * lanes, co_block * lanes,
-                             temp64, i * mw * lanes, lanes, mw, tb)
+                    _at_pass(buf, m_off + (i * aw_n * co_block + co - co0) * lanes,
+                             co_block * lanes, temp, i * mw * lanes, lanes, mw, tb)
                 for j in range(mw):
-                    _at_pass(temp64, j * lanes, mw * lanes, y64, j * lanes, mw * lanes, mh, tb)
+                    _at_pass(temp, j * lanes, mw * lanes, patch, j * lanes, mw * lanes, mh, tb)
             else:
                 for q in range(mh * mw * lanes):
-                    y64[q] = 0.0
+                    patch[q] = 0.0
             start = (co_abs * od_n + od) * oh_p * ow_p
             for i in range(mh):
                 for j in range(mw):
                     s = start + i * dh * ow_p + j * dw
-                    src = y64[(i * mw + j) * lanes:(i * mw + j) * lanes + tb]
+                    src = patch[(i * mw + j) * lanes:(i * mw + j) * lanes + tb]
                     for q in range(tb):
                         of[s + dst_off[q]] = src[q] + bias_value
 
@@ -355,12 +339,12 @@ def _item(item, xp, u, bias, has_bias, out, sd, pd, dd, dh, dw, groups, n_img,
 @jit_parallel
 def _forward_kernel(xp, u, bias, has_bias, out, sd, pd, dd, dh, dw, groups, n_img,
                     th_first, tw_first, mh, mw, tile_block, n_blocks, co_block, chunk, scratch,
-                    scratch64, offsets, is_double):
+                    offsets, is_double):
     for item in numba.prange(groups * out.shape[2] * n_blocks):
         blas_set_local_threads(1)
         _item(item, xp, u, bias, has_bias, out, sd, pd, dd, dh, dw, groups, n_img,
               th_first, tw_first, mh, mw, tile_block, n_blocks, co_block, chunk, scratch,
-              scratch64, offsets, is_double)
+              offsets, is_double)
         blas_set_local_threads(0)
 
 
@@ -442,7 +426,7 @@ def _tile_block(tiles, positions, k_full, cout_g, item_size, other_items, thread
     64 to 256 lanes (BLAS runs short products slowly), in a number of blocks that shares evenly
     among the threads."""
     l2 = machine.cache_bytes()["l2"]
-    per_tile = positions * (k_full + 2) * item_size + positions * min(cout_g, CO_BLOCK) * 8
+    per_tile = positions * (k_full + 2 + min(cout_g, CO_BLOCK)) * item_size
     block = max(64, min(256, l2 // max(1, per_tile)))
     n_blocks = -(-tiles // block)
     while (n_blocks * other_items) % threads and n_blocks * other_items < 8 * threads \
@@ -490,17 +474,16 @@ def conv_forward(x, w, bias, stride, padding, dilation, groups, out, m=None, chu
     block, n_blocks = _tile_block(tiles, plan.positions, kd_n * cin_g, c_out // groups,
                                   x.itemsize, groups * out.shape[2], threads)
     co_block = min(c_out // groups, CO_BLOCK)
-    per_thread = block * (plan.positions * (2 + kd_n * cin_g) + co_block)
+    per_thread = block * plan.positions * (2 + kd_n * cin_g + co_block)
     scratch = np.empty((threads, per_thread), dtype=x.dtype)
-    scratch64 = np.empty((threads, block * plan.positions * (co_block + 2)))
     offsets = np.empty((threads, 2, block), dtype=np.int64)
     has_bias = bias is not None
     if bias is None:
         bias = np.zeros(1, dtype=x.dtype)
     _forward_kernel(xp, u, bias, has_bias, target, stride[0], padding[0], dilation[0],
                     dilation[1], dilation[2], groups, x.shape[0], plan.th[0], plan.tw[0],
-                    plan.mh, plan.mw, block, n_blocks, co_block, chunk, scratch, scratch64,
-                    offsets, x.dtype == np.float64)
+                    plan.mh, plan.mw, block, n_blocks, co_block, chunk, scratch, offsets,
+                    x.dtype == np.float64)
     if target is not out:
         out[...] = target[:, :, :, :out.shape[3], :out.shape[4]]
     return out
