@@ -114,7 +114,7 @@ def test_winograd_partial_tiles_and_multiple_blocks(monkeypatch):
 
 
 RULES = [
-    # (kind, w_shape, stride, padding, groups, expected)
+    # (kind, w_shape, stride, padding, groups, expected); 256 output tiles unless noted
     ("forward", (64, 64, 1, 3, 3), (1, 1, 1), (0, 1, 1), 1, "winograd"),
     ("backward_input", (64, 64, 1, 3, 3), (1, 1, 1), (0, 1, 1), 1, "winograd"),
     ("backward_weight", (64, 64, 1, 3, 3), (1, 1, 1), (0, 1, 1), 1, "gemm"),
@@ -134,14 +134,25 @@ RULES = [
 @pytest.mark.parametrize("kind,w_shape,stride,padding,groups,expected", RULES)
 def test_choice_point_rules(monkeypatch, kind, w_shape, stride, padding, groups, expected):
     monkeypatch.delenv("DLKERN_CONV_ALGO", raising=False)
-    assert conv_ops.algorithm(kind, w_shape, stride, padding, groups) == expected
+    assert conv_ops.algorithm(kind, w_shape, stride, padding, groups, tiles=256) == expected
+
+
+def test_winograd_needs_enough_tiles(monkeypatch):
+    monkeypatch.delenv("DLKERN_CONV_ALGO", raising=False)
+    w_shape = (512, 512, 1, 3, 3)
+    small = conv_ops.winograd_tiles((1, 512, 1, 7, 7))        # ResNet layer4 at batch 1: 16 tiles
+    large = conv_ops.winograd_tiles((8, 512, 1, 14, 14))      # 392 tiles
+    assert conv_ops.algorithm("forward", w_shape, (1, 1, 1), (0, 1, 1), 1, small) == "gemm"
+    assert conv_ops.algorithm("forward", w_shape, (1, 1, 1), (0, 1, 1), 1, large) == "winograd"
+    monkeypatch.setenv("DLKERN_CONV_ALGO", "winograd")
+    assert conv_ops.algorithm("forward", w_shape, (1, 1, 1), (0, 1, 1), 1, small) == "winograd"
 
 
 def test_forcing_a_path_that_does_not_apply_uses_auto(monkeypatch):
     monkeypatch.setenv("DLKERN_CONV_ALGO", "winograd")
     assert conv_ops.algorithm("forward", (8, 8, 1, 3, 3), (1, 2, 2), (0, 1, 1), 1) == "gemm"
     monkeypatch.setenv("DLKERN_CONV_ALGO", "gemm")
-    assert conv_ops.algorithm("forward", (64, 64, 1, 3, 3), (1, 1, 1), (0, 1, 1), 1) == "gemm"
+    assert conv_ops.algorithm("forward", (64, 64, 1, 3, 3), (1, 1, 1), (0, 1, 1), 1, 256) == "gemm"
     monkeypatch.setenv("DLKERN_CONV_ALGO", "fft")
     with pytest.raises(ValueError, match="DLKERN_CONV_ALGO"):
         conv_ops.algorithm("forward", (8, 8, 1, 3, 3), (1, 1, 1), (0, 1, 1), 1)

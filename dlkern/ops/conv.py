@@ -25,8 +25,9 @@ The CPU algorithm is chosen in one place, ``algorithm(kind, ...)``, for each of 
 | pointwise  | numba/conv.py (no packing)  | 1x1x1 kernel, no padding (any stride: strided input  | it applies |
 |            |                             | is subsampled first); forward and backward_weight    | |
 | winograd   | numba/winograd.py           | KH, KW in {1, 3}, not both 1; H and W strides 1      | forward/backward_input: it applies, the reduction |
-|            |                             | (backward_input: every stride 1); any dilation,      | (C/groups x KD) is >= WINOGRAD_MIN_CHANNELS and |
-|            |                             | depth kernel, groups; forward and backward_input     | the products have >= WINOGRAD_MIN_CHANNELS rows |
+|            |                             | (backward_input: every stride 1); any dilation,      | (C/groups x KD) and the product rows are both >= |
+|            |                             | depth kernel, groups; forward and backward_input     | WINOGRAD_MIN_CHANNELS, the output has >= |
+|            |                             |                                                      | WINOGRAD_MIN_TILES 2x2 tiles |
 | gemm       | numba/conv.py (im2col+BLAS) | always                                               | nothing else does |
 
 Winograd's tile is F(2x2, 3x3) (F(2, 3) along a single 3-tap axis) for float32, within the
@@ -60,8 +61,11 @@ def _is_depthwise(weight_shape, groups):
 
 
 # Winograd's products are (C_out/g x C_in/g*KD) @ (C_in/g*KD x tiles): below this many channels
-# on either side the transforms cost more than the multiplications they save.
+# on either side the transforms cost more than the multiplications they save, and with fewer
+# tiles (small planes, one image) the transformed weight (16/9 of the weight) is read for too few
+# columns: the GEMM runs faster (measured on the ResNet/r3d tables).
 WINOGRAD_MIN_CHANNELS = 8
+WINOGRAD_MIN_TILES = 128
 ALGORITHMS = ("auto", "gemm", "winograd", "winograd2", "winograd4", "pointwise", "depthwise")
 
 
@@ -78,11 +82,12 @@ def _applies(name, kind, w_shape, stride, padding, groups):
     return name == "gemm"
 
 
-def algorithm(kind, w_shape, stride, padding, groups, force=None):
+def algorithm(kind, w_shape, stride, padding, groups, tiles=None, force=None):
     """The CPU algorithm for one kernel of a convolution (the table in the module docstring).
 
     kind: "forward", "backward_input" or "backward_weight"; w_shape the rank-3 weight shape
-    (C_out, C_in/g, KD, KH, KW); force (else DLKERN_CONV_ALGO) one of ALGORITHMS."""
+    (C_out, C_in/g, KD, KH, KW); tiles: ``winograd_tiles`` of the kernel's output (Winograd is
+    not picked without it); force (else DLKERN_CONV_ALGO) one of ALGORITHMS."""
     forced = (force or os.environ.get("DLKERN_CONV_ALGO", "") or "auto").strip().lower()
     if forced not in ALGORITHMS:
         raise ValueError(f"DLKERN_CONV_ALGO={forced!r}: expected one of {', '.join(ALGORITHMS)}")
@@ -91,13 +96,19 @@ def algorithm(kind, w_shape, stride, padding, groups, force=None):
     for name in ("depthwise", "pointwise"):
         if _applies(name, kind, w_shape, stride, padding, groups):
             return name
-    if _applies("winograd", kind, w_shape, stride, padding, groups):
+    if _applies("winograd", kind, w_shape, stride, padding, groups) and tiles is not None:
         c_out, cin_g, kd = w_shape[:3]
         reduction = (cin_g if kind == "forward" else c_out // groups) * kd
         rows = c_out // groups if kind == "forward" else cin_g
-        if min(reduction, rows) >= WINOGRAD_MIN_CHANNELS:
+        if min(reduction, rows) >= WINOGRAD_MIN_CHANNELS and tiles >= WINOGRAD_MIN_TILES:
             return "winograd"
     return "gemm"
+
+
+def winograd_tiles(out_shape):
+    """F(2x2) tiles of a rank-3 output shape (N, C, OD, OH, OW): images x depth x 2x2 tiles."""
+    n, _, od, oh, ow = out_shape
+    return n * od * -(-oh // 2) * -(-ow // 2)
 
 
 def _winograd_tile(name, dtype):
@@ -119,7 +130,7 @@ def _pointwise_input(x, stride, out_spatial):
 
 
 def _forward_kernel(x, w, b, stride, padding, dilation, groups, out, force=None):
-    name = algorithm("forward", w.shape, stride, padding, groups, force)
+    name = algorithm("forward", w.shape, stride, padding, groups, winograd_tiles(out.shape), force)
     if name == "depthwise":
         return numba_depthwise.depthwise_forward(x, w, b, stride, padding, dilation, out)
     if name.startswith("winograd"):
@@ -132,7 +143,8 @@ def _forward_kernel(x, w, b, stride, padding, dilation, groups, out, force=None)
 
 
 def _backward_input_kernel(dy, w, stride, padding, dilation, groups, dx, force=None):
-    name = algorithm("backward_input", w.shape, stride, padding, groups, force)
+    name = algorithm("backward_input", w.shape, stride, padding, groups, winograd_tiles(dx.shape),
+                     force)
     if name == "depthwise":
         return numba_depthwise.depthwise_backward_input(dy, w, stride, padding, dilation, dx)
     if name.startswith("winograd"):
@@ -143,7 +155,7 @@ def _backward_input_kernel(dy, w, stride, padding, dilation, groups, dx, force=N
 
 def _backward_weight_kernel(x, dy, w_shape, stride, padding, dilation, groups, want_bias,
                             force=None):
-    name = algorithm("backward_weight", w_shape, stride, padding, groups, force)
+    name = algorithm("backward_weight", w_shape, stride, padding, groups, force=force)
     if name == "depthwise":
         return numba_depthwise.depthwise_backward_weight(x, dy, w_shape, stride, padding, dilation,
                                                          want_bias)
