@@ -61,11 +61,11 @@ def _errors(op, x, w, padding, need_input_grad):
 
 
 CONTRACT_SHAPES = [
-    # (batch, C_in, C_out, spatial, kernel)
-    (2, 1, 32, (28, 28), (3, 3)),
+    # (batch, C_in, C_out, spatial, kernel): shapes on which the choice point picks Winograd
+    (2, 8, 32, (28, 28), (3, 3)),
     (2, 16, 32, (28, 28), (3, 3)),
     (2, 64, 32, (28, 28), (3, 3)),
-    (2, 256, 32, (14, 14), (3, 3)),
+    (4, 256, 32, (14, 14), (3, 3)),
     (2, 16, 32, (300,), (3,)),
     (2, 128, 32, (300,), (3,)),
     (1, 32, 16, (6, 10, 10), (3, 3, 3)),
@@ -75,7 +75,13 @@ CONTRACT_SHAPES = [
 @pytest.mark.parametrize("inputs", ["normal", "uniform9"])
 @pytest.mark.parametrize("shape", CONTRACT_SHAPES, ids=str)
 def test_accuracy_contract(monkeypatch, shape, inputs):
-    monkeypatch.setenv("DLKERN_CONV_ALGO", "winograd")
+    from dlkern.ops import conv as conv_ops
+
+    monkeypatch.delenv("DLKERN_CONV_ALGO", raising=False)
+    calls = []
+    original = conv_ops.numba_winograd.conv_forward
+    monkeypatch.setattr(conv_ops.numba_winograd, "conv_forward",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
     n, c_in, c_out, spatial, kernel = shape
     worst = 0.0
     for seed in range(2):
@@ -90,4 +96,5 @@ def test_accuracy_contract(monkeypatch, shape, inputs):
         op = {1: DF.conv1d, 2: DF.conv2d, 3: DF.conv3d}[len(spatial)]
         for ours, theirs in _errors(op, x, w, 1, need_input_grad=c_out >= 8):
             worst = max(worst, ours / theirs)
+    assert len(calls) == 4  # the choice point picked Winograd: forward and input gradient, 2 seeds
     assert worst <= 2.0, f"Winograd error {worst:.2f}x torch's float32 error"

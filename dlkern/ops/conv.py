@@ -117,7 +117,7 @@ def _winograd_tile(name, dtype):
         return 2
     if name == "winograd4":
         return 4
-    return 4 if dtype == np.float64 else 2
+    return numba_winograd.tile_size(dtype)
 
 
 def _pointwise_input(x, stride, out_spatial):

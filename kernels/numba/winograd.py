@@ -14,24 +14,41 @@ whose kernel is 1):
   tile tables (``axis_tiles``) hold each tile's first output and how many of its m outputs exist.
 * Work item: one group, one output depth plane, one block of tiles, the block running across
   images (small planes still make long products). Per item:
-  1. input transform (``_input_transform``): for each depth tap kd whose input plane exists and
-     each input channel c, gather the tiles' alpha x alpha patches (zero outside the input) and
-     apply B^T along W, then H, vectorised over the tiles of the block, into V[t][kd, c][tile];
-  2. one BLAS product per transformed position t: M[t] = U[t] @ V[t], (C_out/g x K) (K x tiles)
-     with K = (depth taps) x C_in/g: the depth taps are part of the reduction, so conv3d is the
-     same code with no per-rank copy;
-  3. output transform (``_output_transform``): A^T along W, then H, vectorised over the tiles,
-     plus the bias, scattered into out.
+  1. input transform (``_bt_pass``): for each depth tap kd whose input plane exists and each
+     input channel c, gather the tiles' alpha x alpha patches from the input padded once (no
+     bounds tests) and apply B^T along W, then H, vectorised over the tiles of the block, into
+     V[t][kd, c][tile];
+  2. per block of output channels, one BLAS product per transformed position t: M[t] = U[t] @
+     V[t], (C_out/g x K) (K x tiles) with K = (depth taps) x C_in/g: the depth taps are part of
+     the reduction, so conv3d is the same code with no per-rank copy;
+  3. output transform (``_at_pass``): A^T along W, then H, vectorised over the tiles, plus the
+     bias, scattered into out (or into a padded output when tiles overhang it).
+* Tiles per block: from the L2 size read at run time (kernels/machine.py), 64-256.
 * U (``transform_weight``) = G w G^T computed in float64 and rounded once, laid out
   [group][t][C_out/g][KD, C_in/g].
 
-Points and accuracy (notes/winograd-accuracy.md; tests/test_winograd.py measures it): F(2, 3)
-uses points {0, 1, -1, inf}, F(4, 3) {0, 1, -1, 1/2, -2, inf} (about 2.5x less error than the
-textbook +-2). The dense-conv contract is: the float32 result's max error against the float64
-reference is at most twice torch's own float32 error on the same inputs. F(2x2, 3x3) is below
-torch's error at every size; F(4x4, 3x3) meets the contract only with long enough reductions, so
-``tile_size`` picks it from ``F4_MIN_REDUCTION`` channels x depth taps up (measured), and F(4, 3)
-for 1-d (one transformed axis) from ``F4_MIN_REDUCTION_1D`` up.
+Points and accuracy (notes/winograd-accuracy.md; tests/test_winograd.py checks it): F(2, 3)
+uses points {0, 1, -1, inf}, F(4, 3) {0, 1, -1, 1/2, -2, inf}. The contract for float32: the
+result's max error against the float64 reference is at most twice torch's own float32 error on
+the same inputs (normal, and uniform in +-9 as torch's OpInfo samples). The products sum the
+reduction (channels x depth taps) in chunks (CHUNK_2D, CHUNK_1D rows), each chunk's sum added to
+M by BLAS: accumulating whole 128-512-channel reductions in one float32 sum is what breaks the
+contract (F(2x2) went to 2.1x torch's error at C_in 128, F(2, 3) to 2.9x). Measured worst ratio
+over 2 seeds x 2 input kinds, N 2, C_out 32 (28x28, 784, 6x12x12), chunked as here:
+
+| tile        | C_in 1 | 3    | 16   | 64   | 128  | 256  | 512  |
+| ----------- | ------ | ---- | ---- | ---- | ---- | ---- | ---- |
+| F(2x2, 3x3) | 1.70   | 0.81 | 0.43 | 1.22 | 1.15 | 1.14 | 1.19 |
+| F(2, 3) 1-d | 2.15*  | 1.10 | 0.69 | 1.34 | 1.16 | 1.22 | 1.04 |
+| F(2x2x, 3x3x3) (3-d) | 0.81 | 0.65 | 0.52 | 0.63 | 0.78 | 0.81 | 0.67 |
+| F(4x4, 3x3), chunks of 8 | 13.8 | 5.9 | 1.8-2.3 | 2.8 | 2.9 | 2.6-2.8 | |
+| F(4, 3) 1-d, chunks of 8 | 7.3 | 2.8 | 1.5 | 1.5 | 1.5 | 1.3 | |
+
+(* one input channel, 3 products per output: the choice point sends fewer than
+WINOGRAD_MIN_CHANNELS channels to the GEMM anyway.) F(4x4) does not meet the contract in float32
+at any size here, even with float64 weight and input transforms and 8-channel chunks, so float32
+always runs F(2x2) / F(2, 3) (``tile_size``); float64 runs F(4x4) (its error is far inside the
+float64 tolerance). ``m=4`` can be forced for measurements.
 """
 import functools
 from fractions import Fraction
@@ -44,13 +61,9 @@ from ._jit import blas_set_local_threads, gemm, jit, jit_contract, jit_parallel
 
 f32 = np.float32  # constants of the transforms: float32, so float32 data stays float32
 
-# Reduction lengths (C_in/groups x depth taps) from which f32(4) meets the accuracy contract
-# (measured: tests/test_winograd.py, the module docstring).
-F4_MIN_REDUCTION = 64
-F4_MIN_REDUCTION_1D = 8
 # Output channels per block of an item (M of one block stays in cache), and the rows of the
-# reduction (channels x depth taps) summed in float32 before the float64 sum of the chunks: the
-# accuracy contract (measured: see the module docstring).
+# reduction (channels x depth taps) summed apart before their sums are added (the accuracy
+# contract: see the module docstring).
 CO_BLOCK = 64
 CHUNK_2D = 64
 CHUNK_1D = 32
@@ -128,11 +141,10 @@ def applies(w_shape, stride):
             and stride[1] == 1 and stride[2] == 1)
 
 
-def tile_size(w_shape):
-    """m of F(m, 3): 4 where the accuracy contract holds for it (see the module docstring), else 2."""
-    reduction = w_shape[1] * w_shape[2]
-    two_axes = w_shape[3] == 3 and w_shape[4] == 3
-    return 4 if reduction >= (F4_MIN_REDUCTION if two_axes else F4_MIN_REDUCTION_1D) else 2
+def tile_size(dtype):
+    """m of F(m, 3): 2 for float32 (the accuracy contract, see the module docstring), 4 for
+    float64."""
+    return 4 if np.dtype(dtype) == np.float64 else 2
 
 
 def axis_tiles(out_len, m, dilation):
@@ -394,8 +406,8 @@ def _weight_kernel(w, g_h, g_w, groups, u):
 class Plan:
     """The transforms and tile tables of one convolution shape (cheap: built per call)."""
 
-    def __init__(self, w_shape, out_spatial, dilation, m=None):
-        self.m = tile_size(w_shape) if m is None else m
+    def __init__(self, w_shape, out_spatial, dilation, m):
+        self.m = m
         kh, kw = w_shape[3], w_shape[4]
         self.mh = self.m if kh == 3 else 1
         self.mw = self.m if kw == 3 else 1
@@ -460,7 +472,7 @@ def conv_forward(x, w, bias, stride, padding, dilation, groups, out, m=None, chu
     if x.shape[1] == 0:
         out[...] = 0.0 if bias is None else bias.reshape(1, -1, 1, 1, 1)
         return out
-    plan = Plan(w.shape, out.shape[2:], dilation, m)
+    plan = Plan(w.shape, out.shape[2:], dilation, tile_size(x.dtype) if m is None else m)
     if chunk is None:
         chunk = CHUNK_2D if plan.mh > 1 and plan.mw > 1 else CHUNK_1D
     u = transform_weight(w, groups, plan)
