@@ -186,12 +186,36 @@ def test_algorithm_rules(monkeypatch):
     from dlkern.ops import conv_transpose as ct
 
     monkeypatch.delenv("DLKERN_CONV_TRANSPOSE_ALGO", raising=False)
-    assert ct.algorithm((512, 256, 1, 4, 4), (1, 2, 2), (1, 1, 1), 1) == "phase"     # DCGAN
-    assert ct.algorithm((128, 64, 1, 2, 2), (1, 2, 2), (1, 1, 1), 1) == "col2im"     # UNet k2 s2
-    assert ct.algorithm((64, 3, 1, 4, 4), (1, 2, 2), (1, 1, 1), 1) == "col2im"       # RGB output
-    assert ct.algorithm((64, 64, 1, 4, 4), (1, 2, 2), (1, 2, 2), 1) == "col2im"      # dilated
+    s2, d1 = (1, 2, 2), (1, 1, 1)
+    assert ct.algorithm((512, 256, 1, 4, 4), s2, d1, 1) == "phase"                 # DCGAN
+    assert ct.algorithm((128, 64, 1, 2, 2), s2, d1, 1) == "col2im"                 # UNet k2 s2
+    assert ct.algorithm((64, 3, 1, 4, 4), s2, d1, 1) == "col2im"                   # RGB output
+    assert ct.algorithm((64, 64, 1, 4, 4), s2, (1, 2, 2), 1) == "col2im"           # dilated
+    assert ct.algorithm((512, 256, 1, 1, 16), (1, 1, 8), d1, 1) == "col2im"        # 1-d
+    assert ct.algorithm((100, 512, 1, 4, 4), d1, d1, 1, (0, 0, 0), (1, 1, 1),
+                        (1, 4, 4)) == "pixel"                                       # DCGAN input
     monkeypatch.setenv("DLKERN_CONV_TRANSPOSE_ALGO", "phase")
-    assert ct.algorithm((64, 3, 1, 4, 4), (1, 2, 2), (1, 1, 1), 1) == "phase"
+    assert ct.algorithm((64, 3, 1, 4, 4), s2, d1, 1) == "phase"
+    monkeypatch.setenv("DLKERN_CONV_TRANSPOSE_ALGO", "pixel")
+    assert ct.algorithm((64, 3, 1, 4, 4), s2, d1, 1, (0, 1, 1), (1, 5, 5), (1, 8, 8)) == "col2im"
     monkeypatch.setenv("DLKERN_CONV_TRANSPOSE_ALGO", "bogus")
     with pytest.raises(ValueError, match="DLKERN_CONV_TRANSPOSE_ALGO"):
-        ct.algorithm((64, 3, 1, 4, 4), (1, 2, 2), (1, 1, 1), 1)
+        ct.algorithm((64, 3, 1, 4, 4), s2, d1, 1)
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("groups", [1, 2])
+def test_pixel_input(monkeypatch, rank, dtype, groups):
+    # A generator's first layer: a 1x1 input, the output as large as the kernel.
+    from dlkern.ops import conv_transpose as ct
+
+    calls = []
+    original = ct.pixel_forward
+    monkeypatch.setattr(ct, "pixel_forward", lambda *a: calls.append(1) or original(*a))
+    g = torch.Generator().manual_seed(rank)
+    x = make_tensor((3, 6) + (1,) * rank, dtype, generator=g)
+    w = make_tensor((6, 5) + (4, 3, 2)[:rank], dtype, generator=g)
+    b = make_tensor((5 * groups,), dtype, generator=g)
+    run_case(rank, (x, w, b), dict(stride=2, groups=groups))
+    assert calls

@@ -15,13 +15,17 @@ Op: ``dlkern::conv_transpose(input, weight, bias, stride, padding, dilation, gro
 with a batched input and the spatial output size computed by dlkern._validate (output_padding is
 folded into it). ``dlkern::channel_sum(t)`` sums over every axis but 1 (bias gradients).
 
-The CPU forward has two algorithms, chosen in ``algorithm`` (override: ``DLKERN_CONV_TRANSPOSE_ALGO``
-= ``phase`` or ``col2im``, used where it applies; ``auto`` otherwise):
+The CPU forward has three algorithms, chosen in ``algorithm`` (override:
+``DLKERN_CONV_TRANSPOSE_ALGO`` = ``phase``, ``pixel`` or ``col2im``, used where it applies;
+``auto`` otherwise):
 
 | algorithm | how                                                            | applies when     | auto picks it when |
 | --------- | -------------------------------------------------------------- | ---------------- | ------------------ |
-| phase     | per output phase r (o = s*j + r on each axis) one dense, unit-  | dilation 1, not  | it applies, the |
-|           | stride convolution of the input with the taps k = (r + p) mod s | depthwise        | kernel overlaps (k > s on an axis), C_out/g >= 16 |
+| pixel     | one product per group, (N x C_in/g) @ (C_in/g x C_out/g*taps)  | 1x1(x1) input, no | it applies |
+|           | (a generator's first layer)                                      | padding, output = | |
+|           |                                                                  | kernel, dilation 1 | |
+| phase     | per output phase r (o = s*j + r on each axis) one dense, unit-  | dilation 1, not  | it applies, taps |
+|           | stride convolution of the input with the taps k = (r + p) mod s | depthwise        | overlap (k > s) on >= 2 axes, C_out/g >= 16 (1-d: col2im measured faster) |
 |           | + s*t of the flipped kernel (ceil(k/s) taps), written to the     |                  | |
 |           | interleaved output: no zero insertion, no col2im scatter-add;    |                  | |
 |           | each phase runs through conv's choice point (Winograd for the    |                  | |
@@ -63,7 +67,7 @@ def _(t):
     return t.new_empty((t.shape[1],))
 
 
-ALGORITHMS = ("auto", "phase", "col2im")
+ALGORITHMS = ("auto", "phase", "pixel", "col2im")
 
 
 # Output channels per group below which the phase products (C_out/g rows) run slower than col2im's
@@ -71,21 +75,26 @@ ALGORITHMS = ("auto", "phase", "col2im")
 PHASE_MIN_CHANNELS = 16
 
 
-def algorithm(w_shape, stride, dilation, groups, force=None):
+def algorithm(w_shape, stride, dilation, groups, padding=(0, 0, 0), in_spatial=None,
+              out_spatial=None, force=None):
     """The CPU algorithm of a transposed convolution's forward (the table in the docstring);
-    w_shape is the rank-3 transposed weight (C_in, C_out/g, KD, KH, KW)."""
+    w_shape is the rank-3 transposed weight (C_in, C_out/g, KD, KH, KW), the rest rank-3 too."""
     forced = (force or os.environ.get("DLKERN_CONV_TRANSPOSE_ALGO", "") or "auto").strip().lower()
     if forced not in ALGORITHMS:
         raise ValueError(f"DLKERN_CONV_TRANSPOSE_ALGO={forced!r}: expected one of "
                          f"{', '.join(ALGORITHMS)}")
-    phase_applies = tuple(dilation) == (1, 1, 1) and not _is_depthwise(w_shape, groups)
-    if forced == "col2im" or not phase_applies:
+    dense = tuple(dilation) == (1, 1, 1) and not _is_depthwise(w_shape, groups)
+    if forced == "col2im" or not dense:
         return "col2im"
-    if forced == "phase":
-        return "phase"
-    # taps overlap (kernel > stride on some axis) and the phase products have enough rows
-    overlap = any(k > s for k, s in zip(w_shape[2:], stride))
-    return "phase" if overlap and w_shape[1] >= PHASE_MIN_CHANNELS else "col2im"
+    pixel = (in_spatial is not None and tuple(in_spatial) == (1, 1, 1)
+             and tuple(padding) == (0, 0, 0) and tuple(out_spatial) == tuple(w_shape[2:]))
+    if forced in ("phase", "pixel"):
+        return forced if forced == "phase" or pixel else "col2im"
+    if pixel:
+        return "pixel"
+    # taps overlap (kernel > stride) on two axes or more, and the phase products have enough rows
+    overlaps = sum(k > s for k, s in zip(w_shape[2:], stride))
+    return "phase" if overlaps >= 2 and w_shape[1] >= PHASE_MIN_CHANNELS else "col2im"
 
 
 def _phase_taps(kernel, stride, padding, phase):
@@ -104,6 +113,23 @@ def _conv_weight(w, groups):
     c_in, cout_g = w.shape[:2]
     wg = w.reshape((groups, c_in // groups, cout_g) + w.shape[2:]).swapaxes(1, 2)
     return wg.reshape((groups * cout_g, c_in // groups) + w.shape[2:])
+
+
+def pixel_forward(x, w, bias, groups, out):
+    """out = conv_transpose(x, w) + bias for one input pixel, no padding and the output as large
+    as the kernel (a generator's first layer): per group one product (N x C_in/g) @ (C_in/g x
+    C_out/g * taps)."""
+    n_img, c_in = x.shape[:2]
+    cin_g, cout_g = c_in // groups, w.shape[1]
+    taps = w[0, 0].size
+    x2 = x.reshape(n_img, c_in)
+    flat = out.reshape(n_img, groups, cout_g * taps)
+    for g in range(groups):
+        np.matmul(x2[:, g * cin_g:(g + 1) * cin_g],
+                  w[g * cin_g:(g + 1) * cin_g].reshape(cin_g, cout_g * taps), out=flat[:, g])
+    if bias is not None:
+        numba_channel.add_channel_bias(out, bias)
+    return out
 
 
 def phase_forward(x, w, bias, stride, padding, groups, out):
@@ -151,7 +177,12 @@ def conv_transpose(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride
     b = None if bias is None else bias.detach().contiguous().numpy()
 
     def write(o):
-        if algorithm(w.shape, rank3(stride, 1), rank3(dilation, 1), groups) == "phase":
+        name = algorithm(w.shape, rank3(stride, 1), rank3(dilation, 1), groups,
+                         rank3(padding, 0), x.shape[2:], o.shape[2:])
+        if name == "pixel":
+            pixel_forward(x, w, b, groups, o)
+            return
+        if name == "phase":
             phase_forward(x, w, b, rank3(stride, 1), rank3(padding, 0), groups, o)
             return
         _backward_input_kernel(x, w, rank3(stride, 1), rank3(padding, 0), rank3(dilation, 1),
