@@ -45,6 +45,7 @@ from torch import Tensor
 
 from dlkern import _dispatch
 from dlkern.kernels.numba import channel as numba_channel
+from dlkern.kernels.numba import conv as numba_conv
 from dlkern.ops.conv import (_backward_input_kernel, _conv_setup_context, _forward_kernel,
                              _is_depthwise, _triton_backward_input)
 from dlkern.ops.conv import conv as conv_op
@@ -125,8 +126,8 @@ def pixel_forward(x, w, bias, groups, out):
     x2 = x.reshape(n_img, c_in)
     flat = out.reshape(n_img, groups, cout_g * taps)
     for g in range(groups):
-        np.matmul(x2[:, g * cin_g:(g + 1) * cin_g],
-                  w[g * cin_g:(g + 1) * cin_g].reshape(cin_g, cout_g * taps), out=flat[:, g])
+        numba_conv.product(np.ascontiguousarray(x2[:, g * cin_g:(g + 1) * cin_g]),
+                           w[g * cin_g:(g + 1) * cin_g].reshape(cin_g, cout_g * taps), flat[:, g])
     if bias is not None:
         numba_channel.add_channel_bias(out, bias)
     return out

@@ -574,3 +574,16 @@ def conv_backward_weight(x, dy, w_shape, stride, padding, dilation, groups, want
     dw = dw_parts.sum(axis=0) if threads > 1 else dw_parts[0]
     db = (db_parts.sum(axis=0) if threads > 1 else db_parts[0]) if want_bias else None
     return dw, db
+
+
+@jit
+def _product(a, b, out, is_double):
+    gemm(is_double, 0, 0, a.shape[0], b.shape[1], a.shape[1], 1.0, a.ctypes.data, a.shape[1],
+         b.ctypes.data, b.shape[1], 0.0, out.ctypes.data, out.strides[0] // out.itemsize)
+
+
+def product(a, b, out):
+    """out = a @ b through the kernels' BLAS (a, b C-contiguous 2-d; out rows contiguous)."""
+    if out.size:
+        _product(a, b, out, a.dtype == np.float64)
+    return out
