@@ -104,18 +104,17 @@ def run(suite="all", ops=None, names=None, modes=None, budget=None, first_call=F
     echo(report.format_machine(machine))
     todo = jobs(suite, ops, names, modes)
     progress = Progress(len(todo))
-    results, family, built = [], None, {}
+    results, family, current, case = [], None, None, None
     header = report.format_table([]).splitlines()
     echo("\n".join(header[:2]))
     for suite_name, item, mode in todo:
         progress.step(f"{item.name} {mode}")
-        if id(item) not in built:
-            built.clear()  # keep one case alive at a time (models and large tensors)
+        if item is not current:  # one case alive at a time (models, large tensors)
+            current, case = item, None
             try:
-                built[id(item)] = _build(item)
+                case = _build(item)
             except Exception as exc:
-                built[id(item)] = exc
-        case = built[id(item)]
+                case = exc
         if isinstance(case, Exception):
             result = dict(suite=suite_name, name=item.name, family=item.family, mode=mode,
                           error=f"building the case: {type(case).__name__}: {case}")
@@ -127,7 +126,7 @@ def run(suite="all", ops=None, names=None, modes=None, budget=None, first_call=F
             echo(f"[{family}]")
         echo(report.format_row(result))
     progress.close()
-    built.clear()
+    case = None
     summary = summarize(results)
     when = datetime.datetime.fromtimestamp(started).isoformat(" ", "seconds")
     out = dict(suite=suite, started=when,
@@ -157,9 +156,11 @@ def _load(path):
 
 def main(args):
     if args.list:
-        for suite_name, item, mode in jobs(args.suite, args.op, args.row, args.mode):
-            if mode in ("fwd",):
-                print(f"{item.family:15s} {item.name}")
+        listed = {}
+        for _, item, mode in jobs(args.suite, args.op, args.row, args.mode):
+            listed.setdefault((item.family, item.name), []).append(mode)
+        for (family, name), modes in listed.items():
+            print(f"{family:15s} {name:60s} {' '.join(modes)}")
         return 0
     if args.compare and len(args.compare) > 2:
         raise SystemExit("--compare takes OLD.json, or OLD.json NEW.json")

@@ -81,13 +81,13 @@ def model_case(name, build_model, build_inputs, loss):
         inputs = build_inputs()
     flops = _count_flops(reference, inputs)
     return ModelCase(name, FAMILY, lambda dtype, requires_grad, device="cpu": (inputs, {}),
-                     _inference(reference), _inference(patched), flops, fwd_bwd=False,
+                     _inference(reference), _inference(patched), flops,
                      train_torch=_train_step(reference, inputs, loss),
                      train_dlkern=_train_step(patched, inputs, loss),
                      torch_model=reference, dlkern_model=patched, loss=loss, example=inputs)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """An entry of the models suite: its name and how to build its Case."""
     name: str
