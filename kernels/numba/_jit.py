@@ -160,8 +160,4 @@ CONTRACT_OPTIONS = dict(JIT_OPTIONS, fastmath={"contract"})
 
 
 def jit_contract(fn):
-    return numba.njit(**CONTRACT_OPTIONS)(fn)
-
-
-def jit_parallel_contract(fn):
-    return numba.njit(parallel=True, **CONTRACT_OPTIONS)(fn)
+    return _cached(numba.njit(**CONTRACT_OPTIONS)(fn))
