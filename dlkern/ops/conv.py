@@ -28,11 +28,14 @@ The CPU algorithm is chosen in one place, ``algorithm(kind, ...)``, for each of 
 |            |                             | (backward_input: every stride 1); any dilation,      | (C/groups x KD) and the product rows are both >= |
 |            |                             | depth kernel, groups; forward and backward_input     | WINOGRAD_MIN_CHANNELS, the output has >= |
 |            |                             |                                                      | WINOGRAD_MIN_TILES 2x2 tiles |
-| gemm       | numba/conv.py (im2col+BLAS) | always                                               | nothing else does |
+| gemm       | numba/conv.py (im2col+BLAS; | always                                               | nothing else does |
+|            | small images several to a   |                                                      | |
+|            | product)                    |                                                      | |
 
 Winograd's tile is F(2x2, 3x3) (F(2, 3) along a single 3-tap axis) for float32, within the
 accuracy contract of numba/winograd.py; float64 takes F(4x4, 3x3). The weight gradient is the
-im2col GEMM (no Winograd: the GEMM over output pixels is as fast). ``DLKERN_CONV_ALGO`` (or the
+im2col GEMM (a Winograd weight gradient is not written; the GEMM measured 0.9-1.1x torch's on
+the 3x3 ResNet layers, single thread). ``DLKERN_CONV_ALGO`` (or the
 ``force`` argument) = ``gemm``, ``winograd``, ``winograd2``, ``winograd4``, ``pointwise`` or
 ``depthwise`` forces that algorithm wherever it applies (``auto`` elsewhere); tests and benchmarks
 use it to run every path. ``winograd4`` forces F(4x4) even in float32 (outside the contract:
