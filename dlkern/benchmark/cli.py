@@ -5,6 +5,13 @@ Suites: ``layers`` (every row of the layer tables, forward and forward+backward)
 (whole models, inference and one training step), ``all`` (both: what ``make bench`` runs) and
 ``quick`` (a few rows per table, a shorter timing budget). ``--op`` keeps some families, ``--row``
 the rows whose name contains a string, ``--mode`` some modes.
+
+The JSON report: ``machine`` (cpu, isa, cores, l1d/l2/l3_bytes, measured peak_gflops and
+bandwidth_gbs, torch and numba versions, ...), ``results`` (one per row and mode: suite, name,
+family, op, mode, batch, count, args, torch_ms, dlkern_ms, speedup, samples, gflop, mbytes,
+dlkern_gflops, torch_gflops, dlkern_gbs, bound, roofline_pct, max_abs_err, tolerance, accurate;
+``error`` instead of the times for a row that raised), ``summary`` (per family and mode: rows,
+geomean, worst, worst_speedup, below_1, failed), suite, started, budget_s, wall_s.
 """
 import argparse
 import datetime
