@@ -28,7 +28,7 @@ from dlkern.benchmark.summary import compare, summarize
 
 SUITES = ("all", "layers", "models", "quick")
 BUDGET = {"quick": 0.15}  # timed seconds per row and mode; the default below for the others
-DEFAULT_BUDGET = 0.4
+DEFAULT_BUDGET = 0.3
 
 
 def add_arguments(parser):
