@@ -156,3 +156,31 @@ def test_forcing_a_path_that_does_not_apply_uses_auto(monkeypatch):
     monkeypatch.setenv("DLKERN_CONV_ALGO", "fft")
     with pytest.raises(ValueError, match="DLKERN_CONV_ALGO"):
         conv_ops.algorithm("forward", (8, 8, 1, 3, 3), (1, 1, 1), (0, 1, 1), 1)
+
+
+PATCHIFY = [
+    # (rank, kernel = stride, spatial, groups, dtype)
+    (2, (2, 2), (8, 9), 1, torch.float32),        # ConvNeXt downsampling (odd size: cropped)
+    (2, (4, 4), (12, 16), 2, torch.float64),      # groups
+    (1, (3,), (10,), 1, torch.float32),
+    (3, (2, 2, 2), (4, 5, 6), 1, torch.float32),
+    (2, (2, 3), (6, 9), 1, torch.float64),
+]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("rank,kernel,spatial,groups,dtype", PATCHIFY)
+def test_patchify(monkeypatch, rank, kernel, spatial, groups, dtype, layout):
+    monkeypatch.setenv("DLKERN_CONV_ALGO", "patchify")  # auto takes it from 16 channels
+    calls = _count_calls(monkeypatch, conv_ops, "_patches_as_channels")
+    g = torch.Generator().manual_seed(rank)
+    x = make_tensor((3, 4) + spatial, dtype, layout, generator=g)
+    w = make_tensor((6, 4 // groups) + kernel, dtype, generator=g)
+    b = make_tensor((6,), dtype, generator=g)
+    base.run_case(rank, (x, w, b), dict(stride=kernel, groups=groups))
+    assert len(calls) == 2  # forward and weight gradient
+    monkeypatch.delenv("DLKERN_CONV_ALGO")
+    assert conv_ops.algorithm("forward", (6, 32, 1, 2, 2), (1, 2, 2), (0, 0, 0), 1) == "patchify"
+    assert conv_ops.algorithm("forward", (6, 3, 1, 4, 4), (1, 4, 4), (0, 0, 0), 1) == "gemm"
+    assert conv_ops.algorithm("forward", (6, 32, 1, 2, 2), (1, 2, 2), (0, 0, 0), 1,
+                              dilation=(1, 2, 2)) == "gemm"

@@ -24,6 +24,9 @@ The CPU algorithm is chosen in one place, ``algorithm(kind, ...)``, for each of 
 | depthwise  | numba/depthwise.py          | one input channel per group (groups > 1)            | it applies |
 | pointwise  | numba/conv.py (no packing)  | 1x1x1 kernel, no padding (any stride: strided input  | it applies |
 |            |                             | is subsampled first); forward and backward_weight    | |
+| patchify   | numba/conv.py, pointwise    | stride = kernel (non-overlapping patches: ViT,       | it applies, C_in/g >= 16 |
+|            | on the patches moved into   | ConvNeXt stems and downsampling), no padding;        | |
+|            | channels (one copy)         | forward and backward_weight                          | |
 | winograd   | numba/winograd.py           | KH, KW in {1, 3}, not both 1; H and W strides 1      | forward/backward_input: it applies, the reduction |
 |            |                             | (backward_input: every stride 1); any dilation,      | (C/groups x KD) and the product rows are both >= |
 |            |                             | depth kernel, groups; forward and backward_input     | WINOGRAD_MIN_CHANNELS, the output has >= |
@@ -69,15 +72,21 @@ def _is_depthwise(weight_shape, groups):
 # columns: the GEMM runs faster (measured on the ResNet/r3d tables).
 WINOGRAD_MIN_CHANNELS = 8
 WINOGRAD_MIN_TILES = 128
-ALGORITHMS = ("auto", "gemm", "winograd", "winograd2", "winograd4", "pointwise", "depthwise")
+PATCHIFY_MIN_CHANNELS = 16
+ALGORITHMS = ("auto", "gemm", "winograd", "winograd2", "winograd4", "pointwise", "patchify",
+              "depthwise")
 
 
-def _applies(name, kind, w_shape, stride, padding, groups):
+def _applies(name, kind, w_shape, stride, padding, groups, dilation=(1, 1, 1)):
     if name == "depthwise":
         return _is_depthwise(w_shape, groups)
     if name == "pointwise":
         return (kind != "backward_input" and tuple(w_shape[2:]) == (1, 1, 1)
                 and tuple(padding) == (0, 0, 0))
+    if name == "patchify":
+        return (kind != "backward_input" and tuple(w_shape[2:]) == tuple(stride)
+                and tuple(w_shape[2:]) != (1, 1, 1) and tuple(padding) == (0, 0, 0)
+                and tuple(dilation) == (1, 1, 1))
     if name.startswith("winograd"):
         if kind == "backward_weight" or not numba_winograd.applies(w_shape, stride):
             return False
@@ -85,7 +94,7 @@ def _applies(name, kind, w_shape, stride, padding, groups):
     return name == "gemm"
 
 
-def algorithm(kind, w_shape, stride, padding, groups, tiles=None, force=None):
+def algorithm(kind, w_shape, stride, padding, groups, tiles=None, force=None, dilation=(1, 1, 1)):
     """The CPU algorithm for one kernel of a convolution (the table in the module docstring).
 
     kind: "forward", "backward_input" or "backward_weight"; w_shape the rank-3 weight shape
@@ -94,11 +103,15 @@ def algorithm(kind, w_shape, stride, padding, groups, tiles=None, force=None):
     forced = (force or os.environ.get("DLKERN_CONV_ALGO", "") or "auto").strip().lower()
     if forced not in ALGORITHMS:
         raise ValueError(f"DLKERN_CONV_ALGO={forced!r}: expected one of {', '.join(ALGORITHMS)}")
-    if forced != "auto" and _applies(forced, kind, w_shape, stride, padding, groups):
+    if forced != "auto" and _applies(forced, kind, w_shape, stride, padding, groups, dilation):
         return forced
     for name in ("depthwise", "pointwise"):
-        if _applies(name, kind, w_shape, stride, padding, groups):
+        if _applies(name, kind, w_shape, stride, padding, groups, dilation):
             return name
+    # patches of few channels (RGB stems) pack faster through im2col (measured)
+    if (_applies("patchify", kind, w_shape, stride, padding, groups, dilation)
+            and w_shape[1] >= PATCHIFY_MIN_CHANNELS):
+        return "patchify"
     if _applies("winograd", kind, w_shape, stride, padding, groups) and tiles is not None:
         c_out, cin_g, kd = w_shape[:3]
         reduction = (cin_g if kind == "forward" else c_out // groups) * kd
@@ -132,8 +145,20 @@ def _pointwise_input(x, stride, out_spatial):
     return np.ascontiguousarray(x[:, :, :od * sd:sd, :oh * sh:sh, :ow * sw:sw])
 
 
+def _patches_as_channels(x, kernel, out_spatial):
+    """Non-overlapping patches (stride = kernel, no padding) moved into channels: (N, C, D, H, W)
+    -> (N, C*KD*KH*KW, OD, OH, OW), channel order (c, kd, kh, kw) as in the weight, so that the
+    convolution becomes a 1x1x1 one (one transposing copy; dilation 1)."""
+    n, c = x.shape[:2]
+    (kd, kh, kw), (od, oh, ow) = kernel, out_spatial
+    x = x[:, :, :od * kd, :oh * kh, :ow * kw].reshape(n, c, od, kd, oh, kh, ow, kw)
+    return np.ascontiguousarray(x.transpose(0, 1, 3, 5, 7, 2, 4, 6)).reshape(
+        n, c * kd * kh * kw, od, oh, ow)
+
+
 def _forward_kernel(x, w, b, stride, padding, dilation, groups, out, force=None):
-    name = algorithm("forward", w.shape, stride, padding, groups, winograd_tiles(out.shape), force)
+    name = algorithm("forward", w.shape, stride, padding, groups, winograd_tiles(out.shape), force,
+                     dilation)
     if name == "depthwise":
         return numba_depthwise.depthwise_forward(x, w, b, stride, padding, dilation, out)
     if name.startswith("winograd"):
@@ -141,6 +166,10 @@ def _forward_kernel(x, w, b, stride, padding, dilation, groups, out, force=None)
                                            _winograd_tile(name, x.dtype))
     if name == "pointwise":
         x = _pointwise_input(x, stride, out.shape[2:])
+        stride = (1, 1, 1)
+    if name == "patchify":
+        x = _patches_as_channels(x, w.shape[2:], out.shape[2:])
+        w = w.reshape(w.shape[0], -1, 1, 1, 1)
         stride = (1, 1, 1)
     return numba_conv.conv_forward(x, w, b, stride, padding, dilation, groups, out)
 
@@ -158,13 +187,20 @@ def _backward_input_kernel(dy, w, stride, padding, dilation, groups, dx, force=N
 
 def _backward_weight_kernel(x, dy, w_shape, stride, padding, dilation, groups, want_bias,
                             force=None):
-    name = algorithm("backward_weight", w_shape, stride, padding, groups, force=force)
+    name = algorithm("backward_weight", w_shape, stride, padding, groups, force=force,
+                     dilation=dilation)
     if name == "depthwise":
         return numba_depthwise.depthwise_backward_weight(x, dy, w_shape, stride, padding, dilation,
                                                          want_bias)
     if name == "pointwise":
         x = _pointwise_input(x, stride, dy.shape[2:])
         stride = (1, 1, 1)
+    if name == "patchify":
+        x = _patches_as_channels(x, w_shape[2:], dy.shape[2:])
+        dw, db = numba_conv.conv_backward_weight(
+            x, dy, (w_shape[0], x.shape[1] // groups, 1, 1, 1), (1, 1, 1), padding, dilation,
+            groups, want_bias)
+        return dw.reshape(w_shape), db
     return numba_conv.conv_backward_weight(x, dy, w_shape, stride, padding, dilation, groups,
                                            want_bias)
 
