@@ -7,7 +7,7 @@ STAMP := $(VENV)/.dlkern-installed
 .PHONY: bench test clean
 
 bench: $(STAMP)
-	$(PY) -m dlkern bench --json bench/out/bench.json --plot bench/out/bench.png
+	$(PY) -m dlkern bench --out bench/out
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

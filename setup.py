@@ -15,6 +15,7 @@ setup(
     packages=[
         "dlkern",
         "dlkern._validate",
+        "dlkern.benchmark",
         "dlkern.ops",
         "dlkern.suites",
         "dlkern.nn",

@@ -12,17 +12,9 @@ The model classes are also the ones the tests use (tests/test_models.py), at sma
 * ``TransformerLM``: embedding, a TransformerEncoder (batch_first) with causal and key padding
   masks, a linear head.
 """
-import copy
-
 import torch
 import torch.nn as tnn
-import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
-
-from dlkern.benchmark import Case
-
-OP = "models"
-
 
 def _separable(cin, cout):
     return tnn.Sequential(tnn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False),
@@ -96,120 +88,3 @@ class TransformerLM(tnn.Module):
 def padding_mask(lengths, length):
     """(B, L) bool, True at padded positions (torch's key_padding_mask convention)."""
     return torch.arange(length)[None, :] >= torch.as_tensor(lengths)[:, None]
-
-
-def model_pair(model):
-    """``model`` and a deep copy of it patched by dlkern (same parameter values)."""
-    import dlkern
-
-    return model, dlkern.patch(copy.deepcopy(model))
-
-
-# ----------------------------------------------------------------------------- benchmark cases
-
-def _count_flops(fn, *args):
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        fn(*args)
-    return float(counter.get_total_flops())
-
-
-def _model_case(name, build_model, build_inputs, loss_fn, target):
-    """A Case whose forward mode is inference and whose "train step" mode is one SGD step."""
-    torch.manual_seed(0)
-    reference, patched = model_pair(build_model())
-    inputs = build_inputs()
-
-    def build(dtype, requires_grad):
-        return inputs, {}
-
-    def train_step(model):
-        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            loss_fn(model(*inputs), inputs).backward()
-            opt.step()
-        return step
-
-    reference.eval()
-    patched.eval()
-    # torch's CPU RNN operators are built of matmuls, which FlopCounterMode counts too
-    flops = _count_flops(reference, *inputs)
-    reference.train()
-    patched.train()
-    case = Case(name, OP, build, lambda *a: _eval(reference, a), lambda *a: _eval(patched, a),
-                flops, target=target, fwd_bwd=False)
-    case.train_torch = train_step(reference)
-    case.train_dlkern = train_step(patched)
-    case.target_train = target
-    return case
-
-
-def _eval(model, args):
-    model.eval()
-    try:
-        return model(*args)
-    finally:
-        model.train()
-
-
-def _unet_case():
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(8, 3, 96, 96, generator=g)
-    labels = torch.randint(0, 4, (8, 96, 96), generator=g)
-    return _model_case("UNet-style CNN (sep. blocks) N8 3x96x96 base32",
-                       lambda: UNetCNN(3, 32, 4), lambda: (x,),
-                       lambda out, inp: F.cross_entropy(out, labels), 2.0)
-
-
-def _gru_case():
-    g = torch.Generator().manual_seed(2)
-    batch, length = 32, 64
-    tokens = torch.randint(0, 1000, (batch, length), generator=g)
-    lengths = torch.randint(length // 2, length + 1, (batch,), generator=g)
-    lengths[0] = length
-    labels = torch.randint(0, 10, (batch,), generator=g)
-    return _model_case("GRU encoder B32 T<=64 E128 H256 L2 packed",
-                       lambda: GRUEncoder(1000, 128, 256, 10, 2), lambda: (tokens, lengths),
-                       lambda out, inp: F.cross_entropy(out, labels), 2.0)
-
-
-def _transformer_case():
-    g = torch.Generator().manual_seed(3)
-    batch, length = 8, 128
-    tokens = torch.randint(0, 1000, (batch, length), generator=g)
-    return _model_case("TransformerEncoder causal B8 L128 d256 h8 ff1024 L2",
-                       lambda: TransformerLM(1000, 256, 8, 1024, 2, dropout=0.0),
-                       lambda: (tokens,),
-                       lambda out, inp: F.cross_entropy(out.flatten(0, 1), inp[0].flatten()), 1.3)
-
-
-def _cases():
-    return [_unet_case(), _gru_case(), _transformer_case()]
-
-
-class _LazyCases(list):
-    """Builds the (large) model cases on first use, not when the suites are listed."""
-    _built = False
-
-    def _build(self):
-        if not self._built:
-            self._built = True
-            self.extend(_cases())
-
-    def __iter__(self):
-        self._build()
-        return super().__iter__()
-
-    def __len__(self):
-        self._build()
-        return super().__len__()
-
-    def __getitem__(self, i):
-        self._build()
-        return super().__getitem__(i)
-
-
-CASES = _LazyCases()
