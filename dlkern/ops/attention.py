@@ -23,6 +23,7 @@ The public functions reduce every case torch accepts (unbatched, extra batch axe
 batch or head axes, GQA, bool masks) to those canonical forms with views; autograd through the
 views sums the gradients of broadcast axes.
 """
+import functools
 import importlib
 import math
 from typing import Optional, Tuple
@@ -33,6 +34,7 @@ import torch
 from torch import Tensor
 
 from dlkern import _dispatch
+from dlkern.kernels import machine
 from dlkern.kernels.numba import attention as kernels
 from dlkern.kernels.numba import attention_backward as backward_kernels
 from dlkern.kernels.numba import masked_softmax as softmax_kernels
@@ -182,28 +184,63 @@ def _torch_masked_softmax(input, mask, dim):
 # ---------------------------------------------------------------------------------------------
 # attention
 
-def _query_block(lq):
-    """Queries per block of the CPU kernels (the width of their score blocks)."""
-    return 64
+@functools.lru_cache(maxsize=None)
+def _largest_query_block(itemsize):
+    """Most queries per block: the score block (BLOCK_K x queries) and a chunk of K and V
+    (BLOCK_K x 64 each) in half of this machine's L2, at least 64 and at most 192 rows (wider
+    blocks stop paying off: MKL's GEMMs are as fast at 192 columns)."""
+    budget = machine.cache_bytes()["l2"] // 2 - 2 * kernels.BLOCK_K * 64 * itemsize
+    rows = budget // (kernels.BLOCK_K * itemsize)
+    return int(max(64, min(192, rows // 16 * 16)))
+
+
+def _query_block(batch_heads, lq, itemsize):
+    """Queries per block of the CPU kernels (the width of their score blocks): as wide as the
+    cache allows, the query length split into equal blocks (197 -> 2 x 112, not 192 + 5), and
+    split further while there are fewer blocks than twice the threads (every core busy when
+    batch x heads is small)."""
+    widest = _largest_query_block(itemsize)
+    blocks = -(-lq // widest)
+    blocks = max(blocks, min(-(-2 * _threads() // max(batch_heads, 1)), -(-lq // 16)))
+    return max(16, -(-(-(-lq // blocks)) // 16) * 16)
+
+
+def _stored(mask):
+    """The part of a broadcast mask that is stored: index 0 of every zero-stride axis."""
+    return mask[tuple(slice(0, 1) if st == 0 else slice(None) for st in mask.stride())].detach()
+
+
+def _float_mask(mask, dtype):
+    """A bool mask (True = attend) as an additive float mask of the same broadcast shape,
+    converted on its stored part only."""
+    small = _stored(mask)
+    bias = torch.zeros(small.shape, dtype=dtype, device=mask.device).masked_fill_(~small,
+                                                                                  _NEG_INF)
+    return bias.expand(mask.shape)
 
 
 def _mask_table(mask, lq, lk, block_q):
-    """The kernels' block table of an additive (B, Hq, Lq, Lk) mask, uint8 (B', H', nqb', nkb')
-    broadcast to (B, Hq, nqb, nkb): HIDDEN where every bias of the block is -inf, VISIBLE where
-    every one is 0 (the mask is then never read there), PARTIAL otherwise. Computed on the mask
-    as stored (index 0 of every zero-stride axis), so a key-padding mask costs almost nothing."""
-    small = mask[tuple(slice(0, 1) if st == 0 else slice(None) for st in mask.stride())].detach()
+    """The kernels' block table of a (B, Hq, Lq, Lk) mask, additive float or bool (True =
+    attend), uint8 (B', H', nqb', nkb') broadcast to (B, Hq, nqb, nkb): HIDDEN where the mask
+    hides every score of the block, VISIBLE where it changes none (it is then never read there),
+    PARTIAL otherwise. Computed in one pass over the stored part of the mask, so a key-padding
+    mask costs almost nothing."""
+    small = _stored(mask)
     b, h, mq, mk = small.shape
     bq = block_q if mq > 1 else 1
     bk = kernels.SKIP_K if mk > 1 else 1
-    nqb, nkb = -(-mq // bq), -(-mk // bk)
-    pad = (0, nkb * bk - mk, 0, nqb * bq - mq)
-    live = torch.nn.functional.pad(small != _NEG_INF, pad, value=False)
-    zero = torch.nn.functional.pad(small == 0, pad, value=True)
-    live = live.reshape(b, h, nqb, bq, nkb, bk).any(dim=5).any(dim=3)
-    zero = zero.reshape(b, h, nqb, bq, nkb, bk).all(dim=5).all(dim=3)
-    table = torch.where(live, torch.where(zero, kernels.VISIBLE, kernels.PARTIAL),
-                        kernels.HIDDEN).to(torch.uint8)
+    table = torch.empty((b, h, -(-mq // bq), -(-mk // bk)), dtype=torch.uint8)
+    if small.dtype == torch.bool:
+        keep, strides = _flat(small.view(torch.uint8))
+        bias, kind = np.zeros(1, np.float32), kernels.MASK_KEEP
+    else:
+        bias, strides = _flat(small)
+        keep, kind = np.zeros(1, np.uint8), kernels.MASK_BIAS
+    if table.numel():
+        with _dynamic(4):
+            kernels.mask_table(bias, keep, np.array(strides, np.int64),
+                               np.array(small.shape, np.int64), bq, bk, kind, table.numpy(),
+                               np.empty((_threads(), 2, table.shape[3]), np.int64))
     return table.expand(mask.shape[0], mask.shape[1], -(-lq // block_q), -(-lk // kernels.SKIP_K))
 
 
@@ -217,24 +254,29 @@ def _flat(t):
 
 
 def _kernel_args(q, k, v, mask, causal_offset, block_q):
-    """The kernels' (q, k, v, mask, table, strides, dims, has_table): flat arrays, strides."""
+    """The kernels' (q, k, v, mask, keep, table, strides, dims, mask_kind): flat arrays (a dummy
+    for the unused one of mask and keep), strides, sizes."""
     q, k, v = (_rows_contiguous(t) for t in (q, k, v))
     arrays, strides = [], []
     for t in (q, k, v):
         a, st = _flat(t)
         arrays.append(a)
         strides.append(st)
+    bias, keep = np.zeros(1, arrays[0].dtype), np.zeros(1, np.uint8)
     if mask is None:
-        arrays += [np.zeros(1, arrays[0].dtype), np.zeros(1, np.uint8)]
-        strides += [[0] * 4, [0] * 4]
+        table, kind, mask_strides, table_strides = keep, kernels.MASK_NONE, [0] * 4, [0] * 4
     else:
-        for t in (mask, _mask_table(mask, q.shape[2], k.shape[2], block_q)):
-            a, st = _flat(t)
-            arrays.append(a)
-            strides.append(st)
+        table, table_strides = _flat(_mask_table(mask, q.shape[2], k.shape[2], block_q))
+        if mask.dtype == torch.bool:
+            keep, mask_strides = _flat(mask.view(torch.uint8))
+            kind = kernels.MASK_KEEP
+        else:
+            bias, mask_strides = _flat(mask)
+            kind = kernels.MASK_BIAS
     dims = np.array([q.shape[0], q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3],
                      v.shape[3], causal_offset], np.int64)
-    return arrays + [np.array(strides, np.int64), dims, mask is not None]
+    strides += [mask_strides, table_strides]
+    return arrays + [bias, keep, table, np.array(strides, np.int64), dims, kind]
 
 
 def _stats_dtype(q):
@@ -261,10 +303,12 @@ def attention_op(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], is_cau
         return out, stats
     offset = _causal_offset(q, k, flags)
     if _on_triton("attention", q, k, v):
+        if mask is not None and mask.dtype == torch.bool:
+            mask = _float_mask(mask, q.dtype)
         _triton_kernels().attention_forward(q, k, v, mask, is_causal, offset, scale, dropout_p,
                                             seed, bool(flags & NAN_MASKED), out, stats)
         return out, stats
-    block_q = _query_block(lq)
+    block_q = _query_block(nb * hq, lq, q.element_size())
     args = _kernel_args(q, k, v, mask, offset, block_q)
     nt, dtype = _threads(), args[0].dtype
     with _dynamic(2):
@@ -301,12 +345,14 @@ def attention_backward_op(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor,
         return grad_q.zero_(), grad_k.zero_(), grad_v.zero_(), grad_mask
     offset = _causal_offset(q, k, flags)
     if _on_triton("attention", q, k, v):
+        if mask is not None and mask.dtype == torch.bool:
+            mask = _float_mask(mask, q.dtype)
         _triton_kernels("attention_backward").attention_backward(
             grad_out.contiguous(), q, k, v, mask, out.contiguous(), stats.contiguous(),
             is_causal, offset, scale, dropout_p, seed, grad_q, grad_k, grad_v,
             grad_mask if want_grad_mask else None)
         return grad_q, grad_k, grad_v, grad_mask
-    block_q = _query_block(q.shape[2])
+    block_q = _query_block(q.shape[0] * q.shape[1], q.shape[2], q.element_size())
     args = _kernel_args(q, k, v, mask, offset, block_q)
     nt, dtype = _threads(), args[0].dtype
     span = -(-k.shape[2] // kernels.SKIP_K) * kernels.SKIP_K
@@ -408,12 +454,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     k = _heads(k3, batch, hk, nhk, lk, d, nb)
     v = _heads(v3, batch, hv, nhk, lk, dv, nb)
     mask = None
-    if attn_mask is not None:
-        mask = attn_mask
-        if mask.dtype == torch.bool:
-            mask = torch.zeros(mask.shape, dtype=query.dtype,
-                               device=mask.device).masked_fill_(~mask, _NEG_INF)
-        mask = mask.expand(batch + (hq, lq, lk)).reshape(nb, hq, lq, lk)
+    if attn_mask is not None:  # bool masks stay bool: the kernels read them as bytes
+        mask = attn_mask.expand(batch + (hq, lq, lk)).reshape(nb, hq, lq, lk)
     if scale is None:
         scale = 1.0 / math.sqrt(d) if d > 0 else 1.0
     seed = 0

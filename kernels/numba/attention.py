@@ -111,6 +111,11 @@ def dropout_keep(seed, rows, cols, p):
     return out
 
 
+# How the mask is given (the mask_kind argument)
+MASK_NONE = 0  # no mask (no table either)
+MASK_BIAS = 1  # an additive float bias (the ``mask`` array)
+MASK_KEEP = 2  # a bool mask, 1 = attend (the ``keep`` array, uint8)
+
 # Block states of the mask table (one entry per BLOCK_Q x SKIP_K block of queries x keys)
 HIDDEN = 0   # every score of the block is masked out: the block is never computed
 VISIBLE = 1  # no score of the block is changed by the mask: computed without reading the mask
@@ -118,24 +123,24 @@ PARTIAL = 2  # the mask is added to the block's scores
 
 
 @jit
-def _state(table, tst, b, h, qb, kb, has_table):
-    if not has_table:
+def _state(table, tst, b, h, qb, kb, mask_kind):
+    if mask_kind == MASK_NONE:
         return VISIBLE
     return table[b * tst[0] + h * tst[1] + qb * tst[2] + kb * tst[3]]
 
 
 @jit
-def _next_chunk(kb, nkb, kb_stop, table, tst, b, h, qb, has_table):
+def _next_chunk(kb, nkb, kb_stop, table, tst, b, h, qb, mask_kind):
     """First block >= kb that is not HIDDEN and the end of its run of such blocks (at most
     BLOCK_K keys, never past kb_stop): (start block, end block); start = kb_stop when none."""
     per_chunk = BLOCK_K // SKIP_K
     while kb < kb_stop:
-        if _state(table, tst, b, h, qb, kb, has_table) == HIDDEN:
+        if _state(table, tst, b, h, qb, kb, mask_kind) == HIDDEN:
             kb += 1
             continue
         end = kb + 1
         while (end < kb_stop and end - kb < per_chunk
-               and _state(table, tst, b, h, qb, end, has_table) != HIDDEN):
+               and _state(table, tst, b, h, qb, end, mask_kind) != HIDDEN):
             end += 1
         return kb, end
     return kb_stop, kb_stop
@@ -150,12 +155,12 @@ def _causal_stop(q_last, off, lk):
 
 
 @jit
-def _scores_t(st, q, k, mask, table, strides, d, has_table, causal, off, b, h, hk, qb, q0, nq,
-              j0, nk, scale):
-    """st[:nk, :nq] = scale * K[j0:j0+nk] Q[q0:q0+nq]^T, plus mask^T on PARTIAL blocks, causal
-    entries (key > query + off) set to -inf.
+def _scores_t(st, q, k, mask, keep, table, strides, d, mask_kind, causal, off, b, h, hk, qb, q0,
+              nq, j0, nk, scale):
+    """st[:nk, :nq] = scale * K[j0:j0+nk] Q[q0:q0+nq]^T, plus mask^T (or -inf where keep is 0) on
+    PARTIAL blocks, causal entries (key > query + off) set to -inf.
 
-    q, k, mask: flat arrays read with the element strides strides[0], [1], [3] (see
+    q, k, mask, keep: flat arrays read with the element strides strides[0], [1], [3] (see
     attention_forward); d the head dimension; j0 a multiple of SKIP_K.
     """
     isz = q.itemsize
@@ -166,15 +171,22 @@ def _scores_t(st, q, k, mask, table, strides, d, has_table, causal, off, b, h, h
     ka = k.ctypes.data + (b * ks[0] + hk * ks[1] + j0 * ks[2]) * isz
     gemm(isz == 8, 0, 1, nk, nq, d, scale, ka, ks[2], qa, qs[2], 0.0, st.ctypes.data,
          st.shape[1])
-    if has_table:
+    if mask_kind != MASK_NONE:
         base = b * ms[0] + h * ms[1] + q0 * ms[2]
         for sub in range(0, nk, SKIP_K):
-            if _state(table, strides[4], b, h, qb, (j0 + sub) // SKIP_K, True) != PARTIAL:
+            if _state(table, strides[4], b, h, qb, (j0 + sub) // SKIP_K, mask_kind) != PARTIAL:
                 continue
             for jj in range(sub, min(sub + SKIP_K, nk)):
                 at = base + (j0 + jj) * ms[3]
                 row = st[jj]
-                if ms[2] != 0:
+                if mask_kind == MASK_KEEP:
+                    if ms[2] != 0:
+                        for ii in range(nq):
+                            if keep[at + ii * ms[2]] == 0:
+                                row[ii] = -np.inf
+                    elif keep[at] == 0:
+                        row[:nq] = -np.inf
+                elif ms[2] != 0:
                     for ii in range(nq):
                         row[ii] += mask[at + ii * ms[2]]
                 else:
@@ -193,24 +205,28 @@ def _column_max(st, nk, nq, cmax):
     """cmax[i] = max over j < nk of st[j, i] (NaN entries ignored; -inf when none is finite)."""
     cmax[:nq] = -np.inf
     for jj in range(nk):
-        row = st[jj]
         for ii in range(nq):
-            x = row[ii]
-            cmax[ii] = x if x > cmax[ii] else cmax[ii]
+            # this form vectorises (masked stores); "cmax[ii] = x if x > cmax[ii] else cmax[ii]"
+            # stays scalar, 30x slower
+            x = st[jj, ii]
+            if x > cmax[ii]:
+                cmax[ii] = x
 
 
 @jit_parallel
-def attention_forward(q, k, v, mask, table, strides, dims, has_table, causal, scale, dropout_p,
-                      seed, nan_masked, out, stats, st_scratch, acc_scratch, row_scratch):
+def attention_forward(q, k, v, mask, keep, table, strides, dims, mask_kind, causal, scale,
+                      dropout_p, seed, nan_masked, out, stats, st_scratch, acc_scratch,
+                      row_scratch):
     """Blocked attention forward.
 
     Every input is a flat array read with its element strides, strides (5, 4) int64, one row per
     input (so one compiled kernel serves every layout):
     q (B, Hq, Lq, D), k (B, Hk, Lk, D), v (B, Hk, Lk, Dv): rows contiguous (stride 1 on the last
     axis), any other strides; Hq = group * Hk, query head h reads key/value head h // group.
-    mask (B, Hq, Lq, Lk) additive float bias, any strides (0 where broadcast), read on PARTIAL
-    blocks of table (B, Hq, nqb, nkb) uint8 (any strides; nqb query blocks of the scratch's
-    width, nkb key blocks of SKIP_K), if has_table.
+    The mask, (B, Hq, Lq, Lk) with any strides (0 where broadcast), is an additive float bias
+    (``mask``, mask_kind MASK_BIAS) or a uint8 keep mask (``keep``, 1 = attend, MASK_KEEP), read
+    only on PARTIAL blocks of table (B, Hq, nqb, nkb) uint8 (any strides; nqb query blocks of the
+    scratch's width, nkb key blocks of SKIP_K); the unused one is a dummy array.
     dims = (B, Hq, Hk, Lq, Lk, D, Dv, causal offset): with causal, query i sees key j <= i + offset.
     nan_masked: a row whose scores are all NaN or -inf gives zeros (torch's CPU kernel, short rows).
     out (B, Hq, Lq, Dv) and stats (B, Hq, 2, Lq) contiguous, written: stats[.., 0, i] the shift m
@@ -251,7 +267,7 @@ def attention_forward(q, k, v, mask, table, strides, dims, has_table, causal, sc
         kb_stop = _causal_stop(q_last, off, lk) if causal else nkb
         kb = 0
         while True:
-            kb, kb_end = _next_chunk(kb, nkb, kb_stop, table, strides[4], b, h, qb, has_table)
+            kb, kb_end = _next_chunk(kb, nkb, kb_stop, table, strides[4], b, h, qb, mask_kind)
             if kb >= kb_stop:
                 break
             j0 = kb * SKIP_K
@@ -259,8 +275,8 @@ def attention_forward(q, k, v, mask, table, strides, dims, has_table, causal, sc
             if causal:
                 nk = min(nk, q_last + off + 1 - j0)
             kb = kb_end
-            _scores_t(st, q, k, mask, table, strides, d, has_table, causal, off, b, h, hk, qb, q0,
-                      nq, j0, nk, scale)
+            _scores_t(st, q, k, mask, keep, table, strides, d, mask_kind, causal, off, b, h, hk,
+                      qb, q0, nq, j0, nk, scale)
             _column_max(st, nk, nq, cmax)
             if nan_masked:
                 # the whole row is one chunk here (short rows only): all NaN/-inf = masked
@@ -295,3 +311,64 @@ def attention_forward(q, k, v, mask, table, strides, dims, has_table, causal, sc
             stats[b, h, 0, q0 + ii] = m_use[ii] if l > 0.0 else np.inf
             stats[b, h, 1, q0 + ii] = inv
         blas_set_local_threads(0)
+
+
+@jit_parallel
+def mask_table(mask, keep, mask_strides, shape, block_rows, block_cols, mask_kind, table,
+               count_scratch):
+    """The block table of a stored mask (see attention_forward): table[b, h, qb, kb] = HIDDEN,
+    VISIBLE or PARTIAL for the block_rows x block_cols block (qb, kb) of the mask, whose stored
+    shape is ``shape`` (B', H', Mq, Mk; read with mask_strides from ``mask``, a float bias, or
+    ``keep``, uint8, as mask_kind says); table (B', H', nqb, nkb) contiguous. One pass over the
+    mask, row by row. Scratch per thread t: count_scratch[t] (2, nkb) int64.
+    """
+    nb, nh, mq, mk = shape[0], shape[1], shape[2], shape[3]
+    nqb = table.shape[2]
+    nkb = table.shape[3]
+    cs = mask_strides[3]
+    for item in prange(nb * nh * nqb):
+        tid = numba.get_thread_id()
+        live = count_scratch[tid, 0]
+        zero = count_scratch[tid, 1]
+        b = item // (nh * nqb)
+        h = (item // nqb) % nh
+        qb = item % nqb
+        live[:] = 0
+        zero[:] = 0
+        r0 = qb * block_rows
+        rows = min(block_rows, mq - r0)
+        for r in range(r0, r0 + rows):
+            at = b * mask_strides[0] + h * mask_strides[1] + r * mask_strides[2]
+            for kb in range(nkb):
+                c0 = kb * block_cols
+                n_live = 0
+                n_zero = 0
+                c1 = min(c0 + block_cols, mk)
+                if mask_kind == MASK_KEEP:
+                    if cs == 1:  # the common layout: a loop LLVM vectorises (bytes are 0/1)
+                        for c in range(at + c0, at + c1):
+                            n_live += keep[c]
+                    else:
+                        for c in range(c0, c1):
+                            n_live += np.int64(keep[at + c * cs] != 0)
+                    n_zero = n_live
+                elif cs == 1:
+                    for c in range(at + c0, at + c1):
+                        x = mask[c]
+                        n_live += np.int64(x != -np.inf)
+                        n_zero += np.int64(x == 0.0)
+                else:
+                    for c in range(c0, c1):
+                        x = mask[at + c * cs]
+                        n_live += np.int64(x != -np.inf)
+                        n_zero += np.int64(x == 0.0)
+                live[kb] += n_live
+                zero[kb] += n_zero
+        for kb in range(nkb):
+            size = rows * (min(kb * block_cols + block_cols, mk) - kb * block_cols)
+            if live[kb] == 0:
+                table[b, h, qb, kb] = HIDDEN
+            elif zero[kb] == size:
+                table[b, h, qb, kb] = VISIBLE
+            else:
+                table[b, h, qb, kb] = PARTIAL

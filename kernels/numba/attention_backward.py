@@ -36,10 +36,11 @@ def _probabilities(st, nk, nq, shift, inv_l):
 
 
 @jit_parallel
-def attention_backward(q, k, v, mask, table, strides, dims, has_table, causal, scale, dropout_p,
-                       seed, grad_out, stats, grad_q, grad_k, grad_v, grad_mask, want_grad_mask,
+def attention_backward(q, k, v, mask, keep, table, strides, dims, mask_kind, causal, scale,
+                       dropout_p, seed, grad_out, stats, grad_q, grad_k, grad_v, grad_mask, want_grad_mask,
                        p_scratch, dp_scratch, pz_scratch, row_scratch, delta_scratch):
-    """Arrays as in attention.attention_forward (q, k, v, mask, table, strides, dims, stats);
+    """Arrays as in attention.attention_forward (q, k, v, mask, keep, table, strides, dims,
+    stats);
     grad_out (B, Hq, Lq, Dv) contiguous; grad_q (B, Hq, Lq, D), grad_k (B, Hk, Lk, D),
     grad_v (B, Hk, Lk, Dv) contiguous, written entirely; grad_mask (B, Hq, Lq, Lk) contiguous and
     zero-filled by the caller, written where want_grad_mask.
@@ -94,7 +95,7 @@ def attention_backward(q, k, v, mask, table, strides, dims, has_table, causal, s
                 kb = 0
                 while True:
                     kb, kb_end = _next_chunk(kb, nkb, kb_stop, table, strides[4], b, h, qb,
-                                             has_table)
+                                             mask_kind)
                     if kb >= kb_stop:
                         break
                     j0 = kb * SKIP_K
@@ -104,8 +105,8 @@ def attention_backward(q, k, v, mask, table, strides, dims, has_table, causal, s
                     kb = kb_end
                     st = p_all[j0:j0 + nk]
                     dp = dp_all[j0:j0 + nk]
-                    _scores_t(st, q, k, mask, table, strides, d, has_table, causal, off, b, h,
-                              hk, qb, q0, nq, j0, nk, scale)
+                    _scores_t(st, q, k, mask, keep, table, strides, d, mask_kind, causal, off, b,
+                              h, hk, qb, q0, nq, j0, nk, scale)
                     _probabilities(st, nk, nq, shift, inv_l)
                     # dP^T = V dO^T (transposed: dp[key, query])
                     gemm(is_double, 0, 1, nk, nq, dv, 1.0, va + j0 * vs[2] * isz, vs[2],
@@ -131,7 +132,7 @@ def attention_backward(q, k, v, mask, table, strides, dims, has_table, causal, s
                 kb = 0
                 while True:
                     kb, kb_end = _next_chunk(kb, nkb, kb_stop, table, strides[4], b, h, qb,
-                                             has_table)
+                                             mask_kind)
                     if kb >= kb_stop:
                         break
                     j0 = kb * SKIP_K

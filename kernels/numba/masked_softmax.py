@@ -16,31 +16,27 @@ LANES = 16
 
 
 @jit
-def _row_max(x, keep, has_mask, n, lanes):
-    """max of x[j], j < n, over the j with keep[j] != 0 (all j without a mask); -inf if none.
+def _row_max(x, n, lanes):
+    """max of x[j], j < n (NaN skipped; -inf if nothing else).
 
-    Sixteen running maxima, one per lane: scalar, but with no chain of dependent comparisons.
+    Sixteen running maxima, one per lane, updated by masked stores: vectorised (the select form
+    "lanes[t] = v if v > lanes[t] else lanes[t]" stays scalar).
     """
     lanes[:] = -np.inf
     n16 = n - n % LANES
-    if has_mask:
-        for j0 in range(0, n16, LANES):
-            for t in range(LANES):
-                v = x[j0 + t] if keep[j0 + t] != 0 else -np.inf
-                lanes[t] = v if v > lanes[t] else lanes[t]
-    else:
-        for j0 in range(0, n16, LANES):
-            for t in range(LANES):
-                v = x[j0 + t]
-                lanes[t] = v if v > lanes[t] else lanes[t]
+    for j0 in range(0, n16, LANES):
+        for t in range(LANES):
+            v = x[j0 + t]
+            if v > lanes[t]:
+                lanes[t] = v
     for j in range(n16, n):
         v = x[j]
-        if has_mask:
-            v = v if keep[j] != 0 else -np.inf
-        lanes[0] = v if v > lanes[0] else lanes[0]
+        if v > lanes[0]:
+            lanes[0] = v
     m = lanes[0]
     for t in range(1, LANES):
-        m = lanes[t] if lanes[t] > m else m
+        if lanes[t] > m:
+            m = lanes[t]
     return m
 
 
@@ -70,13 +66,13 @@ def _softmax_row(x, y, keep, has_mask, lanes):
     if has_mask:
         for j in range(n):
             y[j] = x[j] if keep[j] != 0 else -np.inf
-        m = _row_max(y, keep, False, n, lanes)
+        m = _row_max(y, n, lanes)
         if m == -np.inf:
             y[:] = 0.0
             return
     else:
         y[:] = x
-        m = _row_max(y, keep, False, n, lanes)
+        m = _row_max(y, n, lanes)
     if x.itemsize == 4:
         for j in range(n):
             y[j] = _exp32(y[j] - m)
