@@ -12,47 +12,71 @@ from numba import prange
 from dlkern.kernels.numba._jit import jit, jit_parallel
 from dlkern.kernels.numba.attention import _exp32
 
-LANES = 16
+LANES = 64  # lanes of the row reductions: LLVM vectorises them 64 wide (4 x 16, unrolled)
 
 
 @jit
 def _row_max(x, n, lanes):
     """max of x[j], j < n (NaN skipped; -inf if nothing else).
 
-    Sixteen running maxima, one per lane, updated by masked stores: vectorised (the select form
-    "lanes[t] = v if v > lanes[t] else lanes[t]" stays scalar).
+    One running maximum per lane (np.fmax: vectorised; a conditional store per lane stalls on
+    store forwarding). The lane count is read from the array at run time: with a constant count
+    LLVM unrolls the lane loop into scalar code.
     """
+    w = lanes.shape[0]
     lanes[:] = -np.inf
-    n16 = n - n % LANES
-    for j0 in range(0, n16, LANES):
-        for t in range(LANES):
-            v = x[j0 + t]
-            if v > lanes[t]:
-                lanes[t] = v
-    for j in range(n16, n):
-        v = x[j]
-        if v > lanes[0]:
-            lanes[0] = v
-    m = lanes[0]
-    for t in range(1, LANES):
-        if lanes[t] > m:
-            m = lanes[t]
-    return m
+    nw = n - n % w
+    # as a (rows, w) view, indexed by loop counters alone (no negative-index wraparound code)
+    blocks = x[:nw].reshape((nw // w, w))
+    for r in range(nw // w):
+        for t in range(w):
+            lanes[t] = np.fmax(lanes[t], blocks[r, t])
+    for j in range(nw, n):
+        lanes[j - nw] = np.fmax(lanes[j - nw], x[j])
+    return lanes.max()  # x's dtype (a float64 -inf would turn the float32 exp into float64)
 
 
 @jit
 def _lane_sum(y, n, lanes):
+    """sum of y[j], j < n, in lanes (vectorised; the order differs from a sequential sum)."""
+    w = lanes.shape[0]
     lanes[:] = 0.0
-    n16 = n - n % LANES
-    for j0 in range(0, n16, LANES):
-        for t in range(LANES):
-            lanes[t] += y[j0 + t]
+    nw = n - n % w
+    blocks = y[:nw].reshape((nw // w, w))
+    for r in range(nw // w):
+        for t in range(w):
+            lanes[t] += blocks[r, t]
     s = 0.0
-    for j in range(n16, n):
+    for j in range(nw, n):
         s += y[j]
-    for t in range(LANES):
+    for t in range(w):
         s += lanes[t]
     return s
+
+
+@jit
+def _exp_sum(src, y, m, n, lanes):
+    """y[j] = exp(src[j] - m) for j < n; returns their sum (lanes as in _lane_sum). src and y
+    are distinct arrays (in place, LLVM's overlap check fails and the loop runs scalar)."""
+    if src.itemsize == 4:
+        for j in range(n):
+            y[j] = _exp32(src[j] - m)
+    else:
+        for j in range(n):
+            y[j] = math.exp(src[j] - m)
+    return _lane_sum(y, n, lanes)
+
+
+@jit
+def _exp_sum_in_place(y, m, n, lanes):
+    """_exp_sum(y, y, ...) written for one array (a loop LLVM vectorises)."""
+    if y.itemsize == 4:
+        for j in range(n):
+            y[j] = _exp32(y[j] - m)
+    else:
+        for j in range(n):
+            y[j] = math.exp(y[j] - m)
+    return _lane_sum(y, n, lanes)
 
 
 @jit
@@ -63,6 +87,8 @@ def _softmax_row(x, y, keep, has_mask, lanes):
     loads vectorise). Masked entries become -inf in y first: exp then gives them 0 with no mask.
     """
     n = x.shape[0]
+    # two paths, not one "src = y if has_mask else x": the merged array type loses contiguity
+    # and every loop on it runs 4x slower
     if has_mask:
         for j in range(n):
             y[j] = x[j] if keep[j] != 0 else -np.inf
@@ -70,16 +96,11 @@ def _softmax_row(x, y, keep, has_mask, lanes):
         if m == -np.inf:
             y[:] = 0.0
             return
+        total = _exp_sum_in_place(y, m, n, lanes)
     else:
-        y[:] = x
-        m = _row_max(y, n, lanes)
-    if x.itemsize == 4:
-        for j in range(n):
-            y[j] = _exp32(y[j] - m)
-    else:
-        for j in range(n):
-            y[j] = math.exp(y[j] - m)
-    inv = 1.0 / _lane_sum(y, n, lanes)
+        m = _row_max(x, n, lanes)
+        total = _exp_sum(x, y, m, n, lanes)
+    inv = 1.0 / total
     for j in range(n):
         y[j] *= inv
 
