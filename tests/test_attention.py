@@ -667,3 +667,20 @@ def test_causal_bias_variants(lq, lk):
         check_against_torch(lambda q, k, v: DF.scaled_dot_product_attention(q, k, v, bias),
                             lambda q, k, v: F.scaled_dot_product_attention(q, k, v, bias),
                             [q, k, v], {"output": red, 0: red, 1: red, 2: red})
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "bool key padding", "float per head", "causal"])
+def test_decode_step_grouped_query_heads(mask_kind):
+    # one query per head with GQA runs the group's heads as queries of their key/value head
+    from torch.nn.attention.bias import causal_lower_right
+    gen = torch.Generator().manual_seed(19)
+    q, k, v = sdpa_inputs((2, 8, 2, 1, 150, 32, 32), torch.float32, gen)
+    if mask_kind == "causal":
+        mask = causal_lower_right(1, 150)
+        check_against_torch(
+            lambda q, k, v: DF.scaled_dot_product_attention(q, k, v, mask, enable_gqa=True),
+            lambda q, k, v: F.scaled_dot_product_attention(q, k, v, mask, enable_gqa=True),
+            [q, k, v], {"output": 200, 0: 200, 1: 200, 2: 200})
+        return
+    mask = make_mask(mask_kind, 2, 8, 1, 150, torch.float32, gen)
+    run_sdpa(q, k, v, mask, enable_gqa=True)

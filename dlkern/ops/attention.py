@@ -464,10 +464,29 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     flags = CAUSAL_BOTTOM_RIGHT if bottom_right else 0
     if _nan_masked(query, key, value, attn_mask, dropout_p, lk):
         flags |= NAN_MASKED
+    if lq == 1 and nhk < hq and (not is_causal or bottom_right):
+        q, mask, is_causal = _group_queries(q, mask, nhk)
     out, _ = attention_op(q, k, v, mask, bool(is_causal), float(scale), float(dropout_p), seed,
                           flags)
     out = out.reshape(batch + (hq, lq, dv))
     return out.reshape(lq, dv) if rank2 else out
+
+
+def _group_queries(q, mask, nhk):
+    """One query per head (decoding) with grouped key/value heads: the `group` query heads that
+    share a key/value head become `group` queries of one head, (B, Hq, 1, D) -> (B, Hk, group,
+    D), views with the same element order (so the output, and the dropout row numbers
+    (b Hq + h) Lq + i, are unchanged). The kernels then stream each K and V once per group
+    instead of once per query head, in blocks of `group` rows instead of single rows. With one
+    query, a bottom-right causal mask hides nothing: (q, mask, is_causal=False)."""
+    nb, hq, _, d = q.shape
+    group = hq // nhk
+    sb, sh, _, sd = q.stride()
+    q = q.as_strided((nb, nhk, group, d), (sb, sh * group, sh, sd))
+    if mask is not None:
+        mb, mh, _, mk = mask.stride()
+        mask = mask.as_strided((nb, nhk, group, mask.shape[3]), (mb, mh * group, mh, mk))
+    return q, mask, False
 
 
 def _heads(t, batch, heads, nhk, length, width, nb):
