@@ -223,13 +223,16 @@ def _mask_table(mask, lq, lk, block_q):
     """The kernels' block table of a (B, Hq, Lq, Lk) mask, additive float or bool (True =
     attend), uint8 (B', H', nqb', nkb') broadcast to (B, Hq, nqb, nkb): HIDDEN where the mask
     hides every score of the block, VISIBLE where it changes none (it is then never read there),
-    PARTIAL otherwise. Computed in one pass over the stored part of the mask, so a key-padding
-    mask costs almost nothing."""
+    PARTIAL otherwise; and the key stop of each query block, (B', H', nqb') int64 broadcast to
+    (B, Hq, nqb): one past the last key any of its queries sees (a key-padding mask's length).
+    Computed in one pass over the stored part of the mask, so a key-padding mask costs almost
+    nothing."""
     small = _stored(mask)
     b, h, mq, mk = small.shape
     bq = block_q if mq > 1 else 1
     bk = kernels.SKIP_K if mk > 1 else 1
     table = torch.empty((b, h, -(-mq // bq), -(-mk // bk)), dtype=torch.uint8)
+    key_stop = torch.zeros((b, h, table.shape[2]), dtype=torch.int64)
     if small.dtype == torch.bool:
         keep, strides = _flat(small.view(torch.uint8))
         bias, kind = np.zeros(1, np.float32), kernels.MASK_KEEP
@@ -240,8 +243,13 @@ def _mask_table(mask, lq, lk, block_q):
         with _dynamic(4):
             kernels.mask_table(bias, keep, np.array(strides, np.int64),
                                np.array(small.shape, np.int64), bq, bk, kind, table.numpy(),
-                               np.empty((_threads(), 2, table.shape[3]), np.int64))
-    return table.expand(mask.shape[0], mask.shape[1], -(-lq // block_q), -(-lk // kernels.SKIP_K))
+                               key_stop.numpy(), np.empty((_threads(), 2, table.shape[3]),
+                                                          np.int64))
+    if mk == 1:  # one column broadcast to every key
+        key_stop = key_stop * lk
+    nqb = -(-lq // block_q)
+    return (table.expand(mask.shape[0], mask.shape[1], nqb, -(-lk // kernels.SKIP_K)),
+            key_stop.expand(mask.shape[0], mask.shape[1], nqb))
 
 
 def _flat(t):
@@ -254,8 +262,8 @@ def _flat(t):
 
 
 def _kernel_args(q, k, v, mask, causal_offset, block_q):
-    """The kernels' (q, k, v, mask, keep, table, strides, dims, mask_kind): flat arrays (a dummy
-    for the unused one of mask and keep), strides, sizes."""
+    """The kernels' (q, k, v, mask, keep, table, key_stop, strides, dims, mask_kind): flat arrays
+    (a dummy for the unused one of mask and keep), strides, sizes."""
     q, k, v = (_rows_contiguous(t) for t in (q, k, v))
     arrays, strides = [], []
     for t in (q, k, v):
@@ -265,8 +273,12 @@ def _kernel_args(q, k, v, mask, causal_offset, block_q):
     bias, keep = np.zeros(1, arrays[0].dtype), np.zeros(1, np.uint8)
     if mask is None:
         table, kind, mask_strides, table_strides = keep, kernels.MASK_NONE, [0] * 4, [0] * 4
+        key_stop, stop_strides = np.zeros(1, np.int64), [0] * 4
     else:
-        table, table_strides = _flat(_mask_table(mask, q.shape[2], k.shape[2], block_q))
+        table, key_stop = _mask_table(mask, q.shape[2], k.shape[2], block_q)
+        table, table_strides = _flat(table)
+        key_stop, stop_strides = _flat(key_stop)
+        stop_strides = stop_strides + [0]
         if mask.dtype == torch.bool:
             keep, mask_strides = _flat(mask.view(torch.uint8))
             kind = kernels.MASK_KEEP
@@ -275,8 +287,8 @@ def _kernel_args(q, k, v, mask, causal_offset, block_q):
             kind = kernels.MASK_BIAS
     dims = np.array([q.shape[0], q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3],
                      v.shape[3], causal_offset], np.int64)
-    strides += [mask_strides, table_strides]
-    return arrays + [bias, keep, table, np.array(strides, np.int64), dims, kind]
+    strides += [mask_strides, table_strides, stop_strides]
+    return arrays + [bias, keep, table, key_stop, np.array(strides, np.int64), dims, kind]
 
 
 def _stats_dtype(q):

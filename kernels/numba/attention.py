@@ -147,11 +147,14 @@ def _next_chunk(kb, nkb, kb_stop, table, tst, b, h, qb, mask_kind):
 
 
 @jit
-def _causal_stop(q_last, off, lk):
-    """One past the last key block any query <= q_last sees under a causal mask with offset off
-    (query i sees key j when j <= i + off)."""
-    last_key = min(q_last + off, lk - 1)
-    return (last_key + SKIP_K) // SKIP_K if last_key >= 0 else 0
+def _key_limits(q_last, off, lk, causal, key_stop, kst, b, h, qb, mask_kind):
+    """(one past the last key block, one past the last key) any query of block qb may see."""
+    stop = lk
+    if mask_kind != MASK_NONE:
+        stop = min(stop, key_stop[b * kst[0] + h * kst[1] + qb * kst[2]])
+    if causal:
+        stop = min(stop, max(q_last + off + 1, 0))
+    return (stop + SKIP_K - 1) // SKIP_K, stop
 
 
 @jit
@@ -214,8 +217,8 @@ def _column_max(st, nk, nq, cmax):
 
 
 @jit_parallel
-def attention_forward(q, k, v, mask, keep, table, strides, dims, mask_kind, causal, scale,
-                      dropout_p, seed, nan_masked, out, stats, st_scratch, acc_scratch,
+def attention_forward(q, k, v, mask, keep, table, key_stop, strides, dims, mask_kind, causal,
+                      scale, dropout_p, seed, nan_masked, out, stats, st_scratch, acc_scratch,
                       row_scratch):
     """Blocked attention forward.
 
@@ -226,7 +229,9 @@ def attention_forward(q, k, v, mask, keep, table, strides, dims, mask_kind, caus
     The mask, (B, Hq, Lq, Lk) with any strides (0 where broadcast), is an additive float bias
     (``mask``, mask_kind MASK_BIAS) or a uint8 keep mask (``keep``, 1 = attend, MASK_KEEP), read
     only on PARTIAL blocks of table (B, Hq, nqb, nkb) uint8 (any strides; nqb query blocks of the
-    scratch's width, nkb key blocks of SKIP_K); the unused one is a dummy array.
+    scratch's width, nkb key blocks of SKIP_K); the unused one is a dummy array. key_stop
+    (B, Hq, nqb) int64, any strides (strides[5]): no query of the block sees a key past it (the
+    exact end of a key-padding mask, below the table's SKIP_K granularity).
     dims = (B, Hq, Hk, Lq, Lk, D, Dv, causal offset): with causal, query i sees key j <= i + offset.
     nan_masked: a row whose scores are all NaN or -inf gives zeros (torch's CPU kernel, short rows).
     out (B, Hq, Lq, Dv) and stats (B, Hq, 2, Lq) contiguous, written: stats[.., 0, i] the shift m
@@ -264,16 +269,15 @@ def attention_forward(q, k, v, mask, keep, table, strides, dims, mask_kind, caus
         m_use[:] = 0.0
         l_run[:] = 0.0
         va = v.ctypes.data + (b * vs[0] + hk * vs[1]) * isz
-        kb_stop = _causal_stop(q_last, off, lk) if causal else nkb
+        kb_stop, lk_stop = _key_limits(q_last, off, lk, causal, key_stop, strides[5], b, h, qb,
+                                       mask_kind)
         kb = 0
         while True:
             kb, kb_end = _next_chunk(kb, nkb, kb_stop, table, strides[4], b, h, qb, mask_kind)
             if kb >= kb_stop:
                 break
             j0 = kb * SKIP_K
-            nk = min(kb_end * SKIP_K, lk) - j0
-            if causal:
-                nk = min(nk, q_last + off + 1 - j0)
+            nk = min(kb_end * SKIP_K, lk_stop) - j0
             kb = kb_end
             _scores_t(st, q, k, mask, keep, table, strides, d, mask_kind, causal, off, b, h, hk,
                       qb, q0, nq, j0, nk, scale)
@@ -315,12 +319,14 @@ def attention_forward(q, k, v, mask, keep, table, strides, dims, mask_kind, caus
 
 @jit_parallel
 def mask_table(mask, keep, mask_strides, shape, block_rows, block_cols, mask_kind, table,
-               count_scratch):
+               key_stop, count_scratch):
     """The block table of a stored mask (see attention_forward): table[b, h, qb, kb] = HIDDEN,
     VISIBLE or PARTIAL for the block_rows x block_cols block (qb, kb) of the mask, whose stored
     shape is ``shape`` (B', H', Mq, Mk; read with mask_strides from ``mask``, a float bias, or
-    ``keep``, uint8, as mask_kind says); table (B', H', nqb, nkb) contiguous. One pass over the
-    mask, row by row. Scratch per thread t: count_scratch[t] (2, nkb) int64.
+    ``keep``, uint8, as mask_kind says); table (B', H', nqb, nkb) contiguous; key_stop
+    (B', H', nqb) int64 contiguous: one past the last column any row of the block keeps (0 if
+    none). One pass over the mask, row by row. Scratch per thread t: count_scratch[t] (2, nkb)
+    int64.
     """
     nb, nh, mq, mk = shape[0], shape[1], shape[2], shape[3]
     nqb = table.shape[2]
@@ -335,6 +341,7 @@ def mask_table(mask, keep, mask_strides, shape, block_rows, block_cols, mask_kin
         qb = item % nqb
         live[:] = 0
         zero[:] = 0
+        stop = 0
         r0 = qb * block_rows
         rows = min(block_rows, mq - r0)
         for r in range(r0, r0 + rows):
@@ -364,6 +371,13 @@ def mask_table(mask, keep, mask_strides, shape, block_rows, block_cols, mask_kin
                         n_zero += np.int64(x == 0.0)
                 live[kb] += n_live
                 zero[kb] += n_zero
+                if n_live > 0 and c1 > stop:  # the last kept column of this row and block
+                    for c in range(c1 - 1, max(c0, stop) - 1, -1):
+                        x = keep[at + c * cs] if mask_kind == MASK_KEEP else mask[at + c * cs]
+                        if (x != 0) if mask_kind == MASK_KEEP else (x != -np.inf):
+                            stop = c + 1
+                            break
+        key_stop[b, h, qb] = stop
         for kb in range(nkb):
             size = rows * (min(kb * block_cols + block_cols, mk) - kb * block_cols)
             if live[kb] == 0:

@@ -19,7 +19,7 @@ from numba import prange
 
 from dlkern.kernels.numba._jit import blas_set_local_threads, gemm, jit, jit_parallel
 from dlkern.kernels.numba.attention import (
-    SKIP_K, _causal_stop, _exp32, _keep_factor, _next_chunk, _scores_t)
+    SKIP_K, _exp32, _keep_factor, _key_limits, _next_chunk, _scores_t)
 
 
 @jit
@@ -36,11 +36,11 @@ def _probabilities(st, nk, nq, shift, inv_l):
 
 
 @jit_parallel
-def attention_backward(q, k, v, mask, keep, table, strides, dims, mask_kind, causal, scale,
-                       dropout_p, seed, grad_out, stats, grad_q, grad_k, grad_v, grad_mask, want_grad_mask,
+def attention_backward(q, k, v, mask, keep, table, key_stop, strides, dims, mask_kind, causal,
+                       scale, dropout_p, seed, grad_out, stats, grad_q, grad_k, grad_v, grad_mask, want_grad_mask,
                        p_scratch, dp_scratch, pz_scratch, row_scratch, delta_scratch):
-    """Arrays as in attention.attention_forward (q, k, v, mask, keep, table, strides, dims,
-    stats);
+    """Arrays as in attention.attention_forward (q, k, v, mask, keep, table, key_stop, strides,
+    dims, stats);
     grad_out (B, Hq, Lq, Dv) contiguous; grad_q (B, Hq, Lq, D), grad_k (B, Hk, Lk, D),
     grad_v (B, Hk, Lk, Dv) contiguous, written entirely; grad_mask (B, Hq, Lq, Lk) contiguous and
     zero-filled by the caller, written where want_grad_mask.
@@ -90,7 +90,8 @@ def attention_backward(q, k, v, mask, keep, table, strides, dims, mask_kind, cau
                     shift[ii] = stats[b, h, 0, q0 + ii]
                     inv_l[ii] = stats[b, h, 1, q0 + ii]
                 delta[:] = 0.0
-                kb_stop = _causal_stop(q_last, off, lk) if causal else nkb
+                kb_stop, lk_stop = _key_limits(q_last, off, lk, causal, key_stop, strides[5], b,
+                                               h, qb, mask_kind)
                 # sweep 1: P and dP of every live chunk into the buffers; dV; delta
                 kb = 0
                 while True:
@@ -99,9 +100,7 @@ def attention_backward(q, k, v, mask, keep, table, strides, dims, mask_kind, cau
                     if kb >= kb_stop:
                         break
                     j0 = kb * SKIP_K
-                    nk = min(kb_end * SKIP_K, lk) - j0
-                    if causal:
-                        nk = min(nk, q_last + off + 1 - j0)
+                    nk = min(kb_end * SKIP_K, lk_stop) - j0
                     kb = kb_end
                     st = p_all[j0:j0 + nk]
                     dp = dp_all[j0:j0 + nk]
@@ -136,9 +135,7 @@ def attention_backward(q, k, v, mask, keep, table, strides, dims, mask_kind, cau
                     if kb >= kb_stop:
                         break
                     j0 = kb * SKIP_K
-                    nk = min(kb_end * SKIP_K, lk) - j0
-                    if causal:
-                        nk = min(nk, q_last + off + 1 - j0)
+                    nk = min(kb_end * SKIP_K, lk_stop) - j0
                     kb = kb_end
                     st = p_all[j0:j0 + nk]
                     ds = dp_all[j0:j0 + nk]
