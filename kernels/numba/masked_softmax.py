@@ -16,24 +16,52 @@ LANES = 64  # lanes of the row reductions: LLVM vectorises them 64 wide (4 x 16,
 
 
 @jit
+def _fold_max(lanes):
+    """max of the lanes (NaN skipped), folded in halves (vectorised) down to 16, then scalar."""
+    h = lanes.shape[0] // 2
+    while h >= 8:
+        for t in range(h):
+            lanes[t] = np.fmax(lanes[t], lanes[t + h])
+        h //= 2
+    m = lanes[0]
+    for t in range(1, 2 * h):
+        m = np.fmax(m, lanes[t])
+    return m
+
+
+@jit
+def _fold_sum(lanes):
+    """sum of the lanes, folded in halves as _fold_max."""
+    h = lanes.shape[0] // 2
+    while h >= 8:
+        for t in range(h):
+            lanes[t] += lanes[t + h]
+        h //= 2
+    s = lanes[0]
+    for t in range(1, 2 * h):
+        s += lanes[t]
+    return s
+
+
+@jit
 def _row_max(x, n, lanes):
-    """max of x[j], j < n (NaN skipped; -inf if nothing else).
+    """max of x[j], j < n (NaN skipped; -inf if nothing else), in x's dtype.
 
     One running maximum per lane (np.fmax: vectorised; a conditional store per lane stalls on
-    store forwarding). The lane count is read from the array at run time: with a constant count
-    LLVM unrolls the lane loop into scalar code.
+    store forwarding), over a (rows, lanes) view indexed by loop counters alone. The lane count
+    is read from the array at run time: with a constant count LLVM unrolls the lane loop into
+    scalar code.
     """
     w = lanes.shape[0]
     lanes[:] = -np.inf
     nw = n - n % w
-    # as a (rows, w) view, indexed by loop counters alone (no negative-index wraparound code)
     blocks = x[:nw].reshape((nw // w, w))
     for r in range(nw // w):
         for t in range(w):
             lanes[t] = np.fmax(lanes[t], blocks[r, t])
     for j in range(nw, n):
         lanes[j - nw] = np.fmax(lanes[j - nw], x[j])
-    return lanes.max()  # x's dtype (a float64 -inf would turn the float32 exp into float64)
+    return _fold_max(lanes)
 
 
 @jit
@@ -46,12 +74,9 @@ def _lane_sum(y, n, lanes):
     for r in range(nw // w):
         for t in range(w):
             lanes[t] += blocks[r, t]
-    s = 0.0
     for j in range(nw, n):
-        s += y[j]
-    for t in range(w):
-        s += lanes[t]
-    return s
+        lanes[j - nw] += y[j]
+    return _fold_sum(lanes)
 
 
 @jit
