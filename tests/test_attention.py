@@ -684,3 +684,22 @@ def test_decode_step_grouped_query_heads(mask_kind):
         return
     mask = make_mask(mask_kind, 2, 8, 1, 150, torch.float32, gen)
     run_sdpa(q, k, v, mask, enable_gqa=True)
+
+
+def test_mask_table_on_every_thread(monkeypatch):
+    # large masks get their block table in a parallel pass: the same table as the serial one
+    from dlkern.ops import attention as ops
+    gen = torch.Generator().manual_seed(20)
+    lk = 3 * kernels.SKIP_K + 5
+    mask = torch.rand(2, 3, 150, lk, generator=gen) < 0.5
+    mask[:, :, :70, kernels.SKIP_K:] = False  # hidden blocks
+    mask[:, :, 70:, :kernels.SKIP_K] = True   # visible blocks
+    serial = ops._mask_table(mask, 150, lk, 64)
+    monkeypatch.setattr(ops, "_PARALLEL_MASK_ELEMENTS", 0)
+    parallel = ops._mask_table(mask, 150, lk, 64)
+    for a, b in zip(serial, parallel):
+        assert torch.equal(a, b)
+    assert {int(x) for x in serial[0].unique()} == {kernels.HIDDEN, kernels.VISIBLE,
+                                                    kernels.PARTIAL}
+    q, k, v = sdpa_inputs((2, 3, 3, 150, lk, 16, 16), torch.float32, gen)
+    run_sdpa(q, k, v, mask)

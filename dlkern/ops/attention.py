@@ -205,6 +205,10 @@ def _query_block(batch_heads, lq, itemsize):
     return max(16, -(-(-(-lq // blocks)) // 16) * 16)
 
 
+# Masks with fewer stored elements get their block table on the calling thread
+_PARALLEL_MASK_ELEMENTS = 1 << 20
+
+
 def _stored(mask):
     """The part of a broadcast mask that is stored: index 0 of every zero-stride axis."""
     return mask[tuple(slice(0, 1) if st == 0 else slice(None) for st in mask.stride())].detach()
@@ -240,11 +244,14 @@ def _mask_table(mask, lq, lk, block_q):
         bias, strides = _flat(small)
         keep, kind = np.zeros(1, np.uint8), kernels.MASK_BIAS
     if table.numel():
-        with _dynamic(4):
-            kernels.mask_table(bias, keep, np.array(strides, np.int64),
-                               np.array(small.shape, np.int64), bq, bk, kind, table.numpy(),
-                               key_stop.numpy(), np.empty((_threads(), 2, table.shape[3]),
-                                                          np.int64))
+        args = (bias, keep, np.array(strides, np.int64), np.array(small.shape, np.int64), bq, bk,
+                kind, table.numpy(), key_stop.numpy())
+        if small.numel() < _PARALLEL_MASK_ELEMENTS:
+            kernels.mask_table(*args, np.empty((2, table.shape[3]), np.int64))
+        else:
+            with _dynamic(4):
+                kernels.mask_table_parallel(*args, np.empty((_threads(), 2, table.shape[3]),
+                                                            np.int64))
     if mk == 1:  # one column broadcast to every key
         key_stop = key_stop * lk
     nqb = -(-lq // block_q)

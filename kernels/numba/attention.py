@@ -317,25 +317,17 @@ def attention_forward(q, k, v, mask, keep, table, key_stop, strides, dims, mask_
         blas_set_local_threads(0)
 
 
-@jit_parallel
-def mask_table(mask, keep, mask_strides, shape, block_rows, block_cols, mask_kind, table,
-               key_stop, count_scratch):
-    """The block table of a stored mask (see attention_forward): table[b, h, qb, kb] = HIDDEN,
-    VISIBLE or PARTIAL for the block_rows x block_cols block (qb, kb) of the mask, whose stored
-    shape is ``shape`` (B', H', Mq, Mk; read with mask_strides from ``mask``, a float bias, or
-    ``keep``, uint8, as mask_kind says); table (B', H', nqb, nkb) contiguous; key_stop
-    (B', H', nqb) int64 contiguous: one past the last column any row of the block keeps (0 if
-    none). One pass over the mask, row by row. Scratch per thread t: count_scratch[t] (2, nkb)
-    int64.
-    """
+@jit
+def _mask_table_items(mask, keep, mask_strides, shape, block_rows, block_cols, mask_kind, table,
+                      key_stop, counts, first, last):
+    """mask_table for the work items [first, last) (item = (b, h, qb)); counts (2, nkb) int64."""
     nb, nh, mq, mk = shape[0], shape[1], shape[2], shape[3]
     nqb = table.shape[2]
     nkb = table.shape[3]
     cs = mask_strides[3]
-    for item in prange(nb * nh * nqb):
-        tid = numba.get_thread_id()
-        live = count_scratch[tid, 0]
-        zero = count_scratch[tid, 1]
+    for item in range(first, last):
+        live = counts[0]
+        zero = counts[1]
         b = item // (nh * nqb)
         h = (item // nqb) % nh
         qb = item % nqb
@@ -386,3 +378,28 @@ def mask_table(mask, keep, mask_strides, shape, block_rows, block_cols, mask_kin
                 table[b, h, qb, kb] = VISIBLE
             else:
                 table[b, h, qb, kb] = PARTIAL
+
+
+@jit
+def mask_table(mask, keep, mask_strides, shape, block_rows, block_cols, mask_kind, table,
+               key_stop, counts):
+    """The block table of a stored mask (see attention_forward): table[b, h, qb, kb] = HIDDEN,
+    VISIBLE or PARTIAL for the block_rows x block_cols block (qb, kb) of the mask, whose stored
+    shape is ``shape`` (B', H', Mq, Mk; read with mask_strides from ``mask``, a float bias, or
+    ``keep``, uint8, as mask_kind says); table (B', H', nqb, nkb) contiguous; key_stop
+    (B', H', nqb) int64 contiguous: one past the last column any row of the block keeps (0 if
+    none). One pass over the mask, row by row, on the calling thread (a small mask, such as a
+    key-padding one, is not worth a parallel region: under load each region costs a scheduler
+    time slice). Scratch: counts (2, nkb) int64."""
+    _mask_table_items(mask, keep, mask_strides, shape, block_rows, block_cols, mask_kind, table,
+                      key_stop, counts, 0, table.shape[0] * table.shape[1] * table.shape[2])
+
+
+@jit_parallel
+def mask_table_parallel(mask, keep, mask_strides, shape, block_rows, block_cols, mask_kind,
+                        table, key_stop, count_scratch):
+    """mask_table over the threads, for large masks; count_scratch[t] (2, nkb) per thread t."""
+    items = table.shape[0] * table.shape[1] * table.shape[2]
+    for item in prange(items):
+        _mask_table_items(mask, keep, mask_strides, shape, block_rows, block_cols, mask_kind,
+                          table, key_stop, count_scratch[numba.get_thread_id()], item, item + 1)
