@@ -269,6 +269,28 @@ def test_nan_in_query_and_causal_variants(triton_device):
                         [q, k, v], {"output": red, 0: red, 1: red, 2: red})
 
 
+def test_backward_delta_from_output(triton_device):
+    # 16-bit inputs take delta = rowsum(dO * O) from the preprocess kernel; forced here on
+    # float32, both ways give the same gradients
+    from dlkern.kernels.triton import attention, attention_backward
+    gen = torch.Generator().manual_seed(21)
+    q, k, v = sdpa_inputs((1, 2, 2, 20, 33, 16, 16), torch.float32, triton_device, gen)
+    mask = make_mask("float per head", 1, 2, 20, 33, torch.float32, gen).to(triton_device)
+    mask = mask.expand(1, 2, 20, 33)
+    out = torch.empty_like(q)
+    stats = torch.empty(1, 2, 2, 20, device=triton_device)
+    attention.attention_forward(q, k, v, mask, True, 0, 0.25, 0.0, 0, False, out, stats)
+    grad = make_tensor((1, 2, 20, 16), torch.float32, generator=gen).to(triton_device)
+    results = []
+    for exact in (True, False):
+        grads = [torch.empty_like(t) for t in (q, k, v)]
+        attention_backward.attention_backward(grad, q, k, v, mask, out, stats, True, 0, 0.25, 0.0,
+                                              0, *grads, exact_delta=exact)
+        results.append(grads)
+    for a, b in zip(*results):
+        assert_close(a.cpu(), b.cpu().double(), 70)
+
+
 # ---------------------------------------------------------------------------------------------
 # masked softmax
 
@@ -375,7 +397,8 @@ for kernel, name in ((A.attention_forward_kernel, "forward"),
                      (B.attention_backward_dkdv_kernel, "dkdv"),
                      (B.attention_backward_dq_kernel, "dq")):
     all_configs = list(kernel.configs)
-    extra = {{"GRAD_MASK": True}} if name == "dq" else {{}}
+    # float32 sums delta from P dP in the dq kernel; 16-bit reads the preprocess kernel's
+    extra = {{"GRAD_MASK": True, "EXACT_DELTA": True}} if name == "dq" else {{}}
     if name == "forward":
         extra = {{"NAN_MASKED": False}}
     # every configuration once, in float32 (the most shared memory), at the widest head it
@@ -404,6 +427,8 @@ for kernel, name in ((A.attention_forward_kernel, "forward"),
     x = ptr(torch.float16)
     args = [x if a is bf16 else a for a in args]  # the last loop's tensors were bfloat16
     config = A._prune_attention(all_configs, {{"BLOCK_D": 64, "BLOCK_DV": 64}})[0]
+    if name == "dq":
+        extra["EXACT_DELTA"] = False
     for mask_kind in ((A.MASK_NONE.value, A.MASK_KEYS.value) if name == "forward"
                       else (A.MASK_KEYS.value,)):
         compile_one(name, kernel, args, config, CAUSAL=False, MASK_KIND=mask_kind, DROPOUT=False,
@@ -421,6 +446,8 @@ for x, configs in ((f32, S.masked_softmax_forward_kernel.configs),
                     BLOCK=4096)
     S.masked_softmax_forward_kernel.configs = all_configs
     S.masked_softmax_backward_kernel.configs = all_configs
+triton_aot.compile_for_h100(B.attention_backward_preprocess_kernel, [bf16, bf16, f32, 4096],
+                            HEAD_DV=128, BLOCK_DV=128, BLOCK_R=64)
 triton_aot.compile_for_h100(A.dropout_keep_kernel, [f32, seed, 0.1, 1.1, 4096, 1 << 20],
                             BLOCK=1024)
 print("SHARED", worst)

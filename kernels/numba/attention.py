@@ -321,7 +321,7 @@ def attention_forward(q, k, v, mask, keep, table, key_stop, strides, dims, mask_
 def _mask_table_items(mask, keep, mask_strides, shape, block_rows, block_cols, mask_kind, table,
                       key_stop, counts, first, last):
     """mask_table for the work items [first, last) (item = (b, h, qb)); counts (2, nkb) int64."""
-    nb, nh, mq, mk = shape[0], shape[1], shape[2], shape[3]
+    nh, mq, mk = shape[1], shape[2], shape[3]
     nqb = table.shape[2]
     nkb = table.shape[3]
     cs = mask_strides[3]

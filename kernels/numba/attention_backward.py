@@ -37,8 +37,8 @@ def _probabilities(st, nk, nq, shift, inv_l):
 
 @jit_parallel
 def attention_backward(q, k, v, mask, keep, table, key_stop, strides, dims, mask_kind, causal,
-                       scale, dropout_p, seed, grad_out, stats, grad_q, grad_k, grad_v, grad_mask, want_grad_mask,
-                       p_scratch, dp_scratch, pz_scratch, row_scratch, delta_scratch):
+                       scale, dropout_p, seed, grad_out, stats, grad_q, grad_k, grad_v, grad_mask,
+                       want_grad_mask, p_scratch, dp_scratch, pz_scratch, row_scratch, delta_scratch):
     """Arrays as in attention.attention_forward (q, k, v, mask, keep, table, key_stop, strides,
     dims, stats);
     grad_out (B, Hq, Lq, Dv) contiguous; grad_q (B, Hq, Lq, D), grad_k (B, Hk, Lk, D),

@@ -1,14 +1,16 @@
 """Flash-style attention backward on the GPU (Triton), on the canonical tensors and saved
 statistics of attention.py's forward.
 
-Two kernels. The first owns a block of queries: it sums delta_i = sum_j P_ij dP_ij over the keys
-(from the recomputed P and dP themselves, not as dO . O: when the softmax saturates, P one-hot,
-dP_ij - delta_i is then exactly 0 at the winning key, as in torch's float32 reference, instead of
-the difference of two differently rounded dot products that dQ multiplies by |K|), stores it, then
-walks the keys again to accumulate dQ (and writes dS, the gradient of an additive mask, when it is
-wanted). The second owns a block of keys of one key/value head and accumulates dK and dV over
+Two kernels. The first owns a block of queries: for float32 it sums delta_i = sum_j P_ij dP_ij
+over the keys (from the recomputed P and dP themselves, not as dO . O: when the softmax saturates,
+P one-hot, dP_ij - delta_i is then exactly 0 at the winning key, as in torch's float32 reference,
+instead of the difference of two differently rounded dot products that dQ multiplies by |K|),
+stores it, then walks the keys again to accumulate dQ (and writes dS, the gradient of an
+additive mask, when it is wanted). The second owns a block of keys of one key/value head and accumulates dK and dV over
 every query block of the heads in its group (no atomics), with dP computed in the first kernel's
 orientation so that its dS matches. Hidden key blocks are skipped as in the forward.
+float16 and bfloat16, whose rounding dwarfs that difference, take delta = rowsum(dO * O) from a
+small preprocess kernel instead (one pass over the keys fewer).
 """
 import torch
 import triton
@@ -20,6 +22,20 @@ from dlkern.kernels.triton.attention import (
     keep_transposed, load_bias, mask_arguments, philox_seed, strided)
 from dlkern.kernels.triton.configs import ATTENTION
 from dlkern.kernels.triton.precision import MATMUL, dot_precision
+
+
+@triton.jit
+def attention_backward_preprocess_kernel(Out, GradOut, Delta, rows_total, HEAD_DV: tl.constexpr,
+                                         BLOCK_DV: tl.constexpr, BLOCK_R: tl.constexpr):
+    """Delta[r] = sum_c GradOut[r, c] * Out[r, c] in float32; Out, GradOut (rows, HEAD_DV)
+    contiguous. Grid (cdiv(rows, BLOCK_R),)."""
+    offs_r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_c = tl.arange(0, BLOCK_DV)
+    inside = (offs_r[:, None] < rows_total) & (offs_c[None, :] < HEAD_DV)
+    at = offs_r[:, None] * HEAD_DV + offs_c[None, :]
+    o = tl.load(Out + at, mask=inside, other=0.0).to(tl.float32)
+    do = tl.load(GradOut + at, mask=inside, other=0.0).to(tl.float32)
+    tl.store(Delta + offs_r, tl.sum(o * do, 1), mask=offs_r < rows_total)
 
 
 @triton.jit
@@ -229,7 +245,7 @@ def _dq_range(dq, delta, q, do, shift, inv_l, K, V, mask_ptr, grad_mask_ptr, off
 
 
 @autotune(ATTENTION["backward_dq"], key=["q_bucket", "k_bucket", "HEAD_D", "HEAD_DV", "CAUSAL",
-                                         "MASK_KIND", "DROPOUT", "GRAD_MASK"],
+                                         "MASK_KIND", "DROPOUT", "GRAD_MASK", "EXACT_DELTA"],
           prune=_prune_attention)
 @triton.jit
 def attention_backward_dq_kernel(
@@ -240,11 +256,12 @@ def attention_backward_dq_kernel(
         stride_mb, stride_mh, stride_mm, stride_mn,
         Hq, group, Lq, Lk, offset, scale, dropout_p, inv_keep, seed, q_bucket,
         k_bucket, CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, DROPOUT: tl.constexpr,
-        GRAD_MASK: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
-        BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MAX_HEAD: tl.constexpr = 256,
-        MIN_HEAD: tl.constexpr = 0):
-    """GradQ (B, Hq, Lq, HEAD_D) contiguous, q's dtype; Delta (B, Hq, Lq) float32, written;
+        GRAD_MASK: tl.constexpr, EXACT_DELTA: tl.constexpr, HEAD_D: tl.constexpr,
+        HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+        PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        MAX_HEAD: tl.constexpr = 256, MIN_HEAD: tl.constexpr = 0):
+    """GradQ (B, Hq, Lq, HEAD_D) contiguous, q's dtype; Delta (B, Hq, Lq) float32, written from
+    sum P dP if EXACT_DELTA, else read (the preprocess kernel's rowsum(dO * O));
     GradMask (B, Hq, Lq, Lk) contiguous, zero-filled by the caller, written where visited if
     GRAD_MASK. Grid (cdiv(Lq, BLOCK_M) * B * Hq,), query blocks fastest."""
     query_blocks = tl.cdiv(Lq, BLOCK_M)
@@ -272,13 +289,16 @@ def attention_backward_dq_kernel(
     grad_mask_ptr = GradMask + bh * Lq * Lk
     rows = bh * Lq + offs_m
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    delta = tl.zeros([BLOCK_M], tl.float32)
+    if EXACT_DELTA:
+        delta = tl.zeros([BLOCK_M], tl.float32)
+    else:
+        delta = tl.load(Delta + bh * Lq + offs_m, mask=row_in, other=0.0)
     if CAUSAL:
         split, hi = causal_limits(pid_m * BLOCK_M, offset, Lk, BLOCK_M, BLOCK_N)
     else:
         split = Lk
         hi = Lk
-    for delta_pass in tl.static_range(2):
+    for delta_pass in tl.static_range(0 if EXACT_DELTA else 1, 2):
         dq, delta = _dq_range(
             dq, delta, q, do, shift, inv_l, K, V, mask_ptr, grad_mask_ptr, offs_m, rows, 0,
             split, Lq, Lk, offset, stride_kn, stride_kd, stride_vn, stride_vd, stride_mm,
@@ -291,17 +311,19 @@ def attention_backward_dq_kernel(
                 stride_mn, scale, dropout_p, inv_keep, seed, delta_pass == 0, True,
                 MASK_KIND, DROPOUT, GRAD_MASK, HEAD_D, HEAD_DV, BLOCK_D, BLOCK_DV, BLOCK_N,
                 PRECISION)
-    tl.store(Delta + bh * Lq + offs_m, delta, mask=row_in)
+    if EXACT_DELTA:
+        tl.store(Delta + bh * Lq + offs_m, delta, mask=row_in)
     tl.store(GradQ + bh * Lq * HEAD_D + offs_m[:, None] * HEAD_D + offs_d[None, :],
              (dq * scale).to(GradQ.dtype.element_ty),
              mask=row_in[:, None] & (offs_d[None, :] < HEAD_D))
 
 
 def attention_backward(grad_out, q, k, v, mask, out, stats, causal, offset, scale, dropout_p,
-                       seed, grad_q, grad_k, grad_v, grad_mask=None):
+                       seed, grad_q, grad_k, grad_v, grad_mask=None, exact_delta=None):
     """grad_q, grad_k, grad_v (contiguous, shapes of q, k, v) written; grad_mask (B, Hq, Lq, Lk)
-    contiguous and zero-filled, written if given. grad_out (B, Hq, Lq, Dv) contiguous, stats
-    (B, Hq, 2, Lq) float32 from attention_forward; out is not needed (delta comes from P dP)."""
+    contiguous and zero-filled, written if given. grad_out and out (B, Hq, Lq, Dv) contiguous,
+    stats (B, Hq, 2, Lq) float32 from attention_forward (out is read for 16-bit inputs only).
+    exact_delta: delta from P dP (default: for float32) or from dO . O (tests force either)."""
     nb, hq, lq, d = q.shape
     hk, lk, dv = k.shape[1], k.shape[2], v.shape[3]
     mask_t, mask_strides, kind = mask_arguments(mask, q)
@@ -320,10 +342,16 @@ def attention_backward(grad_out, q, k, v, mask, out, stats, causal, offset, scal
     def grid_queries(meta):
         return (triton.cdiv(lq, meta["BLOCK_M"]) * nb * hq,)
 
-    # first: it writes the delta the second one reads
+    exact = q.dtype == torch.float32 if exact_delta is None else exact_delta
+    if not exact:
+        rows, block_r = nb * hq * lq, 64
+        attention_backward_preprocess_kernel[(triton.cdiv(rows, block_r),)](
+            Out=out, GradOut=grad_out, Delta=delta, rows_total=rows, HEAD_DV=dv,
+            BLOCK_DV=head_block(dv), BLOCK_R=block_r)
+    # first: for float32 it writes the delta the second one reads
     attention_backward_dq_kernel[grid_queries](
         **common, GradQ=grad_q, GradMask=q if grad_mask is None else grad_mask, Hq=hq,
-        GRAD_MASK=grad_mask is not None)
+        GRAD_MASK=grad_mask is not None, EXACT_DELTA=exact)
 
     def grid_keys(meta):
         return (triton.cdiv(lk, meta["BLOCK_N"]) * nb * hk,)
