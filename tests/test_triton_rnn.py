@@ -82,9 +82,10 @@ def test_layer(cfg, dtype, triton_device, monkeypatch):
     if cfg.get("stream"):  # no layer is small enough to keep W_hh resident, and every launch
         # goes through its autotuner (small problems otherwise take the first configuration)
         from dlkern.kernels.triton import rnn as triton_rnn
+        from dlkern.kernels.triton import rnn_common
         monkeypatch.setattr(triton_rnn, "RESIDENT_UNITS", 0)
-        monkeypatch.setattr(triton_rnn, "_TUNE_LOOP", 0)
-        monkeypatch.setattr(triton_rnn, "_TUNE_GEMM", 0)
+        monkeypatch.setattr(rnn_common, "TUNE_LOOP", 0)
+        monkeypatch.setattr(rnn_common, "TUNE_GEMM", 0)
     torch.manual_seed(0)
     kw = dict(num_layers=cfg["layers"], bidirectional=cfg["bidir"], batch_first=cfg["batch_first"],
               bias=cfg["bias"])
@@ -219,7 +220,7 @@ os.environ.pop("TRITON_INTERPRET", None)
 sys.path.insert(0, TESTS)
 import torch
 from triton_aot import compile_for_h100, H100_SHARED_BYTES
-from dlkern.kernels.triton import rnn as R, rnn_backward as RB
+from dlkern.kernels.triton import rnn as R, rnn_backward as RB, rnn_common as C
 
 f32 = lambda: torch.empty(8, dtype=torch.float32)
 i32 = torch.empty(8, dtype=torch.int32)
@@ -251,42 +252,53 @@ for dtype, prec in ((torch.float32, "ieee"), (torch.float32, "tf32"), (torch.flo
     variants = dtype == torch.float16 or all_cfg
     mm = [64, 64, 64] + [1, 64, 1] * 3 + [64]
     # forward projection (data x data -> float32), weight gradients (float32 x data -> data)
-    build(R.matmul_kernel, [t(), t(), f32(), f32()] + mm, all_cfg, HAS_BIAS=True, PRECISION=prec)
+    build(C.matmul_kernel, [t(), t(), f32(), f32()] + mm, all_cfg, HAS_BIAS=True, PRECISION=prec)
     if variants:
-        build(R.matmul_kernel, [f32(), t(), t(), f32()] + mm, False, HAS_BIAS=False, PRECISION=prec)
-        build(R.matmul_kernel, [f32(), f32(), t(), f32()] + mm, False, HAS_BIAS=False,
+        build(C.matmul_kernel, [f32(), t(), t(), f32()] + mm, False, HAS_BIAS=False, PRECISION=prec)
+        build(C.matmul_kernel, [f32(), f32(), t(), f32()] + mm, False, HAS_BIAS=False,
               PRECISION=prec)
     if prec == "tf32":
-        build(R.lstm_forward_kernel, [f32(), t(), t(), t(), t(), i32, i32, t(), t(), t(), f32(),
-              f32(), 16, 32, 64, 48, 2], False, HAS_PROJ=True, PACKED=True, PRECISION=prec,
-              RESIDENT=False)
+        build(R.lstm_forward_kernel, [f32(), t(), t(), t(), t(), t(), i32, i32, t(), t(), t(),
+              f32(), f32(), 16, 32, 64, 48, 2], False, HAS_PROJ=True, PACKED=True,
+              PRECISION=prec, RESIDENT=False, HAS_RMASK=True)
         build(R.cell_forward_kernel, [t(), t(), t(), t(), t(), t(), t(), t(), t(), t(), f32(),
               f32(), 8, 128, 128, 128, 128, 128], False, IS_LSTM=True, HAS_BIAS=True,
               SAVE=False, PRECISION=prec, **R.RNN["cell"][0].kwargs)
         continue
-    for kernel, args in ((R.lstm_forward_resident, [f32(), t(), t(), t(), t(), i32, i32, t(), t(),
-                          t(), f32(), f32(), 16, 32, 64, 48, 2]),
-                         (R.gru_forward_resident, [f32(), t(), f32(), t(), i32, i32, t(), t(),
-                          f32(), f32(), 16, 32, 64, 2])):
+    for kernel, args in ((R.lstm_forward_resident, [f32(), t(), t(), t(), t(), t(), i32, i32, t(),
+                          t(), t(), f32(), f32(), 16, 32, 64, 48, 2]),
+                         (R.gru_forward_resident, [f32(), t(), f32(), t(), t(), i32, i32, t(),
+                          t(), f32(), f32(), 16, 32, 64, 2])):
         extra = dict(HAS_PROJ=True) if kernel is R.lstm_forward_resident else dict(HAS_BIAS=True)
-        build(kernel, args, all_cfg, PACKED=True, PRECISION=prec, RESIDENT=True, **extra)
+        build(kernel, args, all_cfg, PACKED=True, PRECISION=prec, RESIDENT=True, HAS_RMASK=False,
+              **extra)
     for proj in ((True, False) if variants else (True,)):
-        build(R.lstm_forward_kernel, [f32(), t(), t(), t(), t(), i32, i32, t(), t(), t(), f32(),
-              f32(), 16, 32, 64, 48 if proj else 64, 2], all_cfg and proj, HAS_PROJ=proj,
-              PACKED=proj, PRECISION=prec, RESIDENT=False)
-        build(RB.lstm_backward_kernel, [t(), t(), t(), t(), i32, i32, t(), f32(), f32(), t(), t(),
-              t(), f32(), t(), f32(), f32(), f32(), t(), t(), 16, 32, 64, 48 if proj else 64, 2],
-              all_cfg and proj, HAS_PROJ=proj, PACKED=proj, PRECISION=prec)
-    build(R.gru_forward_kernel, [f32(), t(), f32(), t(), i32, i32, t(), t(), f32(), f32(),
-          16, 32, 64, 2], all_cfg, HAS_BIAS=True, PACKED=True, PRECISION=prec, RESIDENT=False)
-    build(RB.gru_backward_kernel, [t(), t(), i32, i32, t(), f32(), f32(), t(), t(), f32(), f32(),
-          t(), f32(), f32(), t(), 16, 32, 64, 2], all_cfg, PACKED=False, PRECISION=prec)
+        build(R.lstm_forward_kernel, [f32(), t(), t(), t(), t(), t(), i32, i32, t(), t(), t(),
+              f32(), f32(), 16, 32, 64, 48 if proj else 64, 2], all_cfg and proj, HAS_PROJ=proj,
+              PACKED=proj, PRECISION=prec, RESIDENT=False, HAS_RMASK=not proj)
+        build(RB.lstm_backward_kernel, [t(), t(), t(), t(), t(), i32, i32, t(), f32(), f32(), t(),
+              t(), t(), f32(), t(), f32(), f32(), f32(), t(), t(), 16, 32, 64,
+              48 if proj else 64, 2], all_cfg and proj, HAS_PROJ=proj, PACKED=proj,
+              PRECISION=prec, HAS_RMASK=not proj)
+    build(R.gru_forward_kernel, [f32(), t(), f32(), t(), t(), i32, i32, t(), t(), f32(), f32(),
+          16, 32, 64, 2], all_cfg, HAS_BIAS=True, PACKED=True, PRECISION=prec, RESIDENT=False,
+          HAS_RMASK=True)
+    build(RB.gru_backward_kernel, [t(), t(), t(), i32, i32, t(), f32(), f32(), t(), t(), f32(),
+          f32(), t(), f32(), f32(), t(), 16, 32, 64, 2], all_cfg, PACKED=False, PRECISION=prec,
+          HAS_RMASK=True)
+    for relu in (False, True):
+        build(R.vanilla_forward_kernel, [f32(), t(), t(), t(), i32, i32, t(), t(), f32(),
+              16, 32, 64, 2], False, RELU=relu, PACKED=True, PRECISION=prec,
+              HAS_RMASK=relu)
+        build(RB.vanilla_backward_kernel, [t(), t(), t(), i32, i32, t(), f32(), t(), t(), f32(),
+              t(), f32(), t(), 16, 32, 64, 2], False, RELU=relu, PACKED=relu,
+              PRECISION=prec, HAS_RMASK=not relu)
     cell = R.RNN["cell"][0]
     for lstm in (True, False):
         build(R.cell_forward_kernel, [t(), t(), t(), t(), t(), t(), t(), t(), t(), t(), f32(),
               f32(), 8, 128, 128, 128, 128, 128], False, IS_LSTM=lstm, HAS_BIAS=True,
               SAVE=lstm, PRECISION=prec, **cell.kwargs)
-    build(R.column_sums_kernel, [f32(), t(), 64, 64, 64, 128, 64], False,
+    build(C.column_sums_kernel, [f32(), t(), 64, 64, 64, 128, 64], False,
           **R.RNN["column_sums"][0].kwargs)
 print("compiled", count, "kernels; most shared memory", worst, "bytes")
 '''
