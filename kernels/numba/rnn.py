@@ -320,39 +320,6 @@ def _forward_serial(mode_id, x, batch_sizes, offsets, w_ih, w_hh, b_ih, b_hh, w_
     blas_set_local_threads(0)
 
 
-@jit
-def _cell_step(mode_id, x, h, c, w_ih, w_hh, b_ih, b_hh, y, c_out, is_double):
-    """One cell step of B rows on the calling thread (the lean path, no thread team).
-
-    x (B, I), h (B, H), c (B, H) (any array unless LSTM), w_ih (G*H, I), w_hh (G*H, H),
-    b_ih/b_hh (G*H,), y (B, H) the new h, c_out (B, H) the new c (LSTM)."""
-    batch, n_in = x.shape
-    gh, hid = w_hh.shape
-    dtype = x.dtype
-    gates = np.empty((1, batch, gh), dtype=dtype)
-    saved = np.empty((1, batch, hid), dtype=dtype)
-    h_n = np.empty((1, batch, hid), dtype=dtype)
-    h_n[0, :, :] = h
-    c_n = c_out.reshape((1, batch, hid))
-    if mode_id == 0:
-        c_n[0, :, :] = c
-    batch_sizes = np.full(1, batch, dtype=np.int64)
-    offsets = np.zeros(1, dtype=np.int64)
-    empty = np.empty((1, 0, 0), dtype=dtype)
-    pre = np.empty(batch * gh)
-    z = np.empty(batch * gh)
-    bits = np.empty(batch * gh, dtype=np.int64)
-    aux = np.empty(batch * 2 * hid)
-    hbuf = np.empty(batch * gh, dtype=dtype)
-    blas_set_local_threads(1)  # a product this small loses more waking a thread team
-    gemm(is_double, 0, 1, batch, gh, n_in, 1.0, x.ctypes.data, n_in, w_ih.ctypes.data, n_in, 0.0,
-         gates.ctypes.data, gh)
-    _run_rows(mode_id, 0, 0, batch, batch_sizes, offsets, w_hh.reshape((1, gh, hid)),
-              b_ih.reshape((1, gh)), b_hh.reshape((1, gh)), empty, empty, y, h_n, c_n, gates,
-              saved, pre, z, bits, aux, hbuf, hbuf, is_double)
-    blas_set_local_threads(0)
-
-
 _MODE_ID = {"lstm": 0, "gru": 1, "rnn_tanh": 2, "rnn_relu": 3}
 
 
@@ -423,8 +390,23 @@ def layer_forward(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, rmask, h0,
 
 
 def cell_forward(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, y, c_out):
-    """One step of one cell on the calling thread (the lean path). x (B, I), h and c (B, H)
-    (c any array unless LSTM), w_ih (G*H, I), w_hh (G*H, H), b_ih/b_hh (G*H,) (zeros without
-    bias); writes y (B, H), the new h, and c_out (B, H), the new c (LSTM)."""
-    _cell_step(_MODE_ID[mode], x, h, c, w_ih, w_hh, b_ih, b_hh, y, c_out,
-               x.dtype == np.float64)
+    """One step of one cell on the calling thread (the lean path): the layer's serial loop over
+    one step, with the same compiled code. x (B, I), h and c (B, H) (c any array unless LSTM),
+    w_ih (G*H, I), w_hh (G*H, H), b_ih/b_hh (G*H,) (zeros without bias), all C-contiguous;
+    writes y (B, H), the new h, and c_out (B, H), the new c (LSTM)."""
+    batch = x.shape[0]
+    gh, hid = w_hh.shape
+    dtype = x.dtype
+    lstm = mode == "lstm"
+    h_n = h.reshape((1, batch, hid)).copy()
+    c_n = c_out.reshape((1, batch, hid))
+    if lstm:
+        c_n[0] = c
+    sizes = np.full(1, batch, dtype=np.int64)
+    empty = np.empty((1, 0, 0), dtype=dtype)
+    saved = np.empty((1, batch, hid) if mode in ("lstm", "gru") else (1, 0, 0), dtype=dtype)
+    _forward_serial(_MODE_ID[mode], x, sizes, np.zeros(1, dtype=np.int64),
+                    w_ih.reshape((1, gh, x.shape[1])), w_hh.reshape((1, gh, hid)),
+                    b_ih.reshape((1, gh)), b_hh.reshape((1, gh)), empty, empty, y, h_n, c_n,
+                    np.empty((1, batch, gh), dtype=dtype), saved,
+                    *scratch(1, batch, gh, hid, hid, dtype), True, dtype == np.float64)

@@ -8,10 +8,11 @@ gradual underflow to subnormals and 0 included), where float32 arithmetic would 
 to the reduction and to cancellation in tanh near 0. float64 data gets a few ulps.
 
 * ``exp_inplace``: Cody-Waite reduction x = k ln2 + r (|r| <= ln2/2, ln2 split so k ln2_hi is
-  exact), Taylor polynomial of degree 12 (truncation 2e-16 relative), 2^k built from exponent
-  bits in a second pass (both passes vectorise). Arguments are clamped to [-708, 708], inside the
-  range of a normal double 2^k and far outside float32's (exp overflows at 88.7, reaches 0 below
-  -103.97). NaN stays NaN (its k is taken as 0).
+  exact), Taylor polynomial of degree 12 (truncation 2e-16 relative), 2^k applied as
+  (2^(k//2))^2 (times 2 for odd k) from exponent bits in a second pass, so that k spans the whole
+  double range (both passes vectorise). Arguments are clamped to [-746, 710], where double's exp
+  is already 0 or inf: exp(-inf) = 0 and exp(inf) = inf exactly, so sigmoid(-inf) = 0 and
+  0 * inf = NaN as in torch. NaN stays NaN (its k is taken as 0).
 * ``tanh_from_exp(x, e)`` with e = exp(-2|x|): (1 - e) / (1 + e) with x's sign, and the odd Taylor
   series for |x| < 1/64, where 1 - e would cancel (the series' first omitted term is 1e-18
   relative there). tanh(+-inf) = +-1, tanh(NaN) = NaN.
@@ -24,7 +25,7 @@ from ._jit import jit
 _LOG2E = 1.4426950408889634
 _LN2_HI = 0.693147180369123816490   # 32 significant bits: k * _LN2_HI is exact for |k| < 2^20
 _LN2_LO = 1.90821492927058770002e-10
-_EXP_CLAMP = 708.0
+_EXP_LO, _EXP_HI = -746.0, 710.0   # exp is 0 below, inf above (in float64 already)
 _TANH_SERIES = 1.0 / 64
 
 
@@ -34,8 +35,8 @@ def exp_inplace(z, bits, n):
     scale = bits[:n].view(np.float64)
     for j in range(n):
         v = z[j]
-        v = -_EXP_CLAMP if v < -_EXP_CLAMP else v
-        v = _EXP_CLAMP if v > _EXP_CLAMP else v
+        v = _EXP_LO if v < _EXP_LO else v
+        v = _EXP_HI if v > _EXP_HI else v
         k = np.floor(v * _LOG2E + 0.5)
         k = 0.0 if k != k else k
         r = v - k * _LN2_HI - k * _LN2_LO
@@ -43,10 +44,11 @@ def exp_inplace(z, bits, n):
             1.0 / 120 + r * (1.0 / 720 + r * (1.0 / 5040 + r * (1.0 / 40320 + r * (
                 1.0 / 362880 + r * (1.0 / 3628800 + r * (1.0 / 39916800 + r * (
                     1.0 / 479001600))))))))))))
-        z[j] = p
-        bits[j] = (np.int64(k) + 1023) << 52
+        half = np.floor(k * 0.5)
+        z[j] = p * 2.0 if k - 2.0 * half != 0.0 else p
+        bits[j] = (np.int64(half) + 1023) << 52
     for j in range(n):
-        z[j] = z[j] * scale[j]
+        z[j] = z[j] * scale[j] * scale[j]
 
 
 @jit
