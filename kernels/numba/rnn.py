@@ -28,9 +28,9 @@ rows). The time loop is sequential, but rows of a batch are independent: a work 
 (direction, block of batch rows) and runs the whole time loop of its rows on one core (so the two
 directions of a bidirectional layer run concurrently), the recurrent product of each step a small
 BLAS call on the item's rows with W_hh kept hot in that core's cache, then the fused gate
-arithmetic. Gate arithmetic runs in float64 with rnn_math's activations, whatever the data's dtype
-(float32 results within an ulp of the correctly rounded activations); states and saved gates are
-stored in the data's dtype.
+arithmetic, one pass over each row with rnn_math's activations inlined (float64 whatever the
+data's dtype: float32 results within an ulp of the correctly rounded activations); states and saved
+gates are stored in the data's dtype.
 
 BLAS. Every product goes through _jit's ``gemm``; each prange work item runs its BLAS calls on
 its own thread and hands the thread's BLAS setting back when it ends (_jit's convention).
@@ -40,7 +40,7 @@ import numpy as np
 
 from ..rnn_modes import GATES
 from ._jit import blas_set_local_threads, gemm, jit, jit_parallel
-from .rnn_math import exp_inplace, relu, sigmoid_from_exp, tanh_arg, tanh_from_exp
+from .rnn_math import relu, sigmoid, tanh
 
 
 @jit
@@ -68,12 +68,37 @@ def masked_state(d, b0, nr, h_n, rmask, has_rmask, hmask):
 
 
 @jit
+def _copy(src, dst):
+    """dst[:] = src (converting to dst's dtype)."""
+    for j in range(dst.shape[0]):
+        dst[j] = src[j]
+
+
+@jit
+def _lstm_gates(gr, bi, bh, cr, act, hid):
+    """One row's LSTM gate arithmetic in one pass into act (float64 scratch, rows i, f, g, o, c,
+    o * tanh(c)); the caller copies the results out. (A pass that read gr and stored into it at
+    offsets unknown at compile time would not vectorise.)"""
+    for j in range(hid):
+        i = sigmoid(np.float64(gr[j]) + bi[j] + bh[j])
+        f = sigmoid(np.float64(gr[hid + j]) + bi[hid + j] + bh[hid + j])
+        gg = tanh(np.float64(gr[2 * hid + j]) + bi[2 * hid + j] + bh[2 * hid + j])
+        o = sigmoid(np.float64(gr[3 * hid + j]) + bi[3 * hid + j] + bh[3 * hid + j])
+        c = f * cr[j] + i * gg
+        act[j] = i
+        act[hid + j] = f
+        act[2 * hid + j] = gg
+        act[3 * hid + j] = o
+        act[4 * hid + j] = c
+        act[5 * hid + j] = o * tanh(c)
+
+
+@jit
 def _lstm_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr, has_proj, rmask,
-                       has_rmask, y, h_n, c_n, gates, cs, pre, z, bits, aux, hbuf, hmask,
-                       is_double):
+                       has_rmask, y, h_n, c_n, gates, cs, hbuf, hmask, act, is_double):
     """The LSTM time loop of rows [b0, b1) of direction d (shapes in the module docstring).
-    Scratch: pre, z, aux float64 and bits int64 (rows * 4H), hbuf (rows * H) and hmask (rows * P)
-    of the data's dtype."""
+    Scratch of the data's dtype: hbuf (rows * H, o * tanh(c) before the projection), hmask
+    (rows * P, the masked state); act: float64 (6H)."""
     gh = w_hh.shape[1]
     hid = gh // 4
     proj = w_hh.shape[2]
@@ -93,53 +118,17 @@ def _lstm_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr, 
              g.ctypes.data, gh)
         for r in range(nr):
             gr = g[r]
-            pr = pre[r * gh:(r + 1) * gh]
-            zr = z[r * gh:(r + 1) * gh]
-            for j in range(gh):
-                v = np.float64(gr[j]) + bi[j] + bh[j]
-                pr[j] = v
-                zr[j] = -v
-            for j in range(2 * hid, 3 * hid):
-                zr[j] = tanh_arg(pr[j])
-        exp_inplace(z, bits, nr * gh)
-        for r in range(nr):
-            gr = g[r]
-            pr = pre[r * gh:(r + 1) * gh]
-            zr = z[r * gh:(r + 1) * gh]
-            for j in range(2 * hid):
-                pr[j] = sigmoid_from_exp(zr[j])
-            for j in range(2 * hid, 3 * hid):
-                pr[j] = tanh_from_exp(pr[j], zr[j])
-            for j in range(3 * hid, gh):
-                pr[j] = sigmoid_from_exp(zr[j])
-            for j in range(gh):
-                gr[j] = pr[j]
             cr = c_n[d, b0 + r]
-            csr = cs[d, r0 + r]
-            cb = aux[r * hid:(r + 1) * hid]
-            zc = aux[(nr + r) * hid:(nr + r + 1) * hid]
-            for j in range(hid):
-                c = pr[hid + j] * cr[j] + pr[j] * pr[2 * hid + j]
-                cr[j] = c
-                csr[j] = c
-                cb[j] = c
-                zc[j] = tanh_arg(c)
-        exp_inplace(aux[nr * hid:], bits, nr * hid)
-        for r in range(nr):
-            pr = pre[r * gh:(r + 1) * gh]
-            cb = aux[r * hid:(r + 1) * hid]
-            zc = aux[(nr + r) * hid:(nr + r + 1) * hid]
+            _lstm_gates(gr, bi, bh, cr, act, hid)
+            for j in range(gh):
+                gr[j] = act[j]
+            _copy(act[4 * hid:5 * hid], cr)
+            _copy(act[4 * hid:5 * hid], cs[d, r0 + r])
             if has_proj:
-                hp = hbuf[r * hid:(r + 1) * hid]
-                for j in range(hid):
-                    hp[j] = pr[3 * hid + j] * tanh_from_exp(cb[j], zc[j])
+                _copy(act[5 * hid:], hbuf[r * hid:(r + 1) * hid])
             else:
-                hr = h_n[d, b0 + r]
-                yr = y[r0 + r, d * proj:(d + 1) * proj]
-                for j in range(hid):
-                    v = pr[3 * hid + j] * tanh_from_exp(cb[j], zc[j])
-                    hr[j] = v
-                    yr[j] = v
+                _copy(act[5 * hid:], h_n[d, b0 + r])
+                _copy(act[5 * hid:], y[r0 + r, d * proj:(d + 1) * proj])
         if has_proj:
             y_addr = y.ctypes.data + (r0 * y_cols + d * proj) * item
             gemm(is_double, 0, 1, nr, proj, hid, 1.0, hbuf.ctypes.data, hid,
@@ -152,10 +141,10 @@ def _lstm_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr, 
 
 
 @jit
-def _gru_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr, has_proj, rmask,
-                      has_rmask, y, h_n, c_n, gates, hn_lin, pre, z, bits, aux, hbuf, hmask,
-                      is_double):
-    """The GRU time loop of rows [b0, b1) of direction d; hbuf (rows * 3H) holds W_hh h."""
+def _gru_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, rmask, has_rmask, y, h_n,
+                      gates, hn_lin, hbuf, hmask, act, is_double):
+    """The GRU time loop of rows [b0, b1) of direction d; hbuf (rows * 3H) holds W_hh h, act
+    (float64, 5H) a row's activations."""
     gh = w_hh.shape[1]
     hid = gh // 3
     reverse = d == 1
@@ -169,51 +158,30 @@ def _gru_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr, h
         a = masked_state(d, b0, nr, h_n, rmask, has_rmask, hmask)
         gemm(is_double, 0, 1, nr, gh, hid, 1.0, a, hid, w_hh[d].ctypes.data, hid, 0.0,
              hbuf.ctypes.data, gh)
-        hp2 = hbuf[:nr * gh].reshape((nr, gh))
-        # z[r*2H : (r+1)*2H]: the r and z gates of row r; aux[r*H : (r+1)*H]: its n gate.
         for r in range(nr):
-            zr = z[r * 2 * hid:(r + 1) * 2 * hid]
             gr = g[r]
-            hr = hp2[r]
-            for j in range(2 * hid):
-                zr[j] = -(np.float64(gr[j]) + bi[j] + hr[j] + bh[j])
-        exp_inplace(z, bits, nr * 2 * hid)
-        for r in range(nr):
-            zr = z[r * 2 * hid:(r + 1) * 2 * hid]
-            pr = pre[r * gh:(r + 1) * gh]
-            zn = aux[r * hid:(r + 1) * hid]
-            gr = g[r]
-            hr = hp2[r]
-            lin = hn_lin[d, r0 + r]
-            for j in range(2 * hid):
-                pr[j] = sigmoid_from_exp(zr[j])
-            for j in range(hid):
-                hl = np.float64(hr[2 * hid + j]) + bh[2 * hid + j]
-                lin[j] = hl
-                v = np.float64(gr[2 * hid + j]) + bi[2 * hid + j] + pr[j] * hl
-                pr[2 * hid + j] = v
-                zn[j] = tanh_arg(v)
-        exp_inplace(aux, bits, nr * hid)
-        for r in range(nr):
-            pr = pre[r * gh:(r + 1) * gh]
-            zn = aux[r * hid:(r + 1) * hid]
-            gr = g[r]
+            hr = hbuf[r * gh:(r + 1) * gh]
             hs = h_n[d, b0 + r]
-            yr = y[r0 + r, d * hid:(d + 1) * hid]
-            for j in range(hid):
-                n = tanh_from_exp(pr[2 * hid + j], zn[j])
-                zg = pr[hid + j]
-                v = (1.0 - zg) * n + zg * hs[j]
-                gr[j] = pr[j]
-                gr[hid + j] = zg
-                gr[2 * hid + j] = n
-                hs[j] = v
-                yr[j] = v
+            for j in range(hid):  # activations into act (r, z, n, W_hn h + b_hn, h')
+                rg = sigmoid(np.float64(gr[j]) + bi[j] + hr[j] + bh[j])
+                zg = sigmoid(np.float64(gr[hid + j]) + bi[hid + j] + hr[hid + j] + bh[hid + j])
+                hl = np.float64(hr[2 * hid + j]) + bh[2 * hid + j]
+                n = tanh(np.float64(gr[2 * hid + j]) + bi[2 * hid + j] + rg * hl)
+                act[j] = rg
+                act[hid + j] = zg
+                act[2 * hid + j] = n
+                act[3 * hid + j] = hl
+                act[4 * hid + j] = (1.0 - zg) * n + zg * hs[j]
+            for j in range(gh):
+                gr[j] = act[j]
+            _copy(act[3 * hid:4 * hid], hn_lin[d, r0 + r])
+            _copy(act[4 * hid:5 * hid], hs)
+            _copy(act[4 * hid:5 * hid], y[r0 + r, d * hid:(d + 1) * hid])
 
 
 @jit
 def _vanilla_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, use_relu, rmask,
-                          has_rmask, y, h_n, gates, pre, z, bits, hmask, is_double):
+                          has_rmask, y, h_n, gates, hmask, act, is_double):
     """The vanilla RNN time loop (h' = tanh or relu of the pre-activation) of rows [b0, b1) of
     direction d; gates receives h'."""
     hid = w_hh.shape[1]
@@ -230,44 +198,33 @@ def _vanilla_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, use
              g.ctypes.data, hid)
         for r in range(nr):
             gr = g[r]
-            pr = pre[r * hid:(r + 1) * hid]
-            zr = z[r * hid:(r + 1) * hid]
-            for j in range(hid):
-                v = np.float64(gr[j]) + bi[j] + bh[j]
-                pr[j] = v
-                zr[j] = tanh_arg(v)
-        if not use_relu:
-            exp_inplace(z, bits, nr * hid)
-        for r in range(nr):
-            gr = g[r]
-            pr = pre[r * hid:(r + 1) * hid]
-            zr = z[r * hid:(r + 1) * hid]
-            hs = h_n[d, b0 + r]
-            yr = y[r0 + r, d * hid:(d + 1) * hid]
-            for j in range(hid):
-                v = relu(pr[j]) if use_relu else tanh_from_exp(pr[j], zr[j])
-                gr[j] = v
-                hs[j] = v
-                yr[j] = v
+            if use_relu:
+                for j in range(hid):
+                    act[j] = relu(np.float64(gr[j]) + bi[j] + bh[j])
+            else:
+                for j in range(hid):
+                    act[j] = tanh(np.float64(gr[j]) + bi[j] + bh[j])
+            _copy(act[:hid], gr)
+            _copy(act[:hid], h_n[d, b0 + r])
+            _copy(act[:hid], y[r0 + r, d * hid:(d + 1) * hid])
 
 
 @jit
 def _run_rows(mode_id, d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr, rmask, y, h_n,
-              c_n, gates, saved, pre, z, bits, aux, hbuf, hmask, is_double):
+              c_n, gates, saved, hbuf, hmask, is_double):
     """Rows [b0, b1) of direction d in the mode's time loop (mode_id: _MODE_ID)."""
-    has_proj = w_hr.shape[1] > 0
     has_rmask = rmask.shape[1] > 0
+    act = np.empty(6 * c_n.shape[2])
     if mode_id == 0:
-        _lstm_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr, has_proj,
-                           rmask, has_rmask, y, h_n, c_n, gates, saved, pre, z, bits, aux, hbuf,
-                           hmask, is_double)
+        _lstm_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr,
+                           w_hr.shape[1] > 0, rmask, has_rmask, y, h_n, c_n, gates, saved, hbuf,
+                           hmask, act, is_double)
     elif mode_id == 1:
-        _gru_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr, has_proj,
-                          rmask, has_rmask, y, h_n, c_n, gates, saved, pre, z, bits, aux, hbuf,
-                          hmask, is_double)
+        _gru_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, rmask, has_rmask, y,
+                          h_n, gates, saved, hbuf, hmask, act, is_double)
     else:
         _vanilla_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, mode_id == 3,
-                              rmask, has_rmask, y, h_n, gates, pre, z, bits, hmask, is_double)
+                              rmask, has_rmask, y, h_n, gates, hmask, act, is_double)
 
 
 @jit_parallel
@@ -290,19 +247,19 @@ def _project(x, w_ih, gates, row_blocks, is_double):
 
 @jit_parallel
 def _forward_items(mode_id, batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr, rmask, y, h_n, c_n,
-                   gates, saved, pre, z, bits, aux, hbuf, hmask, chunks, per, is_double):
+                   gates, saved, hbuf, hmask, chunks, per, is_double):
     for it in numba.prange(h_n.shape[0] * chunks):
         blas_set_local_threads(1)
         d, k = it // chunks, it % chunks
         _run_rows(mode_id, d, k * per, min(h_n.shape[1], (k + 1) * per), batch_sizes, offsets,
-                  w_hh, b_ih, b_hh, w_hr, rmask, y, h_n, c_n, gates, saved, pre[it], z[it],
-                  bits[it], aux[it], hbuf[it], hmask[it], is_double)
+                  w_hh, b_ih, b_hh, w_hr, rmask, y, h_n, c_n, gates, saved, hbuf[it], hmask[it],
+                  is_double)
         blas_set_local_threads(0)
 
 
 @jit
 def _forward_serial(mode_id, x, batch_sizes, offsets, w_ih, w_hh, b_ih, b_hh, w_hr, rmask, y,
-                    h_n, c_n, gates, saved, pre, z, bits, aux, hbuf, hmask, project, is_double):
+                    h_n, c_n, gates, saved, hbuf, hmask, project, is_double):
     """The whole layer on the calling thread, one direction after the other (scratch: one row
     per direction): small layers, where waking a thread team costs more than it saves (and, on
     a busy machine, can wait a whole scheduler time slice), and layers of a single work item.
@@ -315,8 +272,7 @@ def _forward_serial(mode_id, x, batch_sizes, offsets, w_ih, w_hh, b_ih, b_hh, w_
             gemm(is_double, 0, 1, n_rows, gh, n_in, 1.0, x.ctypes.data, n_in,
                  w_ih[d].ctypes.data, n_in, 0.0, gates[d, 0].ctypes.data, gh)
         _run_rows(mode_id, d, 0, h_n.shape[1], batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr,
-                  rmask, y, h_n, c_n, gates, saved, pre[d], z[d], bits[d], aux[d], hbuf[d],
-                  hmask[d], is_double)
+                  rmask, y, h_n, c_n, gates, saved, hbuf[d], hmask[d], is_double)
     blas_set_local_threads(0)
 
 
@@ -353,11 +309,9 @@ def chunks_for(n_dir, batch):
 
 
 def scratch(items, rows, gh, hid, proj, dtype):
-    """Per-work-item scratch of the forward rows: pre, z, aux (float64), bits (int64), hbuf,
-    hmask (the data's dtype)."""
-    n = rows * max(gh, 2 * hid, 1)
-    return (np.empty((items, n)), np.empty((items, n)), np.empty((items, n), dtype=np.int64),
-            np.empty((items, n)), np.empty((items, n), dtype=dtype),
+    """Per-work-item scratch of the forward rows, of the data's dtype: hbuf (W_hh h of a GRU, or
+    o * tanh(c) before an LSTM's projection) and hmask (the state times the recurrent mask)."""
+    return (np.empty((items, rows * max(gh, 1)), dtype=dtype),
             np.empty((items, rows * max(proj, 1)), dtype=dtype))
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from ..rnn_modes import GATES
 from ._jit import blas_set_local_threads, gemm, jit, jit_parallel
 from .rnn import _MODE_ID, chunks_for, serial, step_offsets
-from .rnn_math import exp_inplace, tanh_arg, tanh_from_exp
+from .rnn_math import tanh
 
 
 @jit
@@ -64,11 +64,11 @@ def _carry_back(d, b0, nr, r0, dg, w_hh, rmask, has_rmask, dh, accumulate, tmp, 
 
 @jit
 def _lstm_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, w_hr, rmask, y, h0, c0, gates, cs,
-                        dy, dh, dc, dgates, hprev, dw_hr, z, bits, hpre, dhp, is_double):
+                        dy, dh, dc, dgates, hprev, dw_hr, hpre, dhp, is_double):
     """LSTM BPTT of rows [b0, b1) of direction d. dh/dc (D, B, P/H) enter holding the gradient of
     the final states and leave holding that of h0/c0; dgates (D, N, 4H) gets the gradient of the
     gate pre-activations; hprev (D, N, P) the (masked) state each step started from; dw_hr (P, H)
-    accumulates. z (float64), bits, hpre, dhp: scratch of rows * max(4H, P)."""
+    accumulates. hpre, dhp: scratch of rows * max(4H, P)."""
     steps = batch_sizes.shape[0]
     gh = w_hh.shape[1]
     hid = gh // 4
@@ -89,23 +89,13 @@ def _lstm_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, w_hr, rmask, y, h
             dyr = dy[r0 + r, d * proj:(d + 1) * proj]
             for j in range(proj):
                 dhr[j] += dyr[j]
-            zc = z[r * hid:(r + 1) * hid]
-            csr = cs[d, r0 + r]
-            for j in range(hid):
-                zc[j] = tanh_arg(np.float64(csr[j]))
-        exp_inplace(z, bits, nr * hid)
-        for r in range(nr):
-            zc = z[r * hid:(r + 1) * hid]
-            csr = cs[d, r0 + r]
-            for j in range(hid):
-                zc[j] = tanh_from_exp(np.float64(csr[j]), zc[j])     # tanh(c)
         if has_proj:
             for r in range(nr):
                 gr = gates[d, r0 + r]
-                zc = z[r * hid:(r + 1) * hid]
+                csr = cs[d, r0 + r]
                 hq = hpre[r * hid:(r + 1) * hid]
                 for j in range(hid):
-                    hq[j] = gr[3 * hid + j] * zc[j]
+                    hq[j] = gr[3 * hid + j] * tanh(np.float64(csr[j]))
             # dW_hr += dh^T hpre; the gradient reaching o * tanh(c) is dh W_hr.
             gemm(is_double, 1, 0, proj, hid, nr, 1.0, dh[d, b0].ctypes.data, proj,
                  hpre.ctypes.data, hid, 1.0, dw_hr.ctypes.data, hid)
@@ -115,21 +105,21 @@ def _lstm_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, w_hr, rmask, y, h
             b = b0 + r
             pr = _prev_row(t, b, reverse, batch_sizes, offsets)
             gr = gates[d, r0 + r]
+            csr = cs[d, r0 + r]
+            cpr = c0[d, b] if pr < 0 else cs[d, pr]
             dg = dgates[d, r0 + r]
             dcr = dc[d, b]
             dhr = dh[d, b] if not has_proj else dhp[r * hid:(r + 1) * hid]
-            zc = z[r * hid:(r + 1) * hid]
             for j in range(hid):
                 i_g = np.float64(gr[j])
                 f_g = np.float64(gr[hid + j])
                 g_g = np.float64(gr[2 * hid + j])
                 o_g = np.float64(gr[3 * hid + j])
-                tc = zc[j]
-                cp = c0[d, b, j] if pr < 0 else cs[d, pr, j]
+                tc = tanh(np.float64(csr[j]))
                 dhv = np.float64(dhr[j])
                 dcv = dcr[j] + dhv * o_g * (1.0 - tc * tc)
                 dg[j] = dcv * g_g * i_g * (1.0 - i_g)
-                dg[hid + j] = dcv * cp * f_g * (1.0 - f_g)
+                dg[hid + j] = dcv * cpr[j] * f_g * (1.0 - f_g)
                 dg[2 * hid + j] = dcv * i_g * (1.0 - g_g * g_g)
                 dg[3 * hid + j] = dhv * tc * o_g * (1.0 - o_g)
                 dcr[j] = dcv * f_g
@@ -216,13 +206,11 @@ def _vanilla_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, use_relu, rmas
 
 @jit
 def _backward_rows(mode_id, d, b0, b1, batch_sizes, offsets, w_hh, w_hr, rmask, y, h0, c0, gates,
-                   saved, dy, dh, dc, dgates, dgates_h, hprev, dw_hr, z, bits, hpre, dhp,
-                   is_double):
+                   saved, dy, dh, dc, dgates, dgates_h, hprev, dw_hr, hpre, dhp, is_double):
     """BPTT of rows [b0, b1) of direction d in the mode's loop (mode_id: rnn._MODE_ID)."""
     if mode_id == 0:
         _lstm_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, w_hr, rmask, y, h0, c0, gates,
-                            saved, dy, dh, dc, dgates, hprev, dw_hr, z, bits, hpre, dhp,
-                            is_double)
+                            saved, dy, dh, dc, dgates, hprev, dw_hr, hpre, dhp, is_double)
     elif mode_id == 1:
         _gru_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, rmask, y, h0, gates, saved, dy,
                            dh, dgates, dgates_h, hprev, hpre, is_double)
@@ -233,15 +221,14 @@ def _backward_rows(mode_id, d, b0, b1, batch_sizes, offsets, w_hh, w_hr, rmask, 
 
 @jit_parallel
 def _backward_items(mode_id, batch_sizes, offsets, w_hh, w_hr, rmask, y, h0, c0, gates, saved,
-                    dy, dh, dc, dgates, dgates_h, hprev, dw_hr_parts, z, bits, hpre, dhp, chunks,
-                    per, is_double):
+                    dy, dh, dc, dgates, dgates_h, hprev, dw_hr_parts, hpre, dhp, chunks, per,
+                    is_double):
     for it in numba.prange(dh.shape[0] * chunks):
         blas_set_local_threads(1)
         d, k = it // chunks, it % chunks
         _backward_rows(mode_id, d, k * per, min(dh.shape[1], (k + 1) * per), batch_sizes,
                        offsets, w_hh, w_hr, rmask, y, h0, c0, gates, saved, dy, dh, dc, dgates,
-                       dgates_h, hprev, dw_hr_parts[it], z[it], bits[it], hpre[it], dhp[it],
-                       is_double)
+                       dgates_h, hprev, dw_hr_parts[it], hpre[it], dhp[it], is_double)
         blas_set_local_threads(0)
 
 
@@ -308,15 +295,15 @@ def _input_grads(dgi, w_ih, dx, row_blocks, is_double):
 
 @jit
 def _backward_serial(mode_id, batch_sizes, offsets, x, w_ih, w_hh, w_hr, rmask, y, h0, c0, gates,
-                     saved, dy, dh, dc, dgates, dgates_h, hprev, dw_hr_parts, z, bits, hpre, dhp,
-                     dx, dw_ih, dw_hh, db_ih, db_hh, is_double):
+                     saved, dy, dh, dc, dgates, dgates_h, hprev, dw_hr_parts, hpre, dhp, dx, dw_ih,
+                     dw_hh, db_ih, db_hh, is_double):
     """The whole backward of a small layer on the calling thread (see rnn._forward_serial)."""
     blas_set_local_threads(1)
     n_dir, n_rows, gh = dgates.shape
     for d in range(n_dir):
         _backward_rows(mode_id, d, 0, dh.shape[1], batch_sizes, offsets, w_hh, w_hr, rmask, y, h0,
                        c0, gates, saved, dy, dh, dc, dgates, dgates_h, hprev, dw_hr_parts[d],
-                       z[d], bits[d], hpre[d], dhp[d], is_double)
+                       hpre[d], dhp[d], is_double)
         _weight_grads_block(d, 0, gh, dgates, dgates_h, x, hprev, dw_ih, dw_hh, db_ih, db_hh,
                             is_double)
     if x.shape[1] > 0:
@@ -343,8 +330,6 @@ def layer_backward(mode, x, batch_sizes, w_ih, w_hh, w_hr, rmask, h0, c0, y, gat
     chunks, per = (1, batch) if small else chunks_for(n_dir, batch)
     items = n_dir * chunks
     n = per * max(gh, proj, 1)
-    z = np.empty((items, n))
-    bits = np.empty((items, n), dtype=np.int64)
     hpre = np.empty((items, n), dtype=x.dtype)
     dhp = np.empty((items, per * max(hid, 1)), dtype=x.dtype)
     dw_hr_parts = np.zeros((items,) + tuple(w_hr.shape[1:]), dtype=x.dtype)
@@ -361,12 +346,12 @@ def layer_backward(mode, x, batch_sizes, w_ih, w_hh, w_hr, rmask, h0, c0, y, gat
     mode_id = _MODE_ID[mode]
     if small:
         _backward_serial(mode_id, batch_sizes, offsets, x, w_ih, w_hh, w_hr, rmask, y, h0, c0,
-                         gates, saved, dy, dh, dc, dgates, dgates_h, hprev, dw_hr_parts, z, bits,
-                         hpre, dhp, dx, dw_ih, dw_hh, db_ih, db_hh, is_double)
+                         gates, saved, dy, dh, dc, dgates, dgates_h, hprev, dw_hr_parts, hpre, dhp,
+                         dx, dw_ih, dw_hh, db_ih, db_hh, is_double)
     else:
         _backward_items(mode_id, batch_sizes, offsets, w_hh, w_hr, rmask, y, h0, c0, gates, saved,
-                        dy, dh, dc, dgates, dgates_h, hprev, dw_hr_parts, z, bits, hpre, dhp,
-                        chunks, per, is_double)
+                        dy, dh, dc, dgates, dgates_h, hprev, dw_hr_parts, hpre, dhp, chunks, per,
+                        is_double)
         blocks = max(1, min(threads * 2 // n_dir, gh // 16))
         _weight_grads(dgates, dgates_h, x, hprev, dw_ih, dw_hh, db_ih, db_hh, blocks, is_double)
         if x.shape[1] > 0:

@@ -2,21 +2,24 @@
 
 Numba has no vector libm here (no SVML), and a scalar libm call per gate element costs more than
 the recurrent product at the target sizes, so the gates use these instead. Every function works
-in float64 on float64 scratch, whatever the data's dtype: a float32 result rounded from it is
+in float64, whatever the data's dtype: a float32 result rounded from it is
 within one ulp of the correctly rounded value over the whole float32 range (overflow to inf,
 gradual underflow to subnormals and 0 included), where float32 arithmetic would lose several ulps
 to the reduction and to cancellation in tanh near 0. float64 data gets a few ulps.
 
-* ``exp_inplace``: Cody-Waite reduction x = k ln2 + r (|r| <= ln2/2, ln2 split so k ln2_hi is
-  exact), Taylor polynomial of degree 12 (truncation 2e-16 relative), 2^k applied as
-  (2^(k//2))^2 (times 2 for odd k) from exponent bits in a second pass, so that k spans the whole
-  double range (both passes vectorise). Arguments are clamped to [-746, 710], where double's exp
-  is already 0 or inf: exp(-inf) = 0 and exp(inf) = inf exactly, so sigmoid(-inf) = 0 and
-  0 * inf = NaN as in torch. NaN stays NaN (its k is taken as 0).
-* ``tanh_from_exp(x, e)`` with e = exp(-2|x|): (1 - e) / (1 + e) with x's sign, and the odd Taylor
-  series for |x| < 1/64, where 1 - e would cancel (the series' first omitted term is 1e-18
-  relative there). tanh(+-inf) = +-1, tanh(NaN) = NaN.
+* ``exp`` and ``expm1``: Cody-Waite reduction x = k ln2 + r (|r| <= ln2/2, ln2 split so k ln2_hi
+  is exact), Taylor polynomial of e^r - 1 to degree 12 (truncation 2e-16 relative), 2^k applied
+  as (2^(k//2))^2 (times 2 for odd k) built from exponent bits, so that k spans the whole double
+  range. Arguments are clamped to [-746, 710], where double's exp is already 0 or inf:
+  exp(-inf) = 0 and exp(inf) = inf exactly, so sigmoid(-inf) = 0 and 0 * inf = NaN as in
+  torch. NaN stays NaN (r is NaN). expm1 near 0 has k = 0: e^r - 1 is the polynomial itself,
+  no cancellation.
+* ``tanh`` = -m / (2 + m) with m = expm1(-2|x|) and x's sign: accurate near 0 (no 1 - e
+  cancellation) and for large |x| (m -> -1); tanh(+-inf) = +-1, tanh(NaN) = NaN.
 * sigmoid(x) = 1 / (1 + exp(-x)): no cancellation anywhere; exp(-x) = inf gives 0.
+
+They are scalar functions, inlined into the gate loops, which LLVM vectorises (8 float64 lanes
+with AVX-512, both sides of every select computed): each gate row is one pass, no scratch.
 """
 import numpy as np
 
@@ -26,52 +29,60 @@ _LOG2E = 1.4426950408889634
 _LN2_HI = 0.693147180369123816490   # 32 significant bits: k * _LN2_HI is exact for |k| < 2^20
 _LN2_LO = 1.90821492927058770002e-10
 _EXP_LO, _EXP_HI = -746.0, 710.0   # exp is 0 below, inf above (in float64 already)
-_TANH_SERIES = 1.0 / 64
+_ROUND = 6755399441055744.0              # 1.5 * 2^52: adding it leaves an integer in the mantissa
+_ROUND_BITS = 0x4338000000000000          # the bits of _ROUND
 
 
 @jit
-def exp_inplace(z, bits, n):
-    """z[:n] = exp(z[:n]) for float64 z; bits: int64 scratch of at least n entries."""
-    scale = bits[:n].view(np.float64)
-    for j in range(n):
-        v = z[j]
-        v = _EXP_LO if v < _EXP_LO else v
-        v = _EXP_HI if v > _EXP_HI else v
-        k = np.floor(v * _LOG2E + 0.5)
-        k = 0.0 if k != k else k
-        r = v - k * _LN2_HI - k * _LN2_LO
-        p = 1.0 + r * (1.0 + r * (1.0 / 2 + r * (1.0 / 6 + r * (1.0 / 24 + r * (
-            1.0 / 120 + r * (1.0 / 720 + r * (1.0 / 5040 + r * (1.0 / 40320 + r * (
-                1.0 / 362880 + r * (1.0 / 3628800 + r * (1.0 / 39916800 + r * (
-                    1.0 / 479001600))))))))))))
-        half = np.floor(k * 0.5)
-        z[j] = p * 2.0 if k - 2.0 * half != 0.0 else p
-        bits[j] = (np.int64(half) + 1023) << 52
-    for j in range(n):
-        z[j] = z[j] * scale[j] * scale[j]
+def _reduce(v):
+    """(r, scale) with v = r + k ln2, |r| <= ln2/2, scale = 2^k (v clamped to [-746, 710])."""
+    v = _EXP_LO if v < _EXP_LO else v
+    v = _EXP_HI if v > _EXP_HI else v
+    k = np.floor(v * _LOG2E + 0.5)
+    r = v - k * _LN2_HI - k * _LN2_LO
+    half = np.floor(k * 0.5)
+    # int64(half) through the mantissa of half + 1.5 * 2^52: no float-to-int conversion, whose
+    # result LLVM leaves undefined for NaN (and whose NaN guard would stop the vectoriser).
+    half_int = np.float64(half + _ROUND).view(np.int64) - _ROUND_BITS
+    s = np.int64((half_int + 1023) << 52).view(np.float64)
+    scale = s * s
+    return r, (scale * 2.0 if k - 2.0 * half != 0.0 else scale)
 
 
 @jit
-def tanh_from_exp(x, e):
-    """tanh(x) given e = exp(-2|x|) (float64)."""
-    ax = abs(x)
-    if ax < _TANH_SERIES:
-        x2 = x * x
-        return x * (1.0 - x2 * (1.0 / 3 - x2 * (2.0 / 15 - x2 * (17.0 / 315 - x2 * (62.0 / 2835)))))
-    t = (1.0 - e) / (1.0 + e)
+def _expm1_poly(r):
+    """e^r - 1 for |r| <= ln2/2: Taylor to degree 12 (truncation 2e-16 relative)."""
+    return r * (1.0 + r * (1.0 / 2 + r * (1.0 / 6 + r * (1.0 / 24 + r * (1.0 / 120 + r * (
+        1.0 / 720 + r * (1.0 / 5040 + r * (1.0 / 40320 + r * (1.0 / 362880 + r * (
+            1.0 / 3628800 + r * (1.0 / 39916800 + r * (1.0 / 479001600))))))))))))
+
+
+@jit
+def exp(v):
+    """exp(v) for a float64 v (inlined into the callers' loops, which it lets vectorise)."""
+    r, scale = _reduce(v)
+    return (1.0 + _expm1_poly(r)) * scale
+
+
+@jit
+def expm1(v):
+    """exp(v) - 1 for a float64 v, without cancellation near 0 (there k = 0 and scale = 1)."""
+    r, scale = _reduce(v)
+    return scale * _expm1_poly(r) + (scale - 1.0)
+
+
+@jit
+def sigmoid(v):
+    """1 / (1 + exp(-v)) for a float64 v."""
+    return 1.0 / (1.0 + exp(-v))
+
+
+@jit
+def tanh(x):
+    """tanh(x) for a float64 x: -m / (2 + m) with m = expm1(-2|x|), and x's sign."""
+    m = expm1(-2.0 * (-x if x < 0.0 else x))
+    t = -m / (2.0 + m)
     return -t if x < 0.0 else t
-
-
-@jit
-def tanh_arg(x):
-    """The exp argument tanh_from_exp needs: -2|x| (NaN stays NaN)."""
-    return -2.0 * abs(x)
-
-
-@jit
-def sigmoid_from_exp(e):
-    """sigmoid(x) given e = exp(-x)."""
-    return 1.0 / (1.0 + e)
 
 
 @jit
@@ -80,39 +91,21 @@ def relu(x):
     return 0.0 if x < 0.0 else x
 
 
-# --- whole-array forms (tests, and any caller outside the gate loops) ---------------------------
+# --- whole-array forms (the tests' entry points) ---------------------------------------------
 
 @jit
 def exp_array(x, out):
-    n = x.shape[0]
-    z = np.empty(n, dtype=np.float64)
-    bits = np.empty(n, dtype=np.int64)
-    for j in range(n):
-        z[j] = x[j]
-    exp_inplace(z, bits, n)
-    for j in range(n):
-        out[j] = z[j]
+    for j in range(x.shape[0]):
+        out[j] = exp(np.float64(x[j]))
 
 
 @jit
 def sigmoid_array(x, out):
-    n = x.shape[0]
-    z = np.empty(n, dtype=np.float64)
-    bits = np.empty(n, dtype=np.int64)
-    for j in range(n):
-        z[j] = -np.float64(x[j])
-    exp_inplace(z, bits, n)
-    for j in range(n):
-        out[j] = sigmoid_from_exp(z[j])
+    for j in range(x.shape[0]):
+        out[j] = sigmoid(np.float64(x[j]))
 
 
 @jit
 def tanh_array(x, out):
-    n = x.shape[0]
-    z = np.empty(n, dtype=np.float64)
-    bits = np.empty(n, dtype=np.int64)
-    for j in range(n):
-        z[j] = tanh_arg(np.float64(x[j]))
-    exp_inplace(z, bits, n)
-    for j in range(n):
-        out[j] = tanh_from_exp(np.float64(x[j]), z[j])
+    for j in range(x.shape[0]):
+        out[j] = tanh(np.float64(x[j]))
