@@ -78,19 +78,20 @@ def _copy(src, dst):
 def _lstm_gates(gr, bi, bh, cr, act, hid):
     """One row's LSTM gate arithmetic in one pass into act (float64 scratch, rows i, f, g, o, c,
     o * tanh(c)); the caller copies the results out. (A pass that read gr and stored into it at
-    offsets unknown at compile time would not vectorise.)"""
+    offsets unknown at compile time would not vectorise.) float32 data: short polynomials."""
+    short = gr.itemsize == 4
     for j in range(hid):
-        i = sigmoid(np.float64(gr[j]) + bi[j] + bh[j])
-        f = sigmoid(np.float64(gr[hid + j]) + bi[hid + j] + bh[hid + j])
-        gg = tanh(np.float64(gr[2 * hid + j]) + bi[2 * hid + j] + bh[2 * hid + j])
-        o = sigmoid(np.float64(gr[3 * hid + j]) + bi[3 * hid + j] + bh[3 * hid + j])
+        i = sigmoid(np.float64(gr[j]) + bi[j] + bh[j], short)
+        f = sigmoid(np.float64(gr[hid + j]) + bi[hid + j] + bh[hid + j], short)
+        gg = tanh(np.float64(gr[2 * hid + j]) + bi[2 * hid + j] + bh[2 * hid + j], short)
+        o = sigmoid(np.float64(gr[3 * hid + j]) + bi[3 * hid + j] + bh[3 * hid + j], short)
         c = f * cr[j] + i * gg
         act[j] = i
         act[hid + j] = f
         act[2 * hid + j] = gg
         act[3 * hid + j] = o
         act[4 * hid + j] = c
-        act[5 * hid + j] = o * tanh(c)
+        act[5 * hid + j] = o * tanh(c, short)
 
 
 @jit
@@ -147,6 +148,7 @@ def _gru_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, rmask, 
     (float64, 5H) a row's activations."""
     gh = w_hh.shape[1]
     hid = gh // 3
+    short = gates.itemsize == 4
     reverse = d == 1
     bi = b_ih[d]
     bh = b_hh[d]
@@ -163,10 +165,11 @@ def _gru_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, rmask, 
             hr = hbuf[r * gh:(r + 1) * gh]
             hs = h_n[d, b0 + r]
             for j in range(hid):  # activations into act (r, z, n, W_hn h + b_hn, h')
-                rg = sigmoid(np.float64(gr[j]) + bi[j] + hr[j] + bh[j])
-                zg = sigmoid(np.float64(gr[hid + j]) + bi[hid + j] + hr[hid + j] + bh[hid + j])
+                rg = sigmoid(np.float64(gr[j]) + bi[j] + hr[j] + bh[j], short)
+                zg = sigmoid(np.float64(gr[hid + j]) + bi[hid + j] + hr[hid + j] + bh[hid + j],
+                             short)
                 hl = np.float64(hr[2 * hid + j]) + bh[2 * hid + j]
-                n = tanh(np.float64(gr[2 * hid + j]) + bi[2 * hid + j] + rg * hl)
+                n = tanh(np.float64(gr[2 * hid + j]) + bi[2 * hid + j] + rg * hl, short)
                 act[j] = rg
                 act[hid + j] = zg
                 act[2 * hid + j] = n
@@ -185,6 +188,7 @@ def _vanilla_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, use
     """The vanilla RNN time loop (h' = tanh or relu of the pre-activation) of rows [b0, b1) of
     direction d; gates receives h'."""
     hid = w_hh.shape[1]
+    short = gates.itemsize == 4
     reverse = d == 1
     bi = b_ih[d]
     bh = b_hh[d]
@@ -203,7 +207,7 @@ def _vanilla_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, use
                     act[j] = relu(np.float64(gr[j]) + bi[j] + bh[j])
             else:
                 for j in range(hid):
-                    act[j] = tanh(np.float64(gr[j]) + bi[j] + bh[j])
+                    act[j] = tanh(np.float64(gr[j]) + bi[j] + bh[j], short)
             _copy(act[:hid], gr)
             _copy(act[:hid], h_n[d, b0 + r])
             _copy(act[:hid], y[r0 + r, d * hid:(d + 1) * hid])

@@ -73,6 +73,7 @@ def _lstm_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, w_hr, rmask, y, h
     gh = w_hh.shape[1]
     hid = gh // 4
     proj = w_hh.shape[2]
+    short = gates.itemsize == 4
     has_proj = w_hr.shape[1] > 0
     has_rmask = rmask.shape[1] > 0
     reverse = d == 1
@@ -95,7 +96,7 @@ def _lstm_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, w_hr, rmask, y, h
                 csr = cs[d, r0 + r]
                 hq = hpre[r * hid:(r + 1) * hid]
                 for j in range(hid):
-                    hq[j] = gr[3 * hid + j] * tanh(np.float64(csr[j]))
+                    hq[j] = gr[3 * hid + j] * tanh(np.float64(csr[j]), short)
             # dW_hr += dh^T hpre; the gradient reaching o * tanh(c) is dh W_hr.
             gemm(is_double, 1, 0, proj, hid, nr, 1.0, dh[d, b0].ctypes.data, proj,
                  hpre.ctypes.data, hid, 1.0, dw_hr.ctypes.data, hid)
@@ -115,7 +116,7 @@ def _lstm_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, w_hr, rmask, y, h
                 f_g = np.float64(gr[hid + j])
                 g_g = np.float64(gr[2 * hid + j])
                 o_g = np.float64(gr[3 * hid + j])
-                tc = tanh(np.float64(csr[j]))
+                tc = tanh(np.float64(csr[j]), short)
                 dhv = np.float64(dhr[j])
                 dcv = dcr[j] + dhv * o_g * (1.0 - tc * tc)
                 dg[j] = dcv * g_g * i_g * (1.0 - i_g)

@@ -8,7 +8,9 @@ gradual underflow to subnormals and 0 included), where float32 arithmetic would 
 to the reduction and to cancellation in tanh near 0. float64 data gets a few ulps.
 
 * ``exp`` and ``expm1``: Cody-Waite reduction x = k ln2 + r (|r| <= ln2/2, ln2 split so k ln2_hi
-  is exact), Taylor polynomial of e^r - 1 to degree 12 (truncation 2e-16 relative), 2^k applied
+  is exact), Taylor polynomial of e^r - 1 to degree 12 (truncation 2e-16 relative; degree 8,
+  2e-10, when the result is rounded to float32: the ``short`` flag, which the callers derive
+  from their arrays' dtype at compile time), 2^k applied
   as (2^(k//2))^2 (times 2 for odd k) built from exponent bits, so that k spans the whole double
   range. Arguments are clamped to [-746, 710], where double's exp is already 0 or inf:
   exp(-inf) = 0 and exp(inf) = inf exactly, so sigmoid(-inf) = 0 and 0 * inf = NaN as in
@@ -50,37 +52,42 @@ def _reduce(v):
 
 
 @jit
-def _expm1_poly(r):
-    """e^r - 1 for |r| <= ln2/2: Taylor to degree 12 (truncation 2e-16 relative)."""
+def _expm1_poly(r, short):
+    """e^r - 1 for |r| <= ln2/2: Taylor to degree 12 (truncation 2e-16 relative), or with
+    ``short`` (results rounded to float32) to degree 8 (2e-10 relative, 0.004 ulp of float32)."""
+    if short:
+        return r * (1.0 + r * (1.0 / 2 + r * (1.0 / 6 + r * (1.0 / 24 + r * (1.0 / 120 + r * (
+            1.0 / 720 + r * (1.0 / 5040 + r * (1.0 / 40320))))))))
     return r * (1.0 + r * (1.0 / 2 + r * (1.0 / 6 + r * (1.0 / 24 + r * (1.0 / 120 + r * (
         1.0 / 720 + r * (1.0 / 5040 + r * (1.0 / 40320 + r * (1.0 / 362880 + r * (
             1.0 / 3628800 + r * (1.0 / 39916800 + r * (1.0 / 479001600))))))))))))
 
 
 @jit
-def exp(v):
-    """exp(v) for a float64 v (inlined into the callers' loops, which it lets vectorise)."""
+def exp(v, short):
+    """exp(v) for a float64 v (inlined into the callers' loops, which it lets vectorise).
+    short: the result is rounded to float32 (a compile-time constant in the callers)."""
     r, scale = _reduce(v)
-    return (1.0 + _expm1_poly(r)) * scale
+    return (1.0 + _expm1_poly(r, short)) * scale
 
 
 @jit
-def expm1(v):
+def expm1(v, short):
     """exp(v) - 1 for a float64 v, without cancellation near 0 (there k = 0 and scale = 1)."""
     r, scale = _reduce(v)
-    return scale * _expm1_poly(r) + (scale - 1.0)
+    return scale * _expm1_poly(r, short) + (scale - 1.0)
 
 
 @jit
-def sigmoid(v):
+def sigmoid(v, short):
     """1 / (1 + exp(-v)) for a float64 v."""
-    return 1.0 / (1.0 + exp(-v))
+    return 1.0 / (1.0 + exp(-v, short))
 
 
 @jit
-def tanh(x):
+def tanh(x, short):
     """tanh(x) for a float64 x: -m / (2 + m) with m = expm1(-2|x|), and x's sign."""
-    m = expm1(-2.0 * (-x if x < 0.0 else x))
+    m = expm1(-2.0 * (-x if x < 0.0 else x), short)
     t = -m / (2.0 + m)
     return -t if x < 0.0 else t
 
@@ -95,17 +102,20 @@ def relu(x):
 
 @jit
 def exp_array(x, out):
+    short = x.itemsize == 4
     for j in range(x.shape[0]):
-        out[j] = exp(np.float64(x[j]))
+        out[j] = exp(np.float64(x[j]), short)
 
 
 @jit
 def sigmoid_array(x, out):
+    short = x.itemsize == 4
     for j in range(x.shape[0]):
-        out[j] = sigmoid(np.float64(x[j]))
+        out[j] = sigmoid(np.float64(x[j]), short)
 
 
 @jit
 def tanh_array(x, out):
+    short = x.itemsize == 4
     for j in range(x.shape[0]):
-        out[j] = tanh(np.float64(x[j]))
+        out[j] = tanh(np.float64(x[j]), short)
