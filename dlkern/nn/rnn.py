@@ -128,11 +128,13 @@ class _DlkernCellMixin:
             shape = (input.shape[0], self.hidden_size) if input.dim() == 2 else (self.hidden_size,)
             zeros = torch.zeros(shape, dtype=input.dtype, device=input.device)
             hx = (zeros, zeros) if mode == "lstm" else zeros
-        np_weights = None
-        if not torch.compiler.is_compiling() and _dispatch.backend_for("rnn", input) == "numba":
-            np_weights = self._numpy_weights()
+        np_weights = backend = None
+        if not torch.compiler.is_compiling():
+            backend = _dispatch.backend_for("rnn", input)
+            if backend == "numba":
+                np_weights = self._numpy_weights()
         return ops_rnn.cell(mode, input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
-                            self.bias_hh, np_weights=np_weights)
+                            self.bias_hh, np_weights=np_weights, backend=backend)
 
 
 class RNNCell(_DlkernCellMixin, torch.nn.RNNCell):

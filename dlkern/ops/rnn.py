@@ -124,11 +124,18 @@ _TORCH_CELL = {"lstm": torch.lstm_cell, "gru": torch.gru_cell, "rnn_tanh": torch
 
 
 def numpy_weights(w_ih, w_hh, b_ih, b_hh):
-    """NumPy views of a cell's weights for the lean path (zeros for a missing bias)."""
+    """NumPy views of a cell's weights for the lean path, shaped as the layer loop takes them
+    (numba_rnn.cell_weights; zeros for a missing bias)."""
     w_ih_a, w_hh_a = _np(w_ih), _np(w_hh)
     zeros = np.zeros(w_hh_a.shape[0], dtype=w_hh_a.dtype)
-    return (w_ih_a, w_hh_a, zeros if b_ih is None else _np(b_ih),
-            zeros if b_hh is None else _np(b_hh))
+    return numba_rnn.cell_weights(w_ih_a, w_hh_a, zeros if b_ih is None else _np(b_ih),
+                                  zeros if b_hh is None else _np(b_hh))
+
+
+def _np_input(t):
+    """NumPy view of a checked input of the lean path (a copy only when not C-contiguous)."""
+    t = t.detach()
+    return t.numpy() if t.is_contiguous() else t.contiguous().numpy()
 
 
 def _cell_lean(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, np_weights, backend):
@@ -144,8 +151,8 @@ def _cell_lean(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, np_weights, backend):
     if np_weights is None:
         np_weights = numpy_weights(w_ih, w_hh, b_ih, b_hh)
     y_a = y.numpy()
-    numba_rnn.cell_forward(mode, _np(x), _np(h), _np(c) if lstm else y_a, *np_weights, y_a,
-                           c_n.numpy() if lstm else y_a)
+    numba_rnn.cell_forward(mode, _np_input(x), _np_input(h), _np_input(c) if lstm else y_a,
+                           np_weights, y_a, c_n.numpy() if lstm else y_a)
     return y, c_n
 
 
@@ -163,13 +170,15 @@ def cell_step(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, backend, np_weights=None):
     return y, (c_n[0] if mode == "lstm" else None)
 
 
-def cell(mode, input, hx, w_ih, w_hh, b_ih=None, b_hh=None, np_weights=None):
+def cell(mode, input, hx, w_ih, w_hh, b_ih=None, b_hh=None, np_weights=None, backend=None):
     """dlkern.functional's cells: hx is (h, c) for an LSTM, h otherwise; returns (h, c) for an
-    LSTM, h otherwise. Cases with no kernel run torch's cell (counted as fallbacks)."""
+    LSTM, h otherwise. Cases with no kernel run torch's cell (counted as fallbacks). A module
+    passes the NumPy views of its weights it keeps and the backend it looked up for input."""
     op = f"{mode}_cell"
     x, h, c, unbatched = _validate.rnn_cell_args(op, mode, input, hx, w_ih, w_hh, b_ih, b_hh)
     # The checks make every tensor share x's dtype and device: x decides the backend.
-    backend = _dispatch.backend_for("rnn", x)
+    if backend is None:
+        backend = _dispatch.backend_for("rnn", x)
     if backend is None:
         _dispatch.fallback("rnn", x, h, c, w_ih, w_hh, b_ih, b_hh)
         if mode == "lstm":

@@ -35,6 +35,8 @@ gates are stored in the data's dtype.
 BLAS. Every product goes through _jit's ``gemm``; each prange work item runs its BLAS calls on
 its own thread and hands the thread's BLAS setting back when it ends (_jit's convention).
 """
+import threading
+
 import numba
 import numpy as np
 
@@ -347,24 +349,52 @@ def layer_forward(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, rmask, h0,
                    gates, saved, *work, chunks, per, is_double)
 
 
-def cell_forward(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, y, c_out):
+_cell_work = threading.local()  # per thread: (dtype, batch, gh, hid) -> the step's scratch
+
+
+def _cell_scratch(mode, dtype, batch, gh, hid):
+    """The arrays a cell step needs besides its inputs and outputs, kept per thread and shape
+    (a decoder calls the same cell hundreds of times: allocating them each time costs more than
+    the step's gate arithmetic)."""
+    cache = getattr(_cell_work, "arrays", None)
+    if cache is None:
+        cache = _cell_work.arrays = {}
+    key = (mode, dtype, batch, gh, hid)
+    work = cache.get(key)
+    if work is None:
+        if len(cache) > 64:
+            cache.clear()
+        saved = (1, batch, hid) if mode in ("lstm", "gru") else (1, 0, 0)
+        work = (np.full(1, batch, dtype=np.int64), np.zeros(1, dtype=np.int64),
+                np.empty((1, 0, 0), dtype=dtype), np.empty((1, batch, gh), dtype=dtype),
+                np.empty(saved, dtype=dtype)) + scratch(1, batch, gh, hid, hid, dtype)
+        cache[key] = work
+    return work
+
+
+def cell_weights(w_ih, w_hh, b_ih, b_hh):
+    """A cell's weights (G*H, I), (G*H, H), (G*H,), (G*H,) as the layer loop takes them: one
+    direction, (1, G*H, .) and (1, G*H)."""
+    gh = w_hh.shape[0]
+    return (w_ih.reshape((1, gh, w_ih.shape[1])), w_hh.reshape((1, gh, w_hh.shape[1])),
+            b_ih.reshape((1, gh)), b_hh.reshape((1, gh)))
+
+
+def cell_forward(mode, x, h, c, weights, y, c_out):
     """One step of one cell on the calling thread (the lean path): the layer's serial loop over
     one step, with the same compiled code. x (B, I), h and c (B, H) (c any array unless LSTM),
-    w_ih (G*H, I), w_hh (G*H, H), b_ih/b_hh (G*H,) (zeros without bias), all C-contiguous;
-    writes y (B, H), the new h, and c_out (B, H), the new c (LSTM)."""
-    batch = x.shape[0]
-    gh, hid = w_hh.shape
+    weights from cell_weights, all C-contiguous; writes y (B, H), the new h, and c_out (B, H),
+    the new c (LSTM). y enters the loop holding h: the step's product reads all of it before the
+    gate pass writes any row."""
+    batch, hid = y.shape
+    w_ih, w_hh, b_ih, b_hh = weights
+    gh = w_hh.shape[1]
     dtype = x.dtype
-    lstm = mode == "lstm"
-    h_n = h.reshape((1, batch, hid)).copy()
+    sizes, offsets, empty, gates, saved, hbuf, hmask = _cell_scratch(mode, dtype, batch, gh, hid)
+    y[...] = h
     c_n = c_out.reshape((1, batch, hid))
-    if lstm:
+    if mode == "lstm":
         c_n[0] = c
-    sizes = np.full(1, batch, dtype=np.int64)
-    empty = np.empty((1, 0, 0), dtype=dtype)
-    saved = np.empty((1, batch, hid) if mode in ("lstm", "gru") else (1, 0, 0), dtype=dtype)
-    _forward_serial(_MODE_ID[mode], x, sizes, np.zeros(1, dtype=np.int64),
-                    w_ih.reshape((1, gh, x.shape[1])), w_hh.reshape((1, gh, hid)),
-                    b_ih.reshape((1, gh)), b_hh.reshape((1, gh)), empty, empty, y, h_n, c_n,
-                    np.empty((1, batch, gh), dtype=dtype), saved,
-                    *scratch(1, batch, gh, hid, hid, dtype), True, dtype == np.float64)
+    _forward_serial(_MODE_ID[mode], x, sizes, offsets, w_ih, w_hh, b_ih, b_hh, empty, empty, y,
+                    y.reshape((1, batch, hid)), c_n, gates, saved, hbuf, hmask, True,
+                    dtype == np.float64)
