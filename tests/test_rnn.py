@@ -24,7 +24,8 @@ DL_LAYER = {"lstm": dnn.LSTM, "gru": dnn.GRU, "rnn_tanh": _P(dnn.RNN, nonlineari
 TORCH_CELL = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell,
               "rnn_tanh": _P(torch.nn.RNNCell, nonlinearity="tanh"),
               "rnn_relu": _P(torch.nn.RNNCell, nonlinearity="relu")}
-DL_CELL = {"lstm": dnn.LSTMCell, "gru": dnn.GRUCell, "rnn_tanh": _P(dnn.RNNCell, nonlinearity="tanh"),
+DL_CELL = {"lstm": dnn.LSTMCell, "gru": dnn.GRUCell,
+           "rnn_tanh": _P(dnn.RNNCell, nonlinearity="tanh"),
            "rnn_relu": _P(dnn.RNNCell, nonlinearity="relu")}
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 INPUT, HIDDEN, PROJ = 5, 6, 3  # odd sizes on purpose

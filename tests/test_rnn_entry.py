@@ -84,8 +84,10 @@ def test_enable_routes_rnn(monkeypatch, nonlinearity, packed):
 
 def test_enable_passes_bad_rnn_arguments_to_torch():
     x = make_tensor((3, 2, 4), torch.float32)
-    call = lambda: torch.rnn_tanh(x, torch.zeros(1, 2, 5), [make_tensor((5, 4), torch.float32)] * 3,  # noqa: E731
-                                  False, 1, 0.0, False, False, False)
+    params = [make_tensor((5, 4), torch.float32)] * 3  # wrong shapes: torch's error, not dlkern's
+
+    def call():
+        return torch.rnn_tanh(x, torch.zeros(1, 2, 5), params, False, 1, 0.0, False, False, False)
     with pytest.raises(RuntimeError) as expected:
         call()
     with dlkern.enabled():

@@ -58,7 +58,8 @@ def test_within_two_ulp_over_float32(name):
 def test_float64_arguments():
     """float64 data gets a few ulps of float64 (the layers' float64 path uses the same code)."""
     x = np.concatenate([np.linspace(-700, 700, 200001), np.linspace(-1e-3, 1e-3, 20001)])
-    for name, ref in (("exp", np.exp(x)), ("tanh", np.tanh(x)), ("sigmoid", _reference("sigmoid", x))):
+    for name, ref in (("exp", np.exp(x)), ("tanh", np.tanh(x)),
+                      ("sigmoid", _reference("sigmoid", x))):
         out = np.empty_like(x)
         getattr(rnn_math, f"{name}_array")(x, out)
         rel = np.abs(out - ref) / np.maximum(np.abs(ref), np.finfo(np.float64).tiny)

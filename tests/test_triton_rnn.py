@@ -26,7 +26,8 @@ DL_LAYER = {"lstm": dnn.LSTM, "gru": dnn.GRU, "rnn_tanh": _P(dnn.RNN, nonlineari
             "rnn_relu": _P(dnn.RNN, nonlinearity="relu")}
 TORCH_CELL = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell,
               "rnn_tanh": _P(torch.nn.RNNCell, nonlinearity="tanh")}
-DL_CELL = {"lstm": dnn.LSTMCell, "gru": dnn.GRUCell, "rnn_tanh": _P(dnn.RNNCell, nonlinearity="tanh")}
+DL_CELL = {"lstm": dnn.LSTMCell, "gru": dnn.GRUCell,
+           "rnn_tanh": _P(dnn.RNNCell, nonlinearity="tanh")}
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
 

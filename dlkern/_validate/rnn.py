@@ -87,7 +87,8 @@ def rnn_cell_args(op, mode, input, hx, w_ih, w_hh, b_ih, b_hh):
         if b is not None and (b.dim() != 1 or b.shape[0] != gh):
             raise RuntimeError(f"{op}: expected {name} of size [{gh}], got {_shape(b)}")
     if input.dim() not in (1, 2):
-        raise RuntimeError(f"{op}: expected input to be 1-D or 2-D, got input of size {_shape(input)}")
+        raise RuntimeError(f"{op}: expected input to be 1-D or 2-D, got input of size "
+                           f"{_shape(input)}")
     unbatched = input.dim() == 1
     states = [("hx[0]" if c is not None else "hx", h)] + ([("hx[1]", c)] if c is not None else [])
     for name, s in states:

@@ -43,7 +43,8 @@ def _stacked(tensors):
 
 
 def layer_weights(params, has_biases, proj, num_dir, layer_index):
-    """(w_ih, w_hh, b_ih, b_hh, w_hr) of one layer, stacked over directions, from torch's flat list."""
+    """(w_ih, w_hh, b_ih, b_hh, w_hr) of one layer, stacked over directions, from torch's flat
+    weight list."""
     per_direction = 2 + 2 * bool(has_biases) + int(proj)
     start = layer_index * num_dir * per_direction
     groups = [params[start + d * per_direction:start + (d + 1) * per_direction]

@@ -88,8 +88,10 @@ def _np_or_empty(t, shape, dtype):
     return np.zeros(shape, dtype=dtype) if t is None else _np(t)
 
 
-def forward_arrays(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, rmask, h0, c0):
-    """Allocate the outputs and run the forward kernel; returns (y, h_n, c_n, gates, saved)."""
+def forward_arrays(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, rmask, h0, c0,
+                   save=True):
+    """Allocate the outputs and run the forward kernel; returns (y, h_n, c_n, gates, saved).
+    Without ``save`` (no gradient wanted) the CPU kernel leaves gates and saved unwritten."""
     n_dir, gh, hid, proj, n_rows, batch = _shapes(mode, x, w_hh, h0)
     (g_shape, g_dtype), (s_shape, s_dtype) = _workspace_shapes(mode, x, w_hh, n_rows)
     lstm = mode == "lstm"
@@ -122,7 +124,7 @@ def forward_arrays(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, rmask, h0
                             _np_or_empty(b_hh, (n_dir, gh), dtype),
                             empty if w_hr is None else _np(w_hr),
                             empty if rmask is None else _np(rmask), _np(h0), c_arr, y.numpy(),
-                            h_n.numpy(), c_arr, gates.numpy(), saved.numpy())
+                            h_n.numpy(), c_arr, gates.numpy(), saved.numpy(), save)
     return y, h_n, c_n, gates, saved
 
 
@@ -279,4 +281,4 @@ def layer(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, rmask, h0, c0):
         return rnn_layer_op(*args)[:3]
     if path == "autograd":
         return _Layer.apply(*args)
-    return forward_arrays(*args)[:3]
+    return forward_arrays(*args, save=False)[:3]

@@ -98,7 +98,7 @@ def _lstm_gates(gr, bi, bh, cr, act, hid):
 
 @jit
 def _lstm_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr, has_proj, rmask,
-                       has_rmask, y, h_n, c_n, gates, cs, hbuf, hmask, act, is_double):
+                       has_rmask, y, h_n, c_n, gates, cs, hbuf, hmask, act, save, is_double):
     """The LSTM time loop of rows [b0, b1) of direction d (shapes in the module docstring).
     Scratch of the data's dtype: hbuf (rows * H, o * tanh(c) before the projection), hmask
     (rows * P, the masked state); act: float64 (6H)."""
@@ -123,10 +123,11 @@ def _lstm_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr, 
             gr = g[r]
             cr = c_n[d, b0 + r]
             _lstm_gates(gr, bi, bh, cr, act, hid)
-            for j in range(gh):
-                gr[j] = act[j]
             _copy(act[4 * hid:5 * hid], cr)
-            _copy(act[4 * hid:5 * hid], cs[d, r0 + r])
+            if save:  # what the backward reads
+                for j in range(gh):
+                    gr[j] = act[j]
+                _copy(act[4 * hid:5 * hid], cs[d, r0 + r])
             if has_proj:
                 _copy(act[5 * hid:], hbuf[r * hid:(r + 1) * hid])
             else:
@@ -145,7 +146,7 @@ def _lstm_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr, 
 
 @jit
 def _gru_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, rmask, has_rmask, y, h_n,
-                      gates, hn_lin, hbuf, hmask, act, is_double):
+                      gates, hn_lin, hbuf, hmask, act, save, is_double):
     """The GRU time loop of rows [b0, b1) of direction d; hbuf (rows * 3H) holds W_hh h, act
     (float64, 5H) a row's activations."""
     gh = w_hh.shape[1]
@@ -177,16 +178,17 @@ def _gru_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, rmask, 
                 act[2 * hid + j] = n
                 act[3 * hid + j] = hl
                 act[4 * hid + j] = (1.0 - zg) * n + zg * hs[j]
-            for j in range(gh):
-                gr[j] = act[j]
-            _copy(act[3 * hid:4 * hid], hn_lin[d, r0 + r])
+            if save:
+                for j in range(gh):
+                    gr[j] = act[j]
+                _copy(act[3 * hid:4 * hid], hn_lin[d, r0 + r])
             _copy(act[4 * hid:5 * hid], hs)
             _copy(act[4 * hid:5 * hid], y[r0 + r, d * hid:(d + 1) * hid])
 
 
 @jit
 def _vanilla_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, use_relu, rmask,
-                          has_rmask, y, h_n, gates, hmask, act, is_double):
+                          has_rmask, y, h_n, gates, hmask, act, save, is_double):
     """The vanilla RNN time loop (h' = tanh or relu of the pre-activation) of rows [b0, b1) of
     direction d; gates receives h'."""
     hid = w_hh.shape[1]
@@ -210,27 +212,29 @@ def _vanilla_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, use
             else:
                 for j in range(hid):
                     act[j] = tanh(np.float64(gr[j]) + bi[j] + bh[j], short)
-            _copy(act[:hid], gr)
+            if save:
+                _copy(act[:hid], gr)
             _copy(act[:hid], h_n[d, b0 + r])
             _copy(act[:hid], y[r0 + r, d * hid:(d + 1) * hid])
 
 
 @jit
 def _run_rows(mode_id, d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr, rmask, y, h_n,
-              c_n, gates, saved, hbuf, hmask, is_double):
-    """Rows [b0, b1) of direction d in the mode's time loop (mode_id: _MODE_ID)."""
+              c_n, gates, saved, hbuf, hmask, save, is_double):
+    """Rows [b0, b1) of direction d in the mode's time loop (mode_id: _MODE_ID); save: write the
+    activated gates and saved states the backward reads (not without a gradient)."""
     has_rmask = rmask.shape[1] > 0
     act = np.empty(6 * c_n.shape[2])
     if mode_id == 0:
         _lstm_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr,
                            w_hr.shape[1] > 0, rmask, has_rmask, y, h_n, c_n, gates, saved, hbuf,
-                           hmask, act, is_double)
+                           hmask, act, save, is_double)
     elif mode_id == 1:
         _gru_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, rmask, has_rmask, y,
-                          h_n, gates, saved, hbuf, hmask, act, is_double)
+                          h_n, gates, saved, hbuf, hmask, act, save, is_double)
     else:
         _vanilla_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, mode_id == 3,
-                              rmask, has_rmask, y, h_n, gates, hmask, act, is_double)
+                              rmask, has_rmask, y, h_n, gates, hmask, act, save, is_double)
 
 
 @jit_parallel
@@ -253,19 +257,19 @@ def _project(x, w_ih, gates, row_blocks, is_double):
 
 @jit_parallel
 def _forward_items(mode_id, batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr, rmask, y, h_n, c_n,
-                   gates, saved, hbuf, hmask, chunks, per, is_double):
+                   gates, saved, hbuf, hmask, chunks, per, save, is_double):
     for it in numba.prange(h_n.shape[0] * chunks):
         blas_set_local_threads(1)
         d, k = it // chunks, it % chunks
         _run_rows(mode_id, d, k * per, min(h_n.shape[1], (k + 1) * per), batch_sizes, offsets,
                   w_hh, b_ih, b_hh, w_hr, rmask, y, h_n, c_n, gates, saved, hbuf[it], hmask[it],
-                  is_double)
+                  save, is_double)
         blas_set_local_threads(0)
 
 
 @jit
 def _forward_serial(mode_id, x, batch_sizes, offsets, w_ih, w_hh, b_ih, b_hh, w_hr, rmask, y,
-                    h_n, c_n, gates, saved, hbuf, hmask, project, is_double):
+                    h_n, c_n, gates, saved, hbuf, hmask, project, save, is_double):
     """The whole layer on the calling thread, one direction after the other (scratch: one row
     per direction): small layers, where waking a thread team costs more than it saves (and, on
     a busy machine, can wait a whole scheduler time slice), and layers of a single work item.
@@ -278,7 +282,7 @@ def _forward_serial(mode_id, x, batch_sizes, offsets, w_ih, w_hh, b_ih, b_hh, w_
             gemm(is_double, 0, 1, n_rows, gh, n_in, 1.0, x.ctypes.data, n_in,
                  w_ih[d].ctypes.data, n_in, 0.0, gates[d, 0].ctypes.data, gh)
         _run_rows(mode_id, d, 0, h_n.shape[1], batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr,
-                  rmask, y, h_n, c_n, gates, saved, hbuf[d], hmask[d], is_double)
+                  rmask, y, h_n, c_n, gates, saved, hbuf[d], hmask[d], save, is_double)
     blas_set_local_threads(0)
 
 
@@ -322,9 +326,9 @@ def scratch(items, rows, gh, hid, proj, dtype):
 
 
 def layer_forward(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, rmask, h0, c0, y, h_n, c_n,
-                  gates, saved):
+                  gates, saved, save=True):
     """Run every direction of one layer. Shapes as in the module docstring; writes y, h_n, c_n
-    (final states; h_n/c_n must enter holding h0/c0), gates and saved."""
+    (final states; h_n/c_n must enter holding h0/c0), and with ``save`` gates and saved."""
     is_double = x.dtype == np.float64
     n_dir, batch = h_n.shape[0], h_n.shape[1]
     gh = w_hh.shape[1]
@@ -341,12 +345,12 @@ def layer_forward(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, rmask, h0,
             _project(x, w_ih, gates, max(1, min(threads, x.shape[0] // 8)), is_double)
         work = scratch(n_dir, batch, gh, hid, w_hh.shape[2], x.dtype)
         _forward_serial(mode_id, x, batch_sizes, offsets, w_ih, w_hh, b_ih, b_hh, w_hr, rmask, y,
-                        h_n, c_n, gates, saved, *work, small, is_double)
+                        h_n, c_n, gates, saved, *work, small, save, is_double)
         return
     work = scratch(n_dir * chunks, per, gh, hid, w_hh.shape[2], x.dtype)
     _project(x, w_ih, gates, max(1, min(threads, x.shape[0] // 8)), is_double)
     _forward_items(mode_id, batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr, rmask, y, h_n, c_n,
-                   gates, saved, *work, chunks, per, is_double)
+                   gates, saved, *work, chunks, per, save, is_double)
 
 
 _cell_work = threading.local()  # per thread: (dtype, batch, gh, hid) -> the step's scratch
@@ -396,5 +400,5 @@ def cell_forward(mode, x, h, c, weights, y, c_out):
     if mode == "lstm":
         c_n[0] = c
     _forward_serial(_MODE_ID[mode], x, sizes, offsets, w_ih, w_hh, b_ih, b_hh, empty, empty, y,
-                    y.reshape((1, batch, hid)), c_n, gates, saved, hbuf, hmask, True,
+                    y.reshape((1, batch, hid)), c_n, gates, saved, hbuf, hmask, True, False,
                     dtype == np.float64)

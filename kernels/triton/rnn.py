@@ -29,8 +29,8 @@ or h0, c_{t-1} from ``saved`` or c0: each value has a single writer, so the kern
 (the autotuner may run it repeatedly) and needs only a CTA barrier between steps. With a
 projection the block loop writes o * tanh(c) first, then a second loop multiplies it by W_hr.
 
-**Backward** (``rnn_backward.py``) mirrors it, t = last..first in each direction's order: the gradient reaching h_t and
-c_t is carried between steps in float32 ping-pong buffers (D, B, .), the gate pre-activation
+**Backward** (``rnn_backward.py``) mirrors it, t = last..first in each direction's order: the
+gradient reaching h_t and c_t is carried between steps in float32 ping-pong buffers (D, B, .), the gate pre-activation
 gradients (float32, (N, D, G*H)) are written for every step, and after the loop the weight
 gradients are a few GEMMs over all steps at once (dW_ih = dg^T x, dW_hh = dg^T h_prev, dx = dg W_ih,
 dW_hr = dh^T (o tanh c)), bias gradients column sums: deterministic, no atomics.
@@ -445,7 +445,8 @@ def workspace_shapes(mode, n_rows, n_dir, hid, proj):
     """(shape, dtype) of the layer's ``gates`` and ``saved`` workspaces (module docstring)."""
     f32 = torch.float32
     if mode == "lstm":
-        return ((n_rows, n_dir, 4 * hid), f32), ((n_rows, n_dir, hid if proj == hid else 2 * hid), f32)
+        width = hid if proj == hid else 2 * hid
+        return ((n_rows, n_dir, 4 * hid), f32), ((n_rows, n_dir, width), f32)
     if mode == "gru":
         return ((n_rows, n_dir, 3 * hid), f32), ((n_rows, n_dir, hid), f32)
     return ((n_rows, n_dir, hid), f32), ((n_rows, n_dir, 0), f32)
@@ -455,11 +456,11 @@ def _vanilla_cell(mode, x, h, w_ih, w_hh, b_ih, b_hh, h_out, precision):
     """One vanilla RNN step: the layer kernel over one step."""
     batch, hid = h.shape
     f32 = dict(dtype=torch.float32, device=x.device)
+    h_n = torch.empty((1, batch, hid), dtype=x.dtype, device=x.device)
+    gates, saved = torch.empty((batch, 1, hid), **f32), torch.empty((batch, 1, 0), **f32)
     layer_forward(mode, x, torch.full((1,), batch, dtype=torch.int64), w_ih[None], w_hh[None],
                   None if b_ih is None else b_ih[None], None if b_hh is None else b_hh[None], None,
-                  None, h[None], None, h_out,
-                  torch.empty((1, batch, hid), dtype=x.dtype, device=x.device), None, torch.empty((batch, 1, hid), **f32), torch.empty((batch, 1, 0), **f32),
-                  precision)
+                  None, h[None], None, h_out, h_n, None, gates, saved, precision)
 
 
 def cell_forward(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, h_out, c_out, precision,
