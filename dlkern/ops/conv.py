@@ -24,7 +24,8 @@ from torch import Tensor
 from dlkern import _dispatch
 from dlkern.kernels.numba import conv as numba_conv
 from dlkern.kernels.numba import depthwise as numba_depthwise
-from dlkern.ops.layout import as_rank3_array, output_format, rank3, rank3_view, write_rank3
+from dlkern.ops.layout import (as_rank3_array, channels_last_format, output_format, rank3,
+                               rank3_view, write_rank3)
 
 _dispatch.register_triton("conv")
 
@@ -98,6 +99,10 @@ def conv(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence
                         None if bias is None else bias.detach(), rank3(stride, 1),
                         rank3(padding, 0), rank3(dilation, 1), groups, rank3_view(out))
         return out
+    if _is_depthwise(weight.shape, groups) and channels_last_format(input) is not None:
+        # channels_last depthwise: the channel-vectorised kernels read and write it in place
+        from dlkern.ops.separable import depthwise_channels_last
+        return depthwise_channels_last(input, weight, bias, stride, padding, dilation, out)
     x = as_rank3_array(input)
     w = as_rank3_array(weight)
     b = None if bias is None else bias.detach().contiguous().numpy()

@@ -41,14 +41,17 @@ scattered back to dmid, dwv[kh] += dmid @ x_rows^T and dx_rows += wv[kh]^T @ dmi
 import numba
 import numpy as np
 
-from ._jit import blas_set_local_threads, gemm, jit, jit_parallel
-from .depthwise import (_LANES, _backward_input_plane, _copy_row, _forward_tile, _lanes_sum,
-                        _padded_size, _weight_lanes, forward_scratch, tap_offsets)
+from .. import machine
+
+from ._jit import blas_set_local_threads, gemm, jit, jit_parallel, jit_parallel_fma
+from .depthwise import conv_params, forward_scratch
+from .depthwise_core import (backward_input_band, backward_input_scratch_sizes, copy_row,
+                             forward_band, weight_band)
 
 
-@jit_parallel
-def _dsconv_forward_kernel(x, wd, bd, has_bd, wp, bp, has_bp, out, sd, sh, sw, pd, ph, pw,
-                           dd, dh, dw, tile_rows, slabs, accs, mids, is_double):
+@jit_parallel_fma
+def _dsconv_forward_kernel(x, wd, bd, has_bd, wp, bp, has_bp, out, cp, tile_rows, slabs, accs,
+                           offss, kidxs, wtss, mids, is_double):
     n_img, c_in, d_in, h_in, w_in = x.shape
     cm, _, kd_n, kh_n, kw_n = wd.shape
     _, c_out, od_n, oh_n, ow_n = out.shape
@@ -72,9 +75,10 @@ def _dsconv_forward_kernel(x, wd, bd, has_bd, wp, bp, has_bp, out, sd, sh, sw, p
         pt = (oh1 - oh0) * ow_n
         mid = mids[tid]
         for c in range(c_in):
-            _forward_tile(xf, (n * c_in + c) * vol_in, d_in, h_in, w_in, wdf, c * m, m, kd_n,
-                          kh_n, kw_n, bd, has_bd, od, oh0, oh1, ow_n, sd, sh, sw, pd, ph, pw,
-                          dd, dh, dw, slabs[tid], accs[tid], mid, c * m * pt, pt)
+            forward_band(xf, (n * c_in + c) * vol_in, (d_in, h_in, w_in), wdf, c * m, m,
+                         (kd_n, kh_n, kw_n), bd, has_bd, od, oh0, oh1, ow_n, tile_rows, cp,
+                         slabs[tid], accs[tid], offss[tid], kidxs[tid], wtss[tid], mid,
+                         c * m * pt, pt)
         o0 = n * c_out * vol_out + od * oh_n * ow_n + oh0 * ow_n
         gemm(is_double, 0, 0, c_out, pt, cm, 1.0, wp.ctypes.data, cm, mid.ctypes.data, pt, 0.0,
              out.ctypes.data + o0 * item_size, vol_out)
@@ -84,13 +88,13 @@ def _dsconv_forward_kernel(x, wd, bd, has_bd, wp, bp, has_bp, out, sd, sh, sw, p
                 o = of[o0 + co * vol_out:o0 + co * vol_out + pt]
                 for q in range(pt):
                     o[q] += b
+        blas_set_local_threads(0)
 
 
-@jit_parallel
-def _dsconv_backward_kernel(x, wd, bd, has_bd, wp, dy, dx, dwd_parts, dwp_parts, want_dx,
-                            sd, sh, sw, pd, ph, pw, dd, dh, dw, slabs, accs, mids, dmids,
-                            bi_rows, bi_width, bi_slabs, bi_accs, hp, wpad, xps, dyws, parts,
-                            is_double):
+@jit_parallel_fma
+def _dsconv_backward_kernel(x, wd, bd, has_bd, wp, dy, dx, dwd_parts, dwp_parts, want_dx, cp,
+                            slabs, accs, offss, kidxs, wtss, mids, dmids, bi_slabs, bi_accs,
+                            bi_offss, bi_wtss, parts, is_double):
     n_img, c_in, d_in, h_in, w_in = x.shape
     cm, _, kd_n, kh_n, kw_n = wd.shape
     _, c_out, od_n, oh_n, ow_n = dy.shape
@@ -102,21 +106,21 @@ def _dsconv_backward_kernel(x, wd, bd, has_bd, wp, dy, dx, dwd_parts, dwp_parts,
     vol_in = d_in * h_in * w_in
     vol_out = od_n * oh_n * ow_n
     item_size = x.itemsize
-    unit = sh == 1 and sw == 1
-    r0 = 0 if unit else ph
-    c0 = 0 if unit else pw
+    in_shape = (d_in, h_in, w_in)
+    out_shape = (od_n, oh_n, ow_n)
+    k_shape = (kd_n, kh_n, kw_n)
     for n in numba.prange(n_img):
         blas_set_local_threads(1)
         tid = numba.get_thread_id()
         mid = mids[tid]
         dmid = dmids[tid]
-        # the image's depthwise result, recomputed
+        # the image's depthwise result, recomputed (whole planes: one band per plane)
         for c in range(c_in):
             for od in range(od_n):
-                _forward_tile(xf, (n * c_in + c) * vol_in, d_in, h_in, w_in, wdf, c * m, m, kd_n,
-                              kh_n, kw_n, bd, has_bd, od, 0, oh_n, ow_n, sd, sh, sw, pd, ph, pw,
-                              dd, dh, dw, slabs[tid], accs[tid], mid,
-                              c * m * vol_out + od * oh_n * ow_n, vol_out)
+                forward_band(xf, (n * c_in + c) * vol_in, in_shape, wdf, c * m, m, k_shape, bd,
+                             has_bd, od, 0, oh_n, ow_n, oh_n, cp, slabs[tid], accs[tid],
+                             offss[tid], kidxs[tid], wtss[tid], mid,
+                             c * m * vol_out + od * oh_n * ow_n, vol_out)
         dy_addr = dy.ctypes.data + n * c_out * vol_out * item_size
         # grad of the pointwise weight: dy (C_out, P) @ mid^T (P, C*m)
         gemm(is_double, 0, 1, c_out, cm, vol_out, 1.0, dy_addr, vol_out, mid.ctypes.data, vol_out,
@@ -127,24 +131,22 @@ def _dsconv_backward_kernel(x, wd, bd, has_bd, wp, dy, dx, dwd_parts, dwp_parts,
         if want_dx:
             for c in range(c_in):
                 for i_d in range(d_in):
-                    acc = bi_accs[tid]
-                    _backward_input_plane(dmid, c * m * vol_out, wdf, c * m, m, kd_n, kh_n, kw_n,
-                                          od_n, oh_n, ow_n, h_in, w_in, i_d, sd, sh, sw, pd, ph,
-                                          pw, dd, dh, dw, bi_rows, bi_width, bi_slabs[tid], acc)
-                    for ih in range(h_in):
-                        _copy_row(dxf, (((n * c_in + c) * d_in + i_d) * h_in + ih) * w_in, acc,
-                                  (ih + r0) * bi_width + c0, w_in)
-        offs = tap_offsets(kh_n, kw_n, dh, dw, wpad)
-        zero = np.zeros(1, dtype=np.int64)
+                    backward_input_band(dmid, c * m * vol_out, out_shape, wdf, c * m, m, k_shape,
+                                        in_shape, i_d, 0, h_in, h_in, cp, bi_slabs[tid],
+                                        bi_accs[tid], bi_offss[tid], bi_wtss[tid], dxf,
+                                        (n * c_in + c) * vol_in + i_d * h_in * w_in)
         part = parts[tid]
-        for co in range(cm):
-            for i in range(kvol * _LANES):
+        for c in range(c_in):
+            for i in range(m * kvol):
                 part[i] = 0.0
-            _weight_lanes(xf, (n * c_in + co // m) * vol_in, d_in, h_in, w_in, dmid,
-                          co * vol_out, od_n, oh_n, ow_n, kd_n, kh_n, kw_n, sd, sh, sw, pd, ph,
-                          pw, dd, dh, dw, hp, wpad, xps[tid], dyws[tid], offs, zero, part)
-            for k in range(kvol):
-                dwd_parts[tid, co, k] += _lanes_sum(part, k * _LANES)
+            for od in range(od_n):
+                weight_band(xf, (n * c_in + c) * vol_in, in_shape, dmid, c * m * vol_out,
+                            out_shape, m, k_shape, od, 0, oh_n, oh_n, cp, slabs[tid], accs[tid],
+                            offss[tid], kidxs[tid], part)
+            for j in range(m):
+                for k in range(kvol):
+                    dwd_parts[tid, c * m + j, k] += part[j * kvol + k]
+        blas_set_local_threads(0)
 
 
 @jit
@@ -325,6 +327,11 @@ def _rows_per_tile(bytes_per_row, rows, items_per_row_set, threads, budget=1 << 
     return tile
 
 
+def _l2_budget():
+    """Bytes of per-thread tile: half of this core's L2 (machine.cache_bytes)."""
+    return machine.cache_bytes()["l2"] // 2
+
+
 def dsconv_forward(x, wd, bd, wp, bp, stride, padding, dilation, out):
     """out = pointwise(depthwise(x, wd) + bd, wp) + bp. Shapes as in the module docstring."""
     if out.size == 0:
@@ -335,13 +342,14 @@ def dsconv_forward(x, wd, bd, wp, bp, stride, padding, dilation, out):
     if cm == 0:
         out[...] = 0.0 if bp is None else bp.reshape(1, -1, 1, 1, 1)
         return out
-    tile_rows = _rows_per_tile(cm * ow_n * x.itemsize, oh_n, n_img * od_n, threads)
-    slabs, accs = forward_scratch(wd.shape, stride, dilation, tile_rows, ow_n, x.dtype, threads)
+    cp = conv_params(stride, padding, dilation)
+    tile_rows = _rows_per_tile(cm * ow_n * x.itemsize, oh_n, n_img * od_n, threads, _l2_budget())
+    scratch = forward_scratch(tuple(wd.shape[2:]), cp, tile_rows, ow_n, x.dtype, threads)
     mids = np.empty((threads, cm * tile_rows * ow_n), dtype=x.dtype)
     dummy = np.zeros(1, dtype=x.dtype)
     _dsconv_forward_kernel(x, wd, dummy if bd is None else bd, bd is not None, wp,
-                           dummy if bp is None else bp, bp is not None, out, *stride, *padding,
-                           *dilation, tile_rows, slabs, accs, mids, x.dtype == np.float64)
+                           dummy if bp is None else bp, bp is not None, out, cp, tile_rows,
+                           *scratch, mids, x.dtype == np.float64)
     return out
 
 
@@ -349,12 +357,12 @@ def dsconv_backward(x, wd, bd, wp, dy, stride, padding, dilation, dx):
     """Gradients of dsconv_forward: fills dx (or skips it when dx is None) and returns
     (dwd (C*m, 1, KD, KH, KW), dwp (C_out, C*m), dbd (C*m,), dbp (C_out,))."""
     threads = numba.get_num_threads()
-    n_img, c_in = x.shape[:2]
+    c_in = x.shape[1]
     cm = wd.shape[0]
     c_out = wp.shape[0]
     od_n, oh_n, ow_n = dy.shape[2:]
-    kd_n, kh_n, kw_n = wd.shape[2:]
-    kvol = kd_n * kh_n * kw_n
+    k_shape = tuple(wd.shape[2:])
+    kvol = int(np.prod(k_shape))
     dy64 = dy.sum(axis=(0, 2, 3, 4), dtype=np.float64)
     dbp = dy64.astype(x.dtype)
     # the depthwise bias gradient is the sum of dmid = wp^T dy over positions: wp^T (sum of dy)
@@ -365,33 +373,22 @@ def dsconv_backward(x, wd, bd, wp, dy, stride, padding, dilation, dx):
         if dx is not None:
             dx[...] = 0.0
     else:
+        cp = conv_params(stride, padding, dilation)
         vol_out = od_n * oh_n * ow_n
-        slabs, accs = forward_scratch(wd.shape, stride, dilation, oh_n, ow_n, x.dtype, threads)
+        m = cm // c_in
+        scratch = forward_scratch(k_shape, cp, oh_n, ow_n, x.dtype, threads)
         mids = np.empty((threads, cm * vol_out), dtype=x.dtype)
         dmids = np.empty((threads, cm * vol_out), dtype=x.dtype)
-        m = cm // c_in
-        h_in, w_in = x.shape[3], x.shape[4]
-        if stride[1] == 1 and stride[2] == 1:
-            bi_rows = h_in + (kh_n - 1) * dilation[1]
-            bi_width = w_in + (kw_n - 1) * dilation[2]
-            bi_slab = m * kd_n * bi_rows * bi_width
-        else:
-            bi_rows = max(_padded_size(oh_n, kh_n, stride[1], dilation[1]), padding[1] + h_in)
-            bi_width = max(_padded_size(ow_n, kw_n, stride[2], dilation[2]), padding[2] + w_in)
-            bi_slab = 0
-        bi_slabs = np.empty((threads, bi_slab), dtype=x.dtype)
-        bi_accs = np.empty((threads, bi_rows * bi_width), dtype=x.dtype)
-        hp = _padded_size(oh_n, kh_n, stride[1], dilation[1])
-        wpad = _padded_size(ow_n, kw_n, stride[2], dilation[2])
-        xps = np.empty((threads, hp * wpad), dtype=x.dtype)
-        dyws = np.empty((threads, oh_n * wpad), dtype=x.dtype)
-        parts = np.empty((threads, kvol * _LANES), dtype=x.dtype)
+        bi_slab, bi_acc = backward_input_scratch_sizes(k_shape, cp, m, x.shape[3], x.shape[4])
+        parts = np.empty((threads, m * kvol), dtype=np.float64)
         dummy = np.zeros(1, dtype=x.dtype)
-        _dsconv_backward_kernel(x, wd, dummy if bd is None else bd, bd is not None, wp, dy,
-                                dummy.reshape(1, 1, 1, 1, 1) if dx is None else dx, dwd_parts,
-                                dwp_parts, dx is not None, *stride, *padding, *dilation, slabs,
-                                accs, mids, dmids, bi_rows, bi_width, bi_slabs, bi_accs, hp, wpad,
-                                xps, dyws, parts, x.dtype == np.float64)
+        _dsconv_backward_kernel(
+            x, wd, dummy if bd is None else bd, bd is not None, wp, dy,
+            dummy.reshape(1, 1, 1, 1, 1) if dx is None else dx, dwd_parts, dwp_parts,
+            dx is not None, cp, *scratch, mids, dmids,
+            np.zeros((threads, bi_slab), dtype=x.dtype), np.empty((threads, bi_acc), x.dtype),
+            np.empty((threads, m * kvol), dtype=np.int64), np.empty((threads, m * kvol), x.dtype),
+            parts, x.dtype == np.float64)
     dwd = dwd_parts.sum(axis=0).astype(x.dtype).reshape(wd.shape)
     dwp = dwp_parts.sum(axis=0, dtype=np.float64).astype(x.dtype)
     return dwd, dwp, dbd, dbp
