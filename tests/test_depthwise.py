@@ -18,7 +18,7 @@ from helpers import check_against_torch, make_tensor
 TORCH = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 SPATIAL = {1: (13,), 2: (7, 9), 3: (5, 6, 4)}
 LAYOUTS = ["contiguous", "noncontiguous", "channels_last"]
-ALGORITHMS = ["row_stream", "channel_vector"]
+ALGORITHMS = ["row_stream", "channel_vector", "same"]
 
 
 def depthwise(rank, x, w, b, **kwargs):
@@ -78,7 +78,7 @@ DW_AXES = dict(rank=[1, 2, 3], kernel=[1, 2, 3, 5], stride=[1, 2, 3],
                padding=[0, 1, "same", "valid", "asym"], dilation=[1, 2], multiplier=[1, 2, 3],
                bias=[True, False], batch=[0, 1, 3], layout=LAYOUTS,
                dtype=[torch.float32, torch.float64], algorithm=ALGORITHMS)
-DW_SWEEP = _sample(DW_AXES, 100, 11)
+DW_SWEEP = _sample(DW_AXES, 110, 11)
 
 
 @pytest.mark.parametrize("case", DW_SWEEP, ids=_case_id)

@@ -29,10 +29,11 @@ import numba
 import numpy as np
 
 from .. import machine
-from . import depthwise_cl
+from . import depthwise_cl, depthwise_nhwc
 from ._jit import jit_parallel_fma
 from .depthwise_core import (backward_input_band, backward_input_scratch_sizes,
-                             band_scratch_sizes, forward_band, total, weight_band)
+                             band_scratch_sizes, copy_row, forward_band, masked_pass, total,
+                             weight_band)
 
 
 @jit_parallel_fma
@@ -60,6 +61,80 @@ def _forward_kernel(x, w, bias, has_bias, out, cp, band_rows, slabs, accs, offss
                          bias, has_bias, od, oh0, oh1, ow_n, band_rows, cp, slabs[tid], accs[tid],
                          offss[tid], kidxs[tid], wtss[tid], of,
                          (n * c_out + c * m) * vol_out + (od * oh_n + oh0) * ow_n, vol_out)
+
+
+@jit_parallel_fma
+def _same_forward_kernel(x, w, bias, has_bias, out, shifts, kidx, masks, lo, hi, bufs, wtss):
+    """Stride-1 'same' convolution (output volume = input volume): one masked_pass per output
+    channel volume, read in place; the volumes within lo / hi elements of the array's ends go
+    through a zero-padded per-thread copy (bufs) so that no read leaves the array."""
+    n_img, c_in, d_in, h_in, w_in = x.shape
+    c_out = w.shape[0]
+    m = c_out // c_in
+    kvol = w.shape[2] * w.shape[3] * w.shape[4]
+    vol = d_in * h_in * w_in
+    xf = x.reshape(x.size)
+    wf = w.reshape(w.size)
+    of = out.reshape(out.size)
+    ntaps = shifts.size
+    for item in numba.prange(n_img * c_out):
+        tid = numba.get_thread_id()
+        wts = wtss[tid]
+        n = item // c_out
+        co = item - n * c_out
+        for t in range(ntaps):
+            wts[t] = wf[co * kvol + kidx[t]]
+        b = bias[co] if has_bias else 0.0
+        base = (n * c_in + co // m) * vol
+        dst = of[item * vol:(item + 1) * vol]
+        if base - lo >= 0 and base + vol + hi <= xf.size:
+            masked_pass(dst, vol, b, xf, base, shifts, wts, masks, ntaps)
+        else:
+            buf = bufs[tid]
+            copy_row(buf, lo, xf, base, vol)
+            masked_pass(dst, vol, b, buf, lo, shifts, wts, masks, ntaps)
+
+
+def _same_taps(k_shape, cp, spatial):
+    """(shifts, kidx, masks): the flat shift, kernel index and validity mask (uint8, one row of
+    D*H*W per tap) of every tap of a stride-1 'same' convolution that reads the input at all."""
+    d_in, h_in, w_in = spatial
+    pd, ph, pw, dd, dh, dw = cp[3:]
+    kd_n, kh_n, kw_n = k_shape
+    grid = np.indices(spatial).reshape(3, -1)
+    shifts, kidx, masks = [], [], []
+    for kd in range(kd_n):
+        for kh in range(kh_n):
+            for kw in range(kw_n):
+                off = (kd * dd - pd, kh * dh - ph, kw * dw - pw)
+                valid = np.ones(grid.shape[1], dtype=bool)
+                for axis, size in enumerate(spatial):
+                    pos = grid[axis] + off[axis]
+                    valid &= (pos >= 0) & (pos < size)
+                if not valid.any():
+                    continue
+                shifts.append((off[0] * h_in + off[1]) * w_in + off[2])
+                kidx.append((kd * kh_n + kh) * kw_n + kw)
+                masks.append(valid)
+    if not shifts:
+        return (np.zeros(0, np.int64), np.zeros(0, np.int64),
+                np.zeros((0, d_in * h_in * w_in), np.uint8))
+    return (np.array(shifts, dtype=np.int64), np.array(kidx, dtype=np.int64),
+            np.ascontiguousarray(np.array(masks, dtype=np.uint8)))
+
+
+def _same_forward(x, w, bias, cp, out):
+    threads = numba.get_num_threads()
+    shifts, kidx, masks = _same_taps(tuple(w.shape[2:]), cp, x.shape[2:])
+    lo = int(max(0, -shifts.min())) if shifts.size else 0
+    hi = int(max(0, shifts.max())) if shifts.size else 0
+    vol = int(np.prod(x.shape[2:]))
+    bufs = np.zeros((threads, lo + vol + hi), dtype=x.dtype)
+    has_bias = bias is not None
+    b = bias if has_bias else np.zeros(1, dtype=x.dtype)
+    _same_forward_kernel(x, w, b, has_bias, out, shifts, kidx, masks, lo, hi, bufs,
+                         np.empty((threads, max(1, shifts.size)), dtype=x.dtype))
+    return out
 
 
 @jit_parallel_fma
@@ -228,20 +303,68 @@ def _channel_vector_forward(x, w, bias, cp, out):
     return out
 
 
+def _channels_last_forward(x, w, bias, cp, out):
+    """depthwise_nhwc on channels_last x and out (x_strides / o_strides from dense_flat)."""
+    threads = numba.get_num_threads()
+    k_shape = tuple(w.shape[2:])
+    kvol = int(np.prod(k_shape))
+    c_out = w.shape[0]
+    oh_n, ow_n = out.shape[3], out.shape[4]
+    xf, x_strides = dense_flat(x)
+    of, o_strides = dense_flat(out)
+    sh, sw = cp[1], cp[2]
+    cq = -(-((ow_n - 1) * sw + (k_shape[2] - 1) * cp[8] + 1) // sw)
+
+    def slab_size(rows):
+        return k_shape[0] * ((rows - 1) * sh + (k_shape[1] - 1) * cp[7] + 1) * sw * cq * c_out
+
+    band_rows = _rows_per_band(oh_n, x.shape[0] * out.shape[2], threads, slab_size,
+                               _scratch_budget(x.itemsize))
+    # weight vectors repeated over whole pixels, about 256 lanes (a few vectors per tap)
+    chunk = c_out * max(1, -(-256 // c_out))
+    wmat = w.reshape(c_out, kvol).T
+    wrep = np.ascontiguousarray(np.tile(wmat, (1, chunk // c_out)))
+    brep = np.tile(bias if bias is not None else np.zeros(c_out, dtype=x.dtype), chunk // c_out)
+    depthwise_nhwc.forward_kernel(
+        xf, x_strides, x.shape, wrep, np.ascontiguousarray(brep, dtype=x.dtype), chunk, of,
+        o_strides, out.shape, c_out // x.shape[1], k_shape, cp, band_rows,
+        np.zeros((threads, slab_size(band_rows)), dtype=x.dtype),
+        np.empty((threads, kvol), dtype=np.int64), np.empty((threads, kvol * chunk), x.dtype))
+    return out
+
+
 # Output rows shorter than this many elements go to the channel-vectorised kernels even for NCHW
 # tensors: the row streams' per-row set-up then outweighs their work.
 SHORT_ROW = 8
 
 
-def forward_algorithm(x, out):
-    """'channel_vector' (depthwise_cl) for channels_last tensors and short rows, else
-    'row_stream' (depthwise_core); DLKERN_DEPTHWISE_ALGO overrides (tests force each path)."""
+def forward_algorithm(x, out, stride):
+    """The forward algorithm, chosen from the layout and the shape:
+
+    ===================  ==========================================================
+    channels_last x      'channel_vector' (depthwise_nhwc; depthwise_cl for C == 1)
+    stride 1, output     'same' (masked in-place streams over whole planes: no
+    volume = input's     padded copy, no copy-out)
+    output rows < 8      'channel_vector' (depthwise_cl: CB-channel tiles)
+    otherwise            'row_stream' (depthwise_core phase slab, any stride)
+    ===================  ==========================================================
+
+    DLKERN_DEPTHWISE_ALGO=same|row_stream|channel_vector forces one (tests run each); 'same'
+    falls back to 'row_stream' where it does not apply.
+    """
     import os
 
     forced = os.environ.get("DLKERN_DEPTHWISE_ALGO")
+    same = tuple(stride) == (1, 1, 1) and tuple(out.shape[2:]) == tuple(x.shape[2:])
     if forced in ("channel_vector", "row_stream"):
         return forced
-    if is_channels_last(x) or out.shape[4] < SHORT_ROW:
+    if forced == "same":
+        return "same" if same else "row_stream"
+    if is_channels_last(x):
+        return "channel_vector"
+    if same:
+        return "same"
+    if out.shape[4] < SHORT_ROW:
         return "channel_vector"
     return "row_stream"
 
@@ -252,8 +375,13 @@ def depthwise_forward(x, w, bias, stride, padding, dilation, out):
     if out.size == 0:
         return out
     cp = conv_params(stride, padding, dilation)
-    if (forward_algorithm(x, out) == "channel_vector" and dense_flat(x) is not None
-            and dense_flat(out) is not None):
+    algorithm = forward_algorithm(x, out, stride)
+    x_dense = dense_flat(x) is not None
+    out_flat = dense_flat(out)
+    if (algorithm == "channel_vector" and x_dense and out_flat is not None
+            and is_channels_last(x) and out_flat[1][1] == 1 and out_flat[1][4] == out.shape[1]):
+        return _channels_last_forward(x, w, bias, cp, out)
+    if algorithm == "channel_vector" and x_dense and out_flat is not None:
         return _channel_vector_forward(x, w, bias, cp, out)
     x = np.ascontiguousarray(x)
     if not out.flags.c_contiguous:
@@ -261,6 +389,8 @@ def depthwise_forward(x, w, bias, stride, padding, dilation, out):
         depthwise_forward(x, w, bias, stride, padding, dilation, result)
         out[...] = result
         return out
+    if algorithm == "same":
+        return _same_forward(x, w, bias, cp, out)
     threads = numba.get_num_threads()
     k_shape = tuple(w.shape[2:])
     oh_n, ow_n = out.shape[3], out.shape[4]

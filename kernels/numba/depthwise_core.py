@@ -431,3 +431,40 @@ def backward_input_scratch_sizes(k_shape, cp, m, rows_in_band, w_in):
     rows = n_j + ((kh_n - 1) * dh) // sh
     wq = n_k + ((kw_n - 1) * dw) // sw
     return kd_n * m * rows * wq, sh * sw * n_j * wq
+
+
+@jit_fma
+def masked_pass(acc, n, bias, src, s0, shifts, wts, masks, ntaps):
+    """acc[q] = bias + sum_t wts[t] * (src[s0 + q + shifts[t]] if masks[t, q] else 0), q < n, in
+    tap order: a stride-1 'same' convolution of a whole plane (or volume) read in place, its
+    flat index shifted per tap, with the taps that would cross a row or plane edge masked off.
+    No padded copy and no copy-out: one stream per tap over the whole plane. The mask selects
+    (never multiplies), so a NaN or inf next to the plane cannot leak in."""
+    a = acc[0:n]
+    zero = src.dtype.type(0)
+    for q in range(n):
+        a[q] = bias
+    t = 0
+    while t + 4 <= ntaps:
+        w0, w1, w2, w3 = wts[t], wts[t + 1], wts[t + 2], wts[t + 3]
+        x0 = src[s0 + shifts[t]:s0 + shifts[t] + n]
+        x1 = src[s0 + shifts[t + 1]:s0 + shifts[t + 1] + n]
+        x2 = src[s0 + shifts[t + 2]:s0 + shifts[t + 2] + n]
+        x3 = src[s0 + shifts[t + 3]:s0 + shifts[t + 3] + n]
+        m0 = masks[t, 0:n]
+        m1 = masks[t + 1, 0:n]
+        m2 = masks[t + 2, 0:n]
+        m3 = masks[t + 3, 0:n]
+        for q in range(n):
+            v = a[q] + w0 * (x0[q] if m0[q] else zero)
+            v = v + w1 * (x1[q] if m1[q] else zero)
+            v = v + w2 * (x2[q] if m2[q] else zero)
+            a[q] = v + w3 * (x3[q] if m3[q] else zero)
+        t += 4
+    while t < ntaps:
+        w0 = wts[t]
+        x0 = src[s0 + shifts[t]:s0 + shifts[t] + n]
+        m0 = masks[t, 0:n]
+        for q in range(n):
+            a[q] += w0 * (x0[q] if m0[q] else zero)
+        t += 1
