@@ -25,6 +25,8 @@ makes every stride and dilation contiguous streams). Work items, run by one pran
 Planes of fewer than about a vector of columns run through the channel-vectorised kernels of
 depthwise_cl (the natural layout for depthwise), as do channels_last tensors.
 """
+import functools
+
 import numba
 import numpy as np
 
@@ -32,8 +34,7 @@ from .. import machine
 from . import depthwise_cl, depthwise_nhwc
 from ._jit import jit_parallel_fma
 from .depthwise_core import (backward_input_band, backward_input_scratch_sizes,
-                             band_scratch_sizes, copy_row, forward_band, masked_pass, total,
-                             weight_band)
+                             band_scratch_sizes, forward_band, masked_band, total, weight_band)
 
 
 @jit_parallel_fma
@@ -65,9 +66,8 @@ def _forward_kernel(x, w, bias, has_bias, out, cp, band_rows, slabs, accs, offss
 
 @jit_parallel_fma
 def _same_forward_kernel(x, w, bias, has_bias, out, shifts, kidx, masks, lo, hi, bufs, wtss):
-    """Stride-1 'same' convolution (output volume = input volume): one masked_pass per output
-    channel volume, read in place; the volumes within lo / hi elements of the array's ends go
-    through a zero-padded per-thread copy (bufs) so that no read leaves the array."""
+    """Stride-1 'same' convolution (output volume = input volume): one masked pass per output
+    channel volume, read in place (masked_band)."""
     n_img, c_in, d_in, h_in, w_in = x.shape
     c_out = w.shape[0]
     m = c_out // c_in
@@ -84,18 +84,12 @@ def _same_forward_kernel(x, w, bias, has_bias, out, shifts, kidx, masks, lo, hi,
         co = item - n * c_out
         for t in range(ntaps):
             wts[t] = wf[co * kvol + kidx[t]]
-        b = bias[co] if has_bias else 0.0
-        base = (n * c_in + co // m) * vol
-        dst = of[item * vol:(item + 1) * vol]
-        if base - lo >= 0 and base + vol + hi <= xf.size:
-            masked_pass(dst, vol, b, xf, base, shifts, wts, masks, ntaps)
-        else:
-            buf = bufs[tid]
-            copy_row(buf, lo, xf, base, vol)
-            masked_pass(dst, vol, b, buf, lo, shifts, wts, masks, ntaps)
+        masked_band(of[item * vol:(item + 1) * vol], vol, bias[co] if has_bias else 0.0, xf,
+                    (n * c_in + co // m) * vol, 0, lo, hi, shifts, wts, masks, ntaps, bufs[tid])
 
 
-def _same_taps(k_shape, cp, spatial):
+@functools.lru_cache(maxsize=64)
+def same_taps(k_shape, cp, spatial):
     """(shifts, kidx, masks): the flat shift, kernel index and validity mask (uint8, one row of
     D*H*W per tap) of every tap of a stride-1 'same' convolution that reads the input at all."""
     d_in, h_in, w_in = spatial
@@ -119,17 +113,26 @@ def _same_taps(k_shape, cp, spatial):
     if not shifts:
         return (np.zeros(0, np.int64), np.zeros(0, np.int64),
                 np.zeros((0, d_in * h_in * w_in), np.uint8))
-    return (np.array(shifts, dtype=np.int64), np.array(kidx, dtype=np.int64),
-            np.ascontiguousarray(np.array(masks, dtype=np.uint8)))
+    result = (np.array(shifts, dtype=np.int64), np.array(kidx, dtype=np.int64),
+              np.ascontiguousarray(np.array(masks, dtype=np.uint8)))
+    for a in result:
+        a.flags.writeable = False  # cached: shared by every call of this geometry
+    return result
+
+
+def same_taps_reach(shifts):
+    """(lo, hi): how far before and after an element the taps of _same_taps read."""
+    if not shifts.size:
+        return 0, 0
+    return int(max(0, -shifts.min())), int(max(0, shifts.max()))
 
 
 def _same_forward(x, w, bias, cp, out):
     threads = numba.get_num_threads()
-    shifts, kidx, masks = _same_taps(tuple(w.shape[2:]), cp, x.shape[2:])
-    lo = int(max(0, -shifts.min())) if shifts.size else 0
-    hi = int(max(0, shifts.max())) if shifts.size else 0
+    shifts, kidx, masks = same_taps(tuple(w.shape[2:]), cp, tuple(x.shape[2:]))
+    lo, hi = same_taps_reach(shifts)
     vol = int(np.prod(x.shape[2:]))
-    bufs = np.zeros((threads, lo + vol + hi), dtype=x.dtype)
+    bufs = np.empty((threads, lo + vol + hi), dtype=x.dtype)
     has_bias = bias is not None
     b = bias if has_bias else np.zeros(1, dtype=x.dtype)
     _same_forward_kernel(x, w, b, has_bias, out, shifts, kidx, masks, lo, hi, bufs,

@@ -434,10 +434,11 @@ def backward_input_scratch_sizes(k_shape, cp, m, rows_in_band, w_in):
 
 
 @jit_fma
-def masked_pass(acc, n, bias, src, s0, shifts, wts, masks, ntaps):
-    """acc[q] = bias + sum_t wts[t] * (src[s0 + q + shifts[t]] if masks[t, q] else 0), q < n, in
+def masked_pass(acc, n, bias, src, s0, shifts, wts, masks, mask0, ntaps):
+    """acc[q] = bias + sum_t wts[t] * (src[s0 + q + shifts[t]] if masks[t, mask0 + q] else 0), q < n, in
     tap order: a stride-1 'same' convolution of a whole plane (or volume) read in place, its
-    flat index shifted per tap, with the taps that would cross a row or plane edge masked off.
+    flat index shifted per tap, with the taps that would cross a row or plane edge masked off
+    (mask0: where the pass starts in the volume, for a band of rows).
     No padded copy and no copy-out: one stream per tap over the whole plane. The mask selects
     (never multiplies), so a NaN or inf next to the plane cannot leak in."""
     a = acc[0:n]
@@ -451,10 +452,10 @@ def masked_pass(acc, n, bias, src, s0, shifts, wts, masks, ntaps):
         x1 = src[s0 + shifts[t + 1]:s0 + shifts[t + 1] + n]
         x2 = src[s0 + shifts[t + 2]:s0 + shifts[t + 2] + n]
         x3 = src[s0 + shifts[t + 3]:s0 + shifts[t + 3] + n]
-        m0 = masks[t, 0:n]
-        m1 = masks[t + 1, 0:n]
-        m2 = masks[t + 2, 0:n]
-        m3 = masks[t + 3, 0:n]
+        m0 = masks[t, mask0:mask0 + n]
+        m1 = masks[t + 1, mask0:mask0 + n]
+        m2 = masks[t + 2, mask0:mask0 + n]
+        m3 = masks[t + 3, mask0:mask0 + n]
         for q in range(n):
             v = a[q] + w0 * (x0[q] if m0[q] else zero)
             v = v + w1 * (x1[q] if m1[q] else zero)
@@ -464,7 +465,22 @@ def masked_pass(acc, n, bias, src, s0, shifts, wts, masks, ntaps):
     while t < ntaps:
         w0 = wts[t]
         x0 = src[s0 + shifts[t]:s0 + shifts[t] + n]
-        m0 = masks[t, 0:n]
+        m0 = masks[t, mask0:mask0 + n]
         for q in range(n):
             a[q] += w0 * (x0[q] if m0[q] else zero)
         t += 1
+
+
+@jit_fma
+def masked_band(acc, n, bias, src, base, q0, lo, hi, shifts, wts, masks, ntaps, buf):
+    """masked_pass over elements [q0, q0 + n) of the volume at src[base], reading in place, or
+    through buf (zero-padded, lo + n + hi elements) where the reads would leave src."""
+    s0 = base + q0
+    if s0 - lo >= 0 and s0 + n + hi <= src.size:
+        masked_pass(acc, n, bias, src, s0, shifts, wts, masks, q0, ntaps)
+        return
+    first = max(0, s0 - lo)
+    last = min(src.size, s0 + n + hi)
+    zero_row(buf, 0, lo + n + hi)
+    copy_row(buf, first - (s0 - lo), src, first, last - first)
+    masked_pass(acc, n, bias, buf, lo, shifts, wts, masks, q0, ntaps)

@@ -44,14 +44,30 @@ import numpy as np
 from .. import machine
 
 from ._jit import blas_set_local_threads, gemm, jit, jit_parallel, jit_parallel_fma
-from .depthwise import conv_params, forward_scratch
+from .depthwise import conv_params, forward_scratch, same_taps, same_taps_reach
 from .depthwise_core import (backward_input_band, backward_input_scratch_sizes, copy_row,
-                             forward_band, weight_band)
+                             forward_band, masked_band, weight_band, zero_row)
+
+
+@jit
+def _same_channel(xf, x_chan, wdf, kvol, co0, m, bd, has_bd, q0, n, shifts, kidx, masks, lo, hi,
+                  wts, buf, dst, dst_off, chan_stride):
+    """Elements [q0, q0 + n) of the m depthwise outputs of one input channel of a stride-1 'same'
+    convolution (depthwise_core.masked_band), into dst[dst_off + j*chan_stride:]."""
+    ntaps = shifts.size
+    for j in range(m):
+        co = co0 + j
+        for t in range(ntaps):
+            wts[t] = wdf[co * kvol + kidx[t]]
+        o = dst_off + j * chan_stride
+        masked_band(dst[o:o + n], n, bd[co] if has_bd else 0.0, xf, x_chan, q0, lo, hi, shifts,
+                    wts, masks, ntaps, buf)
 
 
 @jit_parallel_fma
 def _dsconv_forward_kernel(x, wd, bd, has_bd, wp, bp, has_bp, out, cp, tile_rows, slabs, accs,
-                           offss, kidxs, wtss, mids, is_double):
+                           offss, kidxs, wtss, mids, same, shifts, same_kidx, masks, lo, hi, bufs,
+                           is_double):
     n_img, c_in, d_in, h_in, w_in = x.shape
     cm, _, kd_n, kh_n, kw_n = wd.shape
     _, c_out, od_n, oh_n, ow_n = out.shape
@@ -75,6 +91,11 @@ def _dsconv_forward_kernel(x, wd, bd, has_bd, wp, bp, has_bp, out, cp, tile_rows
         pt = (oh1 - oh0) * ow_n
         mid = mids[tid]
         for c in range(c_in):
+            if same:
+                _same_channel(xf, (n * c_in + c) * vol_in, wdf, kd_n * kh_n * kw_n, c * m, m, bd,
+                              has_bd, (od * oh_n + oh0) * ow_n, pt, shifts, same_kidx, masks, lo, hi,
+                              wtss[tid], bufs[tid], mid, c * m * pt, pt)
+                continue
             forward_band(xf, (n * c_in + c) * vol_in, (d_in, h_in, w_in), wdf, c * m, m,
                          (kd_n, kh_n, kw_n), bd, has_bd, od, oh0, oh1, ow_n, tile_rows, cp,
                          slabs[tid], accs[tid], offss[tid], kidxs[tid], wtss[tid], mid,
@@ -94,7 +115,8 @@ def _dsconv_forward_kernel(x, wd, bd, has_bd, wp, bp, has_bp, out, cp, tile_rows
 @jit_parallel_fma
 def _dsconv_backward_kernel(x, wd, bd, has_bd, wp, dy, dx, dwd_parts, dwp_parts, want_dx, cp,
                             slabs, accs, offss, kidxs, wtss, mids, dmids, bi_slabs, bi_accs,
-                            bi_offss, bi_wtss, parts, is_double):
+                            bi_offss, bi_wtss, parts, same, shifts, same_kidx, masks, lo, hi,
+                            bufs, is_double):
     n_img, c_in, d_in, h_in, w_in = x.shape
     cm, _, kd_n, kh_n, kw_n = wd.shape
     _, c_out, od_n, oh_n, ow_n = dy.shape
@@ -116,6 +138,11 @@ def _dsconv_backward_kernel(x, wd, bd, has_bd, wp, dy, dx, dwd_parts, dwp_parts,
         dmid = dmids[tid]
         # the image's depthwise result, recomputed (whole planes: one band per plane)
         for c in range(c_in):
+            if same:
+                _same_channel(xf, (n * c_in + c) * vol_in, wdf, kd_n * kh_n * kw_n, c * m, m, bd,
+                              has_bd, 0, vol_out, shifts, same_kidx, masks, lo, hi, wtss[tid], bufs[tid], mid,
+                              c * m * vol_out, vol_out)
+                continue
             for od in range(od_n):
                 forward_band(xf, (n * c_in + c) * vol_in, in_shape, wdf, c * m, m, k_shape, bd,
                              has_bd, od, 0, oh_n, ow_n, oh_n, cp, slabs[tid], accs[tid],
@@ -150,37 +177,40 @@ def _dsconv_backward_kernel(x, wd, bd, has_bd, wp, dy, dx, dwd_parts, dwp_parts,
 
 
 @jit
-def _vertical_tile(x, n, wv, bv, has_bv, oh0, oh1, sh, ph, dh, mid, is_double):
+def _vertical_tile(x, n, wv, wvp, bv, has_bv, oh0, oh1, sh, ph, dh, mid, pack, is_double):
     """mid[(c, r, iw)] = bv[c] + the vertical conv of image n for output rows oh0 + r < oh1.
 
-    mid: 1-d, (C_mid, rows, W) row-major. x (N, C_in, H, W); wv (KH, C_mid, C_in).
+    mid: 1-d, (C_mid, rows, W) row-major. x (N, C_in, H, W); wvp (C_mid, KH*C_in) (wv with the
+    tap axis moved in). The KH input rows of every output row are packed into
+    pack (KH*C_in, rows*W) (zero rows in the padding), so the whole tile is one GEMM with
+    K = KH*C_in instead of KH GEMMs with K = C_in.
     """
     _, c_in, h_in, w_in = x.shape
     kh_n, c_mid, _ = wv.shape
     rows = oh1 - oh0
     pt = rows * w_in
-    item_size = x.itemsize
+    xf = x.reshape(x.size)
+    for kh in range(kh_n):
+        lo, hi = _row_range(oh0, oh1, sh, kh * dh - ph, h_in)
+        for ci in range(c_in):
+            p0 = (kh * c_in + ci) * pt
+            src = (n * c_in + ci) * h_in * w_in
+            zero_row(pack, p0, (lo - oh0) * w_in)
+            if sh == 1:
+                copy_row(pack, p0 + (lo - oh0) * w_in, xf, src + (lo - ph + kh * dh) * w_in,
+                         (hi - lo) * w_in)
+            else:
+                for oh in range(lo, hi):
+                    copy_row(pack, p0 + (oh - oh0) * w_in, xf,
+                             src + (oh * sh - ph + kh * dh) * w_in, w_in)
+            zero_row(pack, p0 + (hi - oh0) * w_in, (oh1 - hi) * w_in)
     for c in range(c_mid):
         b = bv[c] if has_bv else 0.0
         d = mid[c * pt:(c + 1) * pt]
         for q in range(pt):
             d[q] = b
-    for kh in range(kh_n):
-        lo, hi = _row_range(oh0, oh1, sh, kh * dh - ph, h_in)
-        if hi <= lo:
-            continue
-        a_addr = wv.ctypes.data + kh * c_mid * c_in * item_size
-        if sh == 1:
-            ih = lo - ph + kh * dh
-            gemm(is_double, 0, 0, c_mid, (hi - lo) * w_in, c_in, 1.0, a_addr, c_in,
-                 x.ctypes.data + ((n * c_in * h_in) + ih) * w_in * item_size, h_in * w_in, 1.0,
-                 mid.ctypes.data + (lo - oh0) * w_in * item_size, pt)
-        else:
-            for oh in range(lo, hi):
-                ih = oh * sh - ph + kh * dh
-                gemm(is_double, 0, 0, c_mid, w_in, c_in, 1.0, a_addr, c_in,
-                     x.ctypes.data + ((n * c_in * h_in) + ih) * w_in * item_size, h_in * w_in,
-                     1.0, mid.ctypes.data + (oh - oh0) * w_in * item_size, pt)
+    gemm(is_double, 0, 0, c_mid, pt, kh_n * c_in, 1.0, wvp.ctypes.data, kh_n * c_in,
+         pack.ctypes.data, pt, 1.0, mid.ctypes.data, pt)
 
 
 @jit
@@ -228,7 +258,7 @@ def _horizontal_cols(mid, c_mid, rows, w_in, ow_n, kw_n, sw, pw, dw, cols, adjoi
 
 @jit_parallel
 def _spatial_forward_kernel(x, wv, bv, has_bv, wh, bh, has_bh, out, sh, sw, ph, pw, dh, dw,
-                            kw_n, tile_rows, mids, colss, is_double):
+                            kw_n, tile_rows, mids, colss, wvp, packs, is_double):
     n_img, _, _, w_in = x.shape
     c_mid = wv.shape[1]
     _, c_out, oh_n, ow_n = out.shape
@@ -245,7 +275,8 @@ def _spatial_forward_kernel(x, wv, bv, has_bv, wh, bh, has_bh, out, sh, sw, ph, 
         oh1 = min(oh_n, oh0 + tile_rows)
         rows = oh1 - oh0
         pt = rows * ow_n
-        _vertical_tile(x, n, wv, bv, has_bv, oh0, oh1, sh, ph, dh, mids[tid], is_double)
+        _vertical_tile(x, n, wv, wvp, bv, has_bv, oh0, oh1, sh, ph, dh, mids[tid], packs[tid],
+                       is_double)
         cols = colss[tid]
         _horizontal_cols(mids[tid], c_mid, rows, w_in, ow_n, kw_n, sw, pw, dw, cols, False)
         o0 = n * c_out * plane + oh0 * ow_n
@@ -262,7 +293,7 @@ def _spatial_forward_kernel(x, wv, bv, has_bv, wh, bh, has_bh, out, sh, sw, ph, 
 @jit_parallel
 def _spatial_backward_kernel(x, wv, bv, has_bv, wh, dy, dx, dwv_parts, dwh_parts, dbv_parts,
                              sh, sw, ph, pw, dh, dw, kw_n, tile_rows, mids, colss, want_dx,
-                             is_double):
+                             wvp, packs, is_double):
     n_img, c_in, h_in, w_in = x.shape
     kh_n, c_mid, _ = wv.shape
     _, c_out, oh_n, ow_n = dy.shape
@@ -283,7 +314,8 @@ def _spatial_backward_kernel(x, wv, bv, has_bv, wh, dy, dx, dwv_parts, dwh_parts
             rows = oh1 - oh0
             pt = rows * ow_n
             pt_in = rows * w_in
-            _vertical_tile(x, n, wv, bv, has_bv, oh0, oh1, sh, ph, dh, mid, is_double)
+            _vertical_tile(x, n, wv, wvp, bv, has_bv, oh0, oh1, sh, ph, dh, mid, packs[tid],
+                           is_double)
             _horizontal_cols(mid, c_mid, rows, w_in, ow_n, kw_n, sw, pw, dw, cols, False)
             dy_addr = dy.ctypes.data + (n * c_out * plane + oh0 * ow_n) * item_size
             gemm(is_double, 0, 1, c_out, k_h, pt, 1.0, dy_addr, plane, cols.ctypes.data, pt, 1.0,
@@ -327,9 +359,29 @@ def _rows_per_tile(bytes_per_row, rows, items_per_row_set, threads, budget=1 << 
     return tile
 
 
-def _l2_budget():
-    """Bytes of per-thread tile: half of this core's L2 (machine.cache_bytes)."""
-    return machine.cache_bytes()["l2"] // 2
+def _balanced(tile, rows):
+    """The same number of tiles of at most ``tile`` rows, as equal as can be."""
+    count = -(-rows // max(1, tile))
+    return -(-rows // count)
+
+
+def _l2_budget(share=1.0):
+    """Bytes of per-thread tile: ``share`` of this core's L2 (machine.cache_bytes). The tiles
+    feed GEMMs, whose efficiency grows with the tile width: up to the whole L2."""
+    return int(machine.cache_bytes()["l2"] * share)
+
+
+def _same_args(x, wd, cp, out, band, threads):
+    """(same, shifts, kidx, masks, lo, hi, bufs) for the kernels: the stride-1 'same' depthwise
+    path (masked in-place passes over bands of ``band`` elements) where it applies."""
+    same = cp[:3] == (1, 1, 1) and tuple(out.shape[2:]) == tuple(x.shape[2:])
+    if not same:
+        empty, masks = np.zeros(0, dtype=np.int64), np.zeros((0, 1), np.uint8)
+        empty.flags.writeable = masks.flags.writeable = False  # the types of same_taps' arrays
+        return False, empty, empty, masks, 0, 0, np.zeros((threads, 1), x.dtype)
+    shifts, kidx, masks = same_taps(tuple(wd.shape[2:]), cp, tuple(x.shape[2:]))
+    lo, hi = same_taps_reach(shifts)
+    return (True, shifts, kidx, masks, lo, hi, np.empty((threads, lo + band + hi), x.dtype))
 
 
 def dsconv_forward(x, wd, bd, wp, bp, stride, padding, dilation, out):
@@ -343,13 +395,15 @@ def dsconv_forward(x, wd, bd, wp, bp, stride, padding, dilation, out):
         out[...] = 0.0 if bp is None else bp.reshape(1, -1, 1, 1, 1)
         return out
     cp = conv_params(stride, padding, dilation)
-    tile_rows = _rows_per_tile(cm * ow_n * x.itemsize, oh_n, n_img * od_n, threads, _l2_budget())
+    tile_rows = _balanced(_rows_per_tile(cm * ow_n * x.itemsize, oh_n, n_img * od_n, threads,
+                                         _l2_budget()), oh_n)
     scratch = forward_scratch(tuple(wd.shape[2:]), cp, tile_rows, ow_n, x.dtype, threads)
     mids = np.empty((threads, cm * tile_rows * ow_n), dtype=x.dtype)
     dummy = np.zeros(1, dtype=x.dtype)
     _dsconv_forward_kernel(x, wd, dummy if bd is None else bd, bd is not None, wp,
                            dummy if bp is None else bp, bp is not None, out, cp, tile_rows,
-                           *scratch, mids, x.dtype == np.float64)
+                           *scratch, mids, *_same_args(x, wd, cp, out, tile_rows * ow_n, threads),
+                           x.dtype == np.float64)
     return out
 
 
@@ -388,15 +442,27 @@ def dsconv_backward(x, wd, bd, wp, dy, stride, padding, dilation, dx):
             dx is not None, cp, *scratch, mids, dmids,
             np.zeros((threads, bi_slab), dtype=x.dtype), np.empty((threads, bi_acc), x.dtype),
             np.empty((threads, m * kvol), dtype=np.int64), np.empty((threads, m * kvol), x.dtype),
-            parts, x.dtype == np.float64)
+            parts, *_same_args(x, wd, cp, dy, vol_out, threads), x.dtype == np.float64)
     dwd = dwd_parts.sum(axis=0).astype(x.dtype).reshape(wd.shape)
     dwp = dwp_parts.sum(axis=0, dtype=np.float64).astype(x.dtype)
     return dwd, dwp, dbd, dbp
 
 
-def _spatial_tile(c_mid, kw_n, w_in, ow_n, oh_n, n_img, itemsize, threads):
-    per_row = (c_mid * w_in + c_mid * kw_n * ow_n) * itemsize
-    return _rows_per_tile(per_row, oh_n, n_img, threads, budget=1 << 20)
+def _spatial_tile(c_in, c_mid, kh_n, kw_n, w_in, ow_n, oh_n, n_img, itemsize, threads):
+    """Rows per tile of the spatial kernels: mid, the horizontal patches and the vertical pack of
+    a tile within the L2 budget (balanced tiles: no short last tile for a GEMM)."""
+    per_row = (c_mid * w_in + c_mid * kw_n * ow_n + kh_n * c_in * w_in) * itemsize
+    return _balanced(_rows_per_tile(per_row, oh_n, n_img, threads, budget=_l2_budget()), oh_n)
+
+
+def _spatial_scratch(x, wv, kw_n, tile, ow_n, threads):
+    """(mids, colss, wvp, packs): per-thread tiles and the vertical weight as (C_mid, KH*C_in)."""
+    kh_n, c_mid, c_in = wv.shape
+    w_in = x.shape[3]
+    return (np.empty((threads, c_mid * tile * w_in), dtype=x.dtype),
+            np.empty((threads, c_mid * kw_n * tile * ow_n), dtype=x.dtype),
+            np.ascontiguousarray(wv.transpose(1, 0, 2).reshape(c_mid, kh_n * c_in)),
+            np.empty((threads, kh_n * c_in * tile * w_in), dtype=x.dtype))
 
 
 def spatial_forward(x, wv, bv, wh, bh, kw_n, stride, padding, dilation, out):
@@ -406,16 +472,15 @@ def spatial_forward(x, wv, bv, wh, bh, kw_n, stride, padding, dilation, out):
         return out
     threads = numba.get_num_threads()
     n_img, _, oh_n, ow_n = out.shape
-    c_mid = wv.shape[1]
-    w_in = x.shape[3]
-    tile = _spatial_tile(c_mid, kw_n, w_in, ow_n, oh_n, n_img, x.itemsize, threads)
-    mids = np.empty((threads, c_mid * tile * w_in), dtype=x.dtype)
-    colss = np.empty((threads, c_mid * kw_n * tile * ow_n), dtype=x.dtype)
+    kh_n, c_mid, c_in = wv.shape
+    tile = _spatial_tile(c_in, c_mid, kh_n, kw_n, x.shape[3], ow_n, oh_n, n_img, x.itemsize,
+                         threads)
+    mids, colss, wvp, packs = _spatial_scratch(x, wv, kw_n, tile, ow_n, threads)
     dummy = np.zeros(1, dtype=x.dtype)
     _spatial_forward_kernel(x, wv, dummy if bv is None else bv, bv is not None, wh,
                             dummy if bh is None else bh, bh is not None, out, stride[0], stride[1],
                             padding[0], padding[1], dilation[0], dilation[1], kw_n, tile, mids,
-                            colss, x.dtype == np.float64)
+                            colss, wvp, packs, x.dtype == np.float64)
     return out
 
 
@@ -434,15 +499,14 @@ def spatial_backward(x, wv, bv, wh, dy, kw_n, stride, padding, dilation, dx):
         if dx is not None:
             dx[...] = 0.0
     else:
-        w_in = x.shape[3]
-        tile = _spatial_tile(c_mid, kw_n, w_in, ow_n, oh_n, 1, x.itemsize, threads)
-        mids = np.empty((threads, c_mid * tile * w_in), dtype=x.dtype)
-        colss = np.empty((threads, c_mid * kw_n * tile * ow_n), dtype=x.dtype)
+        tile = _spatial_tile(c_in, c_mid, kh_n, kw_n, x.shape[3], ow_n, oh_n, 1, x.itemsize,
+                             threads)
+        mids, colss, wvp, packs = _spatial_scratch(x, wv, kw_n, tile, ow_n, threads)
         dummy = np.zeros(1, dtype=x.dtype)
         _spatial_backward_kernel(x, wv, dummy if bv is None else bv, bv is not None, wh, dy,
                                  dummy.reshape(1, 1, 1, 1) if dx is None else dx, dwv_parts,
                                  dwh_parts, dbv_parts, stride[0], stride[1], padding[0],
                                  padding[1], dilation[0], dilation[1], kw_n, tile, mids, colss,
-                                 dx is not None, x.dtype == np.float64)
+                                 dx is not None, wvp, packs, x.dtype == np.float64)
     sum64 = lambda a: a.sum(axis=0, dtype=np.float64).astype(x.dtype)  # noqa: E731
     return sum64(dwv_parts), sum64(dwh_parts), dbv_parts.sum(axis=0).astype(x.dtype), dbh
