@@ -1,4 +1,4 @@
-"""pytest-benchmark suite of the attention family (see family.py); shapes in dlkern/suites/attention.py.
+"""pytest-benchmark suite of the attention family (see family.py); rows in dlkern/suites/attention.py.
 
     .venv/bin/python -m pytest bench/bench_attention.py --benchmark-only
 """

@@ -1,4 +1,4 @@
-"""pytest-benchmark suite of the conv family (see family.py); shapes in dlkern/suites/conv.py.
+"""pytest-benchmark suite of the conv family (see family.py); rows in dlkern/suites/conv.py.
 
     .venv/bin/python -m pytest bench/bench_conv.py --benchmark-only
 """

@@ -1,4 +1,4 @@
-"""pytest-benchmark suite of the conv transpose family (see family.py); shapes in dlkern/suites/conv_transpose.py.
+"""pytest-benchmark suite of the conv transpose family (see family.py); rows in dlkern/suites/conv_transpose.py.
 
     .venv/bin/python -m pytest bench/bench_conv_transpose.py --benchmark-only
 """

@@ -1,25 +1,28 @@
 """pytest-benchmark suite of whole models: torch as written vs patched by dlkern, inference and one
-training step (forward, backward, SGD); models and sizes in dlkern/suites/models.py.
+training step (forward, backward, SGD); models and sizes in dlkern/suites/model_cases.py.
 
     .venv/bin/python -m pytest bench/bench_models.py --benchmark-only
 """
+import functools
+
 import pytest
-import torch
 
-from dlkern.benchmark import forward_call, suites
+from dlkern.benchmark.runner import calls, strict
+from dlkern.suites.model_cases import MODELS
 
-CASES = suites()["models"]
+
+@functools.lru_cache(maxsize=1)  # a model's four tests run one after the other
+def _case(spec):
+    return spec.build()
 
 
 @pytest.mark.parametrize("provider", ["torch", "dlkern"])
-@pytest.mark.parametrize("mode", ["inference", "train step"])
-@pytest.mark.parametrize("case", range(3), ids=["unet", "gru_encoder", "transformer"])
-def test_models(benchmark, case, mode, provider):
-    case = CASES[case]
-    benchmark.group = f"{case.name} {mode}"
-    if mode == "inference":
-        args, kwargs = case.inputs(False)
-        call = forward_call(case.torch_fn if provider == "torch" else case.dlkern_fn, args, kwargs)
-    else:
-        call = case.train_torch if provider == "torch" else case.train_dlkern
-    benchmark.pedantic(call, rounds=5, warmup_rounds=1)
+@pytest.mark.parametrize("mode", ["fwd", "train"])
+@pytest.mark.parametrize("spec", MODELS, ids=[m.name for m in MODELS])
+def test_models(benchmark, spec, mode, provider):
+    case = _case(spec)
+    torch_call, dlkern_call = calls(case, mode)
+    benchmark.group = f"models: {spec.name} {mode}"
+    with strict():
+        benchmark.pedantic(torch_call if provider == "torch" else dlkern_call, rounds=5,
+                           warmup_rounds=1)

@@ -1,4 +1,4 @@
-"""pytest-benchmark suite of the LSTM/GRU family (see family.py); shapes in dlkern/suites/rnn.py.
+"""pytest-benchmark suite of the rnn family (see family.py); rows in dlkern/suites/rnn.py.
 
     .venv/bin/python -m pytest bench/bench_rnn.py --benchmark-only
 """

@@ -1,4 +1,4 @@
-"""pytest-benchmark suite of the separable family (see family.py); shapes in dlkern/suites/separable.py.
+"""pytest-benchmark suite of the separable family (see family.py); rows in dlkern/suites/separable.py.
 
     .venv/bin/python -m pytest bench/bench_separable.py --benchmark-only
 """

@@ -1,31 +1,27 @@
-"""The pytest-benchmark test of one op family: providers torch and dlkern, forward and
-forward+backward, one benchmark group per shape; shapes from dlkern/suites/<family>.py."""
+"""The pytest-benchmark test of one op family, generated from its layer table in dlkern/suites/
+(no second list of shapes): one test per row, mode (fwd, fwdbwd) and provider (torch, dlkern),
+grouped per family and row so each group compares the two providers. dlkern runs strict."""
 import pytest
-import torch
 
-from dlkern.benchmark import forward_backward_call, forward_call, suites
+from dlkern import suites
+from dlkern.benchmark.runner import calls, strict
+from dlkern.suites.cases import case
 
 
-def benchmark_test(op):
-    cases = suites()[op]
+def benchmark_test(family):
+    rows = suites.module_of(family).ROWS
 
     @pytest.mark.parametrize("provider", ["torch", "dlkern"])
-    @pytest.mark.parametrize("mode", ["forward", "forward+backward"])
-    @pytest.mark.parametrize("case", cases, ids=[c.name.replace(" ", "_") for c in cases])
-    def test(benchmark, case, mode, provider):
-        if mode == "forward+backward" and not case.fwd_bwd:
-            pytest.skip(f"{case.name}: forward only")
-        fn = case.torch_fn if provider == "torch" else case.dlkern_fn
-        benchmark.group = f"{case.name} {mode}"
-        benchmark.extra_info["gflop"] = case.flops * (1 if mode == "forward" else 3) / 1e9
-        if mode == "forward":
-            args, kwargs = case.inputs(False)
-            call = forward_call(fn, args, kwargs)
-        else:
-            args, kwargs = case.inputs(True)
-            with torch.no_grad():
-                grad_out = torch.randn_like(case.torch_fn(*args, **kwargs))
-            call = forward_backward_call(fn, args, kwargs, grad_out)
-        benchmark.pedantic(call, rounds=5, warmup_rounds=1)
+    @pytest.mark.parametrize("mode", ["fwd", "fwdbwd"])
+    @pytest.mark.parametrize("row", rows, ids=[r.name for r in rows])
+    def test(benchmark, row, mode, provider):
+        c = case(row)
+        torch_call, dlkern_call = calls(c, mode)
+        benchmark.group = f"{family}: {row.name} {mode}"
+        benchmark.extra_info.update(family=family, row=row.name, batch=row.batch,
+                                    gflop=c.flops * (1 if mode == "fwd" else 3) / 1e9)
+        with strict():
+            benchmark.pedantic(torch_call if provider == "torch" else dlkern_call, rounds=5,
+                               warmup_rounds=1)
 
     return test

@@ -1,6 +1,5 @@
 import os
 
-import numpy as np
 import pytest
 import torch
 
@@ -9,11 +8,41 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Files whose tests mostly run kernels that the op-family files compile (whole models, DDP, the
+# enable() routing, the bad-input batteries): scheduled after them, so that on a cold Numba cache
+# they load compiled code instead of compiling it again in parallel (two DDP ranks compiling the
+# same kernels cost 120 s of CPU against 20 s warm).
+RUN_AFTER_KERNELS = ("test_bad_inputs.py", "test_enable.py", "test_models.py",
+                     "test_distributed.py")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """The order the suite runs in, made for `make test` (pytest-xdist, ``--dist loadgroup
+    --no-loadscope-reorder``, which hands out units in this order): tests marked ``slow`` first,
+    each a unit of its own, so that they overlap everything else instead of finishing last on
+    one worker; then every other test grouped by file (one worker compiles the kernels a file
+    needs, the disk cache serves the others); the files of RUN_AFTER_KERNELS last, in its order.
+    Without xdist the same order applies and the groups mean nothing."""
+    def rank(item):
+        if item.get_closest_marker("slow"):
+            return 0
+        if item.path.name in RUN_AFTER_KERNELS:
+            return 2 + RUN_AFTER_KERNELS.index(item.path.name)
+        return 1
+
+    items.sort(key=rank)  # stable: collection order within each rank
+    for item in items:
+        if rank(item) and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.path.name))
+
 
 @pytest.fixture(autouse=True)
 def strict_and_poisoned(monkeypatch):
-    """Every test runs strict (no silent fallback to torch) with NaN-poisoned kernel outputs."""
+    """Every test runs strict (no silent fallback to torch) with NaN-poisoned kernel outputs, and
+    patch/enable run dlkern on every covered call (policy "always": no timing decides the path)."""
     monkeypatch.setenv("DLKERN_STRICT", "1")
+    monkeypatch.setenv("DLKERN_POLICY", "always")
     monkeypatch.setenv("DLKERN_POISON_OUTPUTS", "1")
     monkeypatch.delenv("DLKERN_BACKEND", raising=False)
     yield
@@ -27,22 +56,5 @@ def triton_device(monkeypatch):
     if torch.cuda.is_available():
         return "cuda"
     monkeypatch.setenv("DLKERN_BACKEND", "triton")
-    _interpreter_numpy_fix(monkeypatch)
     return "cpu"
 
-
-def _interpreter_numpy_fix(monkeypatch):
-    """Triton 3.6's interpreter turns a runtime scalar into a loop bound with int() of a shape-(1,)
-    array, which NumPy >= 2.4 refuses ("only 0-dimensional arrays can be converted to Python
-    scalars"); give its tensors an __index__ that reads the element (only while a test runs)."""
-    if np.lib.NumpyVersion(np.__version__) < "2.4.0":
-        return
-    from triton.runtime import interpreter
-
-    original = interpreter._patch_lang_tensor
-
-    def patch_lang_tensor(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-
-    monkeypatch.setattr(interpreter, "_patch_lang_tensor", patch_lang_tensor)

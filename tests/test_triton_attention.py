@@ -349,6 +349,7 @@ print("SHARED", worst)
 """
 
 
+@pytest.mark.slow
 def test_kernels_compile_for_h100():
     pytest.importorskip("triton", reason="Triton is not installed")
     import os

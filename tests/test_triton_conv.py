@@ -235,6 +235,7 @@ print("compiled", count, "largest shared", largest)
 """
 
 
+@pytest.mark.slow
 def test_kernels_compile_for_h100():
     pytest.importorskip("triton", reason="Triton is not installed")
     import os

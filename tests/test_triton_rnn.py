@@ -292,6 +292,7 @@ print("compiled", count, "kernels; most shared memory", worst, "bytes")
 '''
 
 
+@pytest.mark.slow
 def test_compiles_for_h100():
     """Every kernel compiles for sm_90 (the interpreter accepts code the compiler rejects), every
     autotune configuration once, each within an H100's shared memory. Two processes share the

@@ -196,10 +196,9 @@ SIZE_ARGS = ("C_IN", "C_OUT", "P_IN", "P_OUT", "Q", "M_TOTAL", "H_IN", "W_IN", "
 
 
 def test_autotune_prunes_get_their_arguments(triton_device, monkeypatch):
-    """Triton hands a prune the positional launch arguments only, and the interpreter never runs
-    the prunes: record what every kernel gets from its launcher and prune the full configuration
-    lists with it, as a small problem (one configuration) and as a large one (all that fit the
-    layout)."""
+    """The interpreter never runs the prunes: record the launch arguments (positional and keyword)
+    every kernel gets from its launcher and prune the full configuration lists with them, as a
+    small problem (one configuration) and as a large one (all that fit the layout)."""
     from dlkern.kernels.triton import configs
     from dlkern.kernels.triton import depthwise as D
     from dlkern.kernels.triton import separable as S
@@ -210,7 +209,7 @@ def test_autotune_prunes_get_their_arguments(triton_device, monkeypatch):
             kernel = getattr(module, name)
 
             def record(*args, _run=kernel.run, _name=name, _names=kernel.arg_names, **kwargs):
-                seen[_name] = dict(zip(_names, args))
+                seen[_name] = {**dict(zip(_names, args)), **kwargs}
                 return _run(*args, **kwargs)
 
             monkeypatch.setattr(kernel, "run", record)
@@ -244,6 +243,34 @@ def test_autotune_prunes_get_their_arguments(triton_device, monkeypatch):
             assert kept == full, name
     assert seen["_depthwise_forward_kernel"]["CHANNELS_LAST"]
     assert seen["_depthwise_backward_input_kernel"]["CHANNELS_LAST"]
+
+
+def test_autotune_prune_sees_keyword_arguments(monkeypatch):
+    """On a GPU Triton hands a prune the positional launch arguments and the keyword ones apart;
+    dlkern's launches pass keywords (kernels/triton/_launch.py), so _autotune merges them."""
+    pytest.importorskip("triton", reason="Triton is not installed")
+    import triton
+    import triton.language as tl
+
+    from dlkern.kernels.triton import _autotune
+
+    monkeypatch.setattr(_autotune, "interpreting", lambda: False)  # build the GPU autotuner
+    got = {}
+
+    def prune(configs, named_args):
+        got.update(named_args)
+        return configs[1:]
+
+    configs = [triton.Config({"BLOCK": 16}), triton.Config({"BLOCK": 32})]
+
+    @_autotune.autotune(configs, key=["n"], prune=prune)
+    @triton.jit
+    def kernel(x, n, flag: tl.constexpr, BLOCK: tl.constexpr):
+        pass
+
+    kernel.nargs = {"x": "x"}  # what Autotuner.run sets from the positional arguments
+    assert kernel.prune_configs({"n": 7, "flag": True}) == configs[1:]
+    assert got == {"x": "x", "n": 7, "flag": True}
 
 
 # ---------------------------------------------------------------- sm_90 compile
@@ -307,6 +334,7 @@ print("OK", sorted(worst.items()))
 '''
 
 
+@pytest.mark.slow
 def test_kernels_compile_for_h100():
     pytest.importorskip("triton", reason="Triton is not installed")
     import os

@@ -1,76 +1,51 @@
-"""Benchmark shapes of the LSTM/GRU family (issue targets as Case.target)."""
-import torch
+"""Layer table: recurrent layers and cells of real networks (nn.LSTM / nn.GRU modules, one decoder
+step of nn.LSTMCell / nn.GRUCell).
 
-import dlkern.nn as dnn
-from dlkern.benchmark import Case
+* deepspeech2 (B1, 300 steps: 6 s of audio at 20 ms): a DeepSpeech2-style stack of bidirectional
+  GRUs, hidden 512, over 32x41 = 1312 conv features; the directions are summed between layers
+  (deepspeech.pytorch), so later layers take 512 inputs;
+* seq2seq_lstm (B16, 40 tokens): an OpenNMT-style encoder (2 layers, bidirectional, 256 per
+  direction, 512-d embeddings) and decoder (2 layers, 512), teacher forcing; its inference step
+  as LSTMCells with input feeding (embedding + attention context = 1024 inputs);
+* char_rnn (B1, 256 characters, batch_first): a char-level LSTM, 2 layers of 512, 128-d
+  embeddings;
+* gru_seq2seq (B16, 48 tokens, batch_first): the GRU seq2seq model of the models suite;
+* tacotron2 (B1): the decoder's two LSTMCells per mel frame (attention RNN: prenet 256 + context
+  512 inputs; decoder RNN: 1024 + 512 inputs), hidden 1024;
+* rnnsearch (B16): Bahdanau et al.'s decoder GRUCell (620-d embedding + 2000-d context, hidden
+  1000).
+"""
+from dlkern.suites.table import Row, distinct
 
-OP = "rnn"
-_GATES = {"LSTM": 4, "GRU": 3, "LSTMCell": 4, "GRUCell": 3}
-
-
-def _twins(name, *args, **kwargs):
-    """A torch module and its dlkern twin with the same (seeded) parameters."""
-    torch.manual_seed(0)
-    ref = getattr(torch.nn, name)(*args, **kwargs)
-    mod = getattr(dnn, name)(*args, **kwargs)
-    mod.load_state_dict(ref.state_dict())
-    return ref, mod
-
-
-def _layer_case(name, batch, steps, inp, hidden, layers=1, bidirectional=False, target=None,
-                target_fwd_bwd=None):
-    ref, mod = _twins(name, inp, hidden, num_layers=layers, bidirectional=bidirectional,
-                      batch_first=True)
-    dirs = 2 if bidirectional else 1
-    flops = 0.0
-    for layer in range(layers):
-        width = inp if layer == 0 else dirs * hidden
-        flops += 2.0 * steps * batch * _GATES[name] * hidden * (width + hidden) * dirs
-
-    def build(dtype, requires_grad):
-        g = torch.Generator().manual_seed(0)
-        ref.to(dtype)
-        mod.to(dtype)
-        x = torch.randn(batch, steps, inp, generator=g, dtype=dtype).requires_grad_(requires_grad)
-        return (x,), {}
-
-    label = f"{name} B{batch} T{steps} I{inp} H{hidden}" + (f" L{layers} bi" if bidirectional else "")
-    return Case(label, OP, build, lambda x: ref(x)[0], lambda x: mod(x)[0], flops, target,
-                target_fwd_bwd)
+FAMILY = "rnn"
 
 
-def _cell_case(name, batch, hidden, target=None):
-    ref, mod = _twins(name, hidden, hidden)
-    lstm = name == "LSTMCell"
-
-    def build(dtype, requires_grad):
-        g = torch.Generator().manual_seed(0)
-        ref.to(dtype)
-        mod.to(dtype)
-        ts = [torch.randn(batch, hidden, generator=g, dtype=dtype).requires_grad_(requires_grad)
-              for _ in range(3 if lstm else 2)]
-        return tuple(ts), {}
-
-    if lstm:
-        torch_fn = lambda x, h, c: ref(x, (h, c))[0]  # noqa: E731
-        dlkern_fn = lambda x, h, c: mod(x, (h, c))[0]  # noqa: E731
-    else:
-        torch_fn = lambda x, h: ref(x, h)  # noqa: E731
-        dlkern_fn = lambda x, h: mod(x, h)  # noqa: E731
-    flops = 2.0 * batch * _GATES[name] * hidden * 2 * hidden
-    return Case(f"{name} B{batch} H{hidden} one step", OP, build, torch_fn, dlkern_fn, flops,
-                target)
+def _layer(name, op, batch, steps, input_size, hidden_size, num_layers=1, bidirectional=False,
+           batch_first=False, count=1):
+    args = dict(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers,
+                bidirectional=bidirectional, batch_first=batch_first, size=steps)
+    return Row(name, FAMILY, op, args, batch, count)
 
 
-CASES = [
-    _layer_case("LSTM", 32, 128, 256, 256, target=1.5, target_fwd_bwd=1.0),
-    _layer_case("GRU", 32, 128, 256, 256, target=3.0, target_fwd_bwd=2.0),
-    _layer_case("LSTM", 1, 512, 64, 64, target=2.0),
-    _layer_case("GRU", 1, 512, 64, 64, target=5.0),
-    _layer_case("LSTM", 64, 64, 512, 1024, target=1.0),
-    _layer_case("GRU", 64, 64, 512, 1024, target=1.8),
-    _layer_case("LSTM", 16, 100, 128, 128, layers=2, bidirectional=True, target=1.5),
-    _layer_case("GRU", 16, 100, 128, 128, layers=2, bidirectional=True, target=3.0),
-    _cell_case("LSTMCell", 8, 128, target=2.0),
-    _cell_case("GRUCell", 8, 128, target=2.0),
-]
+def _cell(name, op, batch, input_size, hidden_size):
+    return Row(name, FAMILY, op, dict(input_size=input_size, hidden_size=hidden_size), batch)
+
+
+ROWS = distinct([
+    _layer("deepspeech2.rnns.0", "GRU", 1, 300, 1312, 512, bidirectional=True),
+    _layer("deepspeech2.rnns.1", "GRU", 1, 300, 512, 512, bidirectional=True, count=4),
+    _layer("seq2seq_lstm.encoder.rnn", "LSTM", 16, 40, 512, 256, num_layers=2,
+           bidirectional=True),
+    _layer("seq2seq_lstm.decoder.rnn", "LSTM", 16, 40, 512, 512, num_layers=2),
+    _cell("seq2seq_lstm.decoder_step.layers.0", "LSTMCell", 16, 1024, 512),
+    _cell("seq2seq_lstm.decoder_step.layers.1", "LSTMCell", 16, 512, 512),
+    _layer("char_rnn.lstm", "LSTM", 1, 256, 128, 512, num_layers=2, batch_first=True),
+    _layer("gru_seq2seq.encoder", "GRU", 16, 48, 256, 512, num_layers=2, batch_first=True),
+    _layer("gru_seq2seq.decoder", "GRU", 16, 48, 256, 512, num_layers=2, batch_first=True),
+    _cell("tacotron2.decoder.attention_rnn", "LSTMCell", 1, 768, 1024),
+    _cell("tacotron2.decoder.decoder_rnn", "LSTMCell", 1, 1536, 1024),
+    _cell("rnnsearch.decoder.gru_cell", "GRUCell", 16, 2620, 1000),
+])
+
+QUICK = ("deepspeech2.rnns.1", "seq2seq_lstm.decoder.rnn", "char_rnn.lstm",
+         "tacotron2.decoder.decoder_rnn", "rnnsearch.decoder.gru_cell")

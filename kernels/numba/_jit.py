@@ -3,6 +3,8 @@
 * ``jit`` / ``jit_parallel``: the decorators every kernel uses. Compiled code is cached on disk
   (``cache=True``) so a new process loads it instead of compiling again. fastmath is off: results
   must match torch's float64 reference, and NaN/inf must propagate as they do in torch.
+* The disk cache is safe for processes that compile the same kernel at once (the test suite's
+  workers, DDP ranks on a cold cache): see ``_LockedCacheFile``.
 * The threading layer is ``threadsafe`` (TBB or OpenMP): Numba's default fallback, workqueue,
   aborts the process when two Python threads run parallel kernels at once.
 * ``gemm``: the row-major strided GEMM of the Cython extension (no GIL), typed for nopython
@@ -17,14 +19,22 @@
   Both are external functions called by symbol name, with the symbol's address registered with
   LLVM at import: code that calls them can be cached on disk (a ctypes pointer could not).
 """
+import contextlib
 import ctypes
 import glob
 import importlib.util
+import itertools
 import os
 
 import numba
 from llvmlite import binding as llvm
 from numba import types
+from numba.core.caching import IndexDataCacheFile
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no inter-process lock (Numba's own behaviour)
+    fcntl = None
 
 from dlkern.kernels.cython import gemm as _gemm_module
 
@@ -34,12 +44,58 @@ if numba.config.THREADING_LAYER in ("default", "workqueue"):
 JIT_OPTIONS = dict(nogil=True, cache=True, fastmath=False, error_model="numpy", boundscheck=False)
 
 
+@contextlib.contextmanager
+def _file_lock(path):
+    if fcntl is None:
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class _LockedCacheFile(IndexDataCacheFile):
+    """Numba's cache file (one index per function, mapping signature -> data file), saved safely by
+    processes that compile the same function at once.
+
+    Numba's own ``save`` reads the index, picks the first free data-file number, writes the index,
+    then the data, with no lock: two processes compiling two signatures of one function both pick
+    number 1, and the index can end up naming a data file that holds the other signature's code,
+    which a later process would load and call with the wrong argument types. Here a save holds an
+    exclusive lock on ``<index>.lock`` while it re-reads the index, writes the data file, then
+    the index (both by atomic rename), so an index entry only ever names finished data of its own
+    signature. Loads take no lock (they only read files that are replaced atomically).
+    """
+
+    def save(self, key, data):
+        with _file_lock(self._index_path + ".lock"):
+            overloads = self._load_index()
+            name = overloads.get(key)
+            if name is None:
+                taken = set(overloads.values())
+                name = next(n for n in map(self._data_name, itertools.count(1)) if n not in taken)
+            self._save_data(name, data)
+            overloads[key] = name
+            self._save_index(overloads)
+
+
+def _cached(dispatcher):
+    cache = getattr(dispatcher, "_cache", None)
+    cache_file = getattr(cache, "_cache_file", None)
+    if type(cache_file) is IndexDataCacheFile:
+        cache_file.__class__ = _LockedCacheFile
+    return dispatcher
+
+
 def jit(fn):
-    return numba.njit(**JIT_OPTIONS)(fn)
+    return _cached(numba.njit(**JIT_OPTIONS)(fn))
 
 
 def jit_parallel(fn):
-    return numba.njit(parallel=True, **JIT_OPTIONS)(fn)
+    return _cached(numba.njit(parallel=True, **JIT_OPTIONS)(fn))
 
 
 # FMA contraction (a*b + c in one rounding, as torch's vectorised kernels do), for kernels whose

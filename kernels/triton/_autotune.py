@@ -6,25 +6,23 @@ Under ``TRITON_INTERPRET=1`` (CPU tests) timing configurations means nothing and
 only the first configuration of each list is kept; the lists therefore start with a configuration
 that is valid for every shape.
 """
-import os
-
 import triton
 
-
-def _interpreting():
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+from ._interpreter import interpreting
 
 
 def autotune(configs, key, prune=None, **kwargs):
     """``triton.autotune`` with dlkern's defaults. ``prune(configs, named_args)`` may drop
-    configurations that are invalid or wasteful for a shape; it must keep at least one."""
-    if _interpreting():
+    configurations that are invalid or wasteful for a shape; it must keep at least one.
+    ``named_args`` holds every launch argument: Triton hands a prune the positional ones and the
+    keyword ones (dlkern's launches, see ``_launch.py``) separately, merged here."""
+    if interpreting():
         # One configuration: Triton's autotuner then launches it directly, without timing (which
         # would need a GPU driver). Read at decoration time, as triton.jit reads TRITON_INTERPRET.
         return triton.autotune(configs=list(configs)[:1], key=key, **kwargs)
 
-    def early_prune(configs, named_args, **kw):
-        return prune(list(configs), named_args)
+    def early_prune(configs, named_args, **keywords):
+        return prune(list(configs), {**named_args, **keywords})
 
     pruning = {"early_config_prune": early_prune} if prune is not None else None
     return triton.autotune(configs=configs, key=key, cache_results=True,

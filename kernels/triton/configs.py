@@ -12,7 +12,7 @@ CONV = {
     # -- conv.py: implicit GEMM of the forward and the input gradient [BLOCK_M pixels, BLOCK_N
     # output channels of a group, BLOCK_K input channels (x kernel positions)]. The first tile is
     # valid for every shape and cheap under the interpreter; all fit an H100 in float32. Order is
-    # preference: conv.py times at most the first four that fit a shape.
+    # preference: conv.py times at most the first three that fit a shape (_MAX_TUNED).
     "gemm": [
         Config({"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 16}, num_warps=4, num_stages=2),
         Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=8, num_stages=3),

@@ -50,6 +50,7 @@ import triton
 import triton.language as tl
 
 from ._autotune import autotune
+from ._launch import named
 from .configs import CONV
 from .precision import CUDNN, dot_precision
 
@@ -415,12 +416,16 @@ def _launch_gemm(src, wgt, bias, dst, groups, cn, ck, w_n, w_k, stride, padding,
                 groups * phases)
 
     _conv_gemm_kernel[grid](
-        src, wgt, bias, dst,
-        n_img, rows, cn, ck, taps, phases,
-        *sizes, *src.shape[2:], *kernel, *stride, *padding, *dilation, *steps,
-        *src.stride(),
-        w_n, w_k, *wgt.stride()[2:], (ck if phased else cn) * wgt.stride(0),
-        dst.stride(0), dst.stride(1), *dst.stride()[2:],
+        src=src, wgt=wgt, bias=bias, dst=dst,
+        N_IMG=n_img, M_MAX=rows, CN=cn, CK=ck, KT=taps, N_PHASES=phases,
+        **named("XD XH XW", sizes), **named("SD SH SW", src.shape[2:]),
+        **named("KD KH KW", kernel), **named("STD STH STW", stride),
+        **named("PD PH PW", padding), **named("DD DH DW", dilation),
+        **named("STEPD STEPH STEPW", steps),
+        **named("s_n s_c s_d s_h s_w", src.stride()),
+        w_n=w_n, w_k=w_k, **named("w_d w_h w_w", wgt.stride()[2:]),
+        w_g=(ck if phased else cn) * wgt.stride(0),
+        **named("d_n d_c d_d d_h d_w", dst.stride()),
         HAS_BIAS=bias is not None, SMALL_K=ck < _SMALL_K_CHANNELS, PHASED=phased,
         PRECISION=dot_precision(src, CUDNN),
     )
@@ -460,7 +465,8 @@ def _splits(pixels, tiles, device):
 def _sum_splits(parts, out):
     total = out.numel()
     block = 1024
-    _sum_splits_kernel[(triton.cdiv(total, block),)](parts, out, parts.shape[0], total, BLOCK=block)
+    _sum_splits_kernel[(triton.cdiv(total, block),)](parts=parts, out=out, SPLITS=parts.shape[0],
+                                                     L=total, BLOCK=block)
 
 
 def channel_sum(t):
@@ -476,7 +482,9 @@ def channel_sum(t):
     def grid(meta):
         return (triton.cdiv(c, meta["BLOCK_C"]), splits)
 
-    _channel_sum_kernel[grid](t, parts, c, pixels, splits, length, *t.shape[2:], *t.stride())
+    _channel_sum_kernel[grid](t=t, out=parts, C=c, P=pixels, SPLITS=splits, SPLIT_LEN=length,
+                              **named("QD QH QW", t.shape[2:]),
+                              **named("t_n t_c t_d t_h t_w", t.stride()))
     _sum_splits(parts, out)
     return out
 
@@ -487,7 +495,8 @@ def add_channel_bias(t, bias):
     if total:
         block = 1024
         _add_channel_bias_kernel[(triton.cdiv(total, block),)](
-            t, bias.contiguous(), total, t.shape[1], *t.shape[2:], *t.stride(), BLOCK=block)
+            t=t, bias=bias.contiguous(), total=total, C=t.shape[1], **named("QD QH QW", t.shape[2:]),
+            **named("t_n t_c t_d t_h t_w", t.stride()), BLOCK=block)
     return t
 
 
@@ -513,12 +522,13 @@ def conv_backward_weight(x, dy, w_shape, stride, padding, dilation, groups, want
                 groups * splits)
 
     _conv_weight_kernel[grid](
-        x, dy, parts,
-        cout_g, cin_g, pixels, kvol, w_shape[3], w_shape[4], splits, length,
-        *dy.shape[2:], *x.shape[2:],
-        *stride, *padding, *dilation,
-        *x.stride(), *dy.stride(),
-        math.prod(w_shape),
+        x=x, dy=dy, out=parts,
+        CO=cout_g, CI=cin_g, P=pixels, KVOL=kvol, KH=w_shape[3], KW=w_shape[4], SPLITS=splits,
+        SPLIT_LEN=length,
+        **named("OD OH OW", dy.shape[2:]), **named("D H W", x.shape[2:]),
+        **named("sd sh sw", stride), **named("pd ph pw", padding), **named("dd dh dw", dilation),
+        **named("x_n x_c x_d x_h x_w", x.stride()), **named("y_n y_c y_d y_h y_w", dy.stride()),
+        o_s=math.prod(w_shape),
         PRECISION=dot_precision(x, CUDNN),
     )
     if splits > 1:

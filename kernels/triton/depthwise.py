@@ -33,6 +33,7 @@ import triton
 import triton.language as tl
 
 from ._autotune import autotune
+from ._launch import named
 from .configs import CONV
 
 
@@ -338,10 +339,6 @@ def _depthwise_backward_weight_kernel(
             tl.store(db_part_ptr + part, tl.sum(acc_b, axis=0))
 
 
-def _strides(t):
-    return tuple(t.stride())
-
-
 def _is_channels_last(t):
     """The channel axis is the innermost (stride 1) with more than one channel."""
     return t.shape[1] > 1 and t.stride(1) == 1 and t.stride(4) != 1
@@ -364,10 +361,13 @@ def depthwise_forward(x, w, b, stride, padding, dilation, out):
             return (out.shape[2] * tiles_h * tiles_w, c_out, n_img)
 
         _depthwise_forward_planes_kernel[planes](
-            x, w, b if b is not None else w, out,
-            c_out // c_in, *x.shape[2:], h_out, w_out, c_out,
-            *_strides(x), *_strides(out), *stride, *padding, *dilation,
-            kd, kh, kw, b is not None)
+            x_ptr=x, w_ptr=w, b_ptr=b if b is not None else w, out_ptr=out,
+            M=c_out // c_in, **named("D_IN H_IN W_IN", x.shape[2:]), H_OUT=h_out, W_OUT=w_out,
+            N_CHANNELS=c_out,
+            **named("sxn sxc sxd sxh sxw", x.stride()), **named("son soc sod soh sow", out.stride()),
+            **named("SD SH SW", stride), **named("PD PH PW", padding),
+            **named("DD DH DW", dilation),
+            KD=kd, KH=kh, KW=kw, HAS_BIAS=b is not None)
         return out
     p_out = out.shape[2] * out.shape[3] * out.shape[4]
 
@@ -375,10 +375,12 @@ def depthwise_forward(x, w, b, stride, padding, dilation, out):
         return (triton.cdiv(p_out, meta["BLOCK_P"]), triton.cdiv(c_out, meta["BLOCK_C"]), n_img)
 
     _depthwise_forward_kernel[grid](
-        x, w, b if b is not None else w, out,
-        c_out, c_out // c_in, *x.shape[2:], *out.shape[3:], p_out,
-        *_strides(x), *_strides(out), *stride, *padding, *dilation,
-        kd, kh, kw, b is not None, _is_channels_last(out))
+        x_ptr=x, w_ptr=w, b_ptr=b if b is not None else w, out_ptr=out,
+        C_OUT=c_out, M=c_out // c_in, **named("D_IN H_IN W_IN", x.shape[2:]),
+        **named("H_OUT W_OUT", out.shape[3:]), P_OUT=p_out,
+        **named("sxn sxc sxd sxh sxw", x.stride()), **named("son soc sod soh sow", out.stride()),
+        **named("SD SH SW", stride), **named("PD PH PW", padding), **named("DD DH DW", dilation),
+        KD=kd, KH=kh, KW=kw, HAS_BIAS=b is not None, CHANNELS_LAST=_is_channels_last(out))
     return out
 
 
@@ -398,8 +400,13 @@ def depthwise_backward_input(dy, w, stride, padding, dilation, dx):
             return (dx.shape[2] * tiles_h * tiles_w, c_in, n_img)
 
         _depthwise_backward_input_planes_kernel[planes](
-            dy, w, dx, c_out // c_in, *dy.shape[2:], h_in, w_in, c_in,
-            *_strides(dy), *_strides(dx), *stride, *padding, *dilation, kd, kh, kw)
+            dy_ptr=dy, w_ptr=w, dx_ptr=dx,
+            M=c_out // c_in, **named("D_OUT H_OUT W_OUT", dy.shape[2:]), H_IN=h_in, W_IN=w_in,
+            N_CHANNELS=c_in,
+            **named("syn syc syd syh syw", dy.stride()), **named("sxn sxc sxd sxh sxw", dx.stride()),
+            **named("SD SH SW", stride), **named("PD PH PW", padding),
+            **named("DD DH DW", dilation),
+            KD=kd, KH=kh, KW=kw)
         return dx
     p_in = dx.shape[2] * dx.shape[3] * dx.shape[4]
 
@@ -407,9 +414,12 @@ def depthwise_backward_input(dy, w, stride, padding, dilation, dx):
         return (triton.cdiv(p_in, meta["BLOCK_P"]), triton.cdiv(c_in, meta["BLOCK_C"]), n_img)
 
     _depthwise_backward_input_kernel[grid](
-        dy, w, dx, c_in, c_out // c_in, *dy.shape[2:], *dx.shape[3:], p_in,
-        *_strides(dy), *_strides(dx), *stride, *padding, *dilation,
-        kd, kh, kw, _is_channels_last(dx))
+        dy_ptr=dy, w_ptr=w, dx_ptr=dx,
+        C_IN=c_in, M=c_out // c_in, **named("D_OUT H_OUT W_OUT", dy.shape[2:]),
+        **named("H_IN W_IN", dx.shape[3:]), P_IN=p_in,
+        **named("syn syc syd syh syw", dy.stride()), **named("sxn sxc sxd sxh sxw", dx.stride()),
+        **named("SD SH SW", stride), **named("PD PH PW", padding), **named("DD DH DW", dilation),
+        KD=kd, KH=kh, KW=kw, CHANNELS_LAST=_is_channels_last(dx))
     return dx
 
 
@@ -439,8 +449,11 @@ def depthwise_backward_weight(x, dy, w_shape, stride, padding, dilation, want_bi
     db_part = torch.empty((split, c_out), dtype=torch.float32, device=x.device)
     block_t = min(triton.next_power_of_2(kvol), 16)
     _depthwise_backward_weight_kernel[(c_out, split, triton.cdiv(kvol, block_t))](
-        x, dy, dw_part, db_part, c_out, c_out // x.shape[1], *x.shape[2:], *dy.shape[3:], p_out,
-        q, chunk, split, *_strides(x), *_strides(dy), *stride, *padding, *dilation,
+        x_ptr=x, dy_ptr=dy, dw_part_ptr=dw_part, db_part_ptr=db_part,
+        C_OUT=c_out, M=c_out // x.shape[1], **named("D_IN H_IN W_IN", x.shape[2:]),
+        **named("H_OUT W_OUT", dy.shape[3:]), P_OUT=p_out, Q=q, CHUNK=chunk, SPLIT=split,
+        **named("sxn sxc sxd sxh sxw", x.stride()), **named("syn syc syd syh syw", dy.stride()),
+        **named("SD SH SW", stride), **named("PD PH PW", padding), **named("DD DH DW", dilation),
         KD=kd, KH=kh, KW=kw, BLOCK_T=block_t, HAS_BIAS=bool(want_bias))
     dw = dw_part.sum(0).to(x.dtype).reshape(tuple(w_shape))
     return dw, (db_part.sum(0).to(x.dtype) if want_bias else None)

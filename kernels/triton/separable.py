@@ -48,6 +48,7 @@ import triton
 import triton.language as tl
 
 from ._autotune import autotune
+from ._launch import named
 from .configs import CONV
 from .precision import CUDNN, dot_precision
 from .conv import conv_backward_input, conv_backward_weight, conv_forward
@@ -298,9 +299,13 @@ def dsconv_forward(x, wd, bd, wp, bp, stride, padding, dilation, out):
         return (triton.cdiv(p_out, meta["BLOCK_M"]), triton.cdiv(c_out, meta["BLOCK_N"]), n_img)
 
     _dsconv_forward_kernel[grid](
-        x, wd, bd if bd is not None else wd, wp, bp if bp is not None else wd, out,
-        cm, c_out, cm // c_in, *x.shape[2:], *out.shape[3:], p_out,
-        *x.stride(), *wp.stride(), *out.stride(), *stride, *padding, *dilation,
+        x_ptr=x, wd_ptr=wd, bd_ptr=bd if bd is not None else wd, wp_ptr=wp,
+        bp_ptr=bp if bp is not None else wd, out_ptr=out,
+        CM=cm, C_OUT=c_out, M=cm // c_in, **named("D_IN H_IN W_IN", x.shape[2:]),
+        **named("H_OUT W_OUT", out.shape[3:]), P_OUT=p_out,
+        **named("sxn sxc sxd sxh sxw", x.stride()), **named("swp_o swp_k", wp.stride()),
+        **named("son soc sod soh sow", out.stride()),
+        **named("SD SH SW", stride), **named("PD PH PW", padding), **named("DD DH DW", dilation),
         KD=kd, KH=kh, KW=kw, HAS_BD=bd is not None, HAS_BP=bp is not None,
         PRECISION=dot_precision(x, CUDNN))
     return out
@@ -335,9 +340,13 @@ def dsconv_backward(x, wd, bd, wp, dy, stride, padding, dilation, dx, want_bias)
             return (triton.cdiv(c_out, meta["BLOCK_M"]), triton.cdiv(cm, meta["BLOCK_N"]), split)
 
         _dsconv_pointwise_weight_kernel[grid](
-            x, wd, bd if bd is not None else wd, dy, dw_part, db_part,
-            cm, c_out, cm // x.shape[1], *x.shape[2:], *dy.shape[3:], p_out, q, chunk, split,
-            *x.stride(), *dy.stride(), *stride, *padding, *dilation,
+            x_ptr=x, wd_ptr=wd, bd_ptr=bd if bd is not None else wd, dy_ptr=dy,
+            dw_part_ptr=dw_part, db_part_ptr=db_part,
+            CM=cm, C_OUT=c_out, M=cm // x.shape[1], **named("D_IN H_IN W_IN", x.shape[2:]),
+            **named("H_OUT W_OUT", dy.shape[3:]), P_OUT=p_out, Q=q, CHUNK=chunk, SPLIT=split,
+            **named("sxn sxc sxd sxh sxw", x.stride()), **named("syn syc syd syh syw", dy.stride()),
+            **named("SD SH SW", stride), **named("PD PH PW", padding),
+            **named("DD DH DW", dilation),
             KD=kd, KH=kh, KW=kw, HAS_BD=bd is not None, HAS_BIAS=bool(want_bias[1]),
             PRECISION=dot_precision(x, CUDNN))
         dwp = dw_part.sum(0).to(x.dtype)
@@ -371,10 +380,14 @@ def spatial_forward(x, wv, bv, wh, bh, stride, padding, dilation, out):
         return (segments * h_out, triton.cdiv(c_out, meta["BLOCK_N"]), n_img)
 
     _spatial_forward_kernel[grid](
-        x, wv, bv if bv is not None else wv, wh, bh if bh is not None else wh, out,
-        c_in, c_mid, c_out, h_in, w_in, h_out, w_out, ow_per, segments,
-        *x.stride(), *wv.stride()[:3], wh.stride(0), wh.stride(1), wh.stride(3), *out.stride(),
-        sh, sw, ph, pw, dh, dw, KH=kh, KW=kw, MID_W=mid_w, HAS_BV=bv is not None,
+        x_ptr=x, wv_ptr=wv, bv_ptr=bv if bv is not None else wv, wh_ptr=wh,
+        bh_ptr=bh if bh is not None else wh, out_ptr=out,
+        C_IN=c_in, C_MID=c_mid, C_OUT=c_out, H_IN=h_in, W_IN=w_in, H_OUT=h_out, W_OUT=w_out,
+        OW_PER=ow_per, SEGMENTS=segments,
+        **named("sxn sxc sxh sxw", x.stride()), **named("swv_m swv_i swv_h", wv.stride()[:3]),
+        swh_o=wh.stride(0), swh_m=wh.stride(1), swh_w=wh.stride(3),
+        **named("son soc soh sow", out.stride()),
+        SH=sh, SW=sw, PH=ph, PW=pw, DH=dh, DW=dw, KH=kh, KW=kw, MID_W=mid_w, HAS_BV=bv is not None,
         HAS_BH=bh is not None, PRECISION=dot_precision(x, CUDNN))
     return out
 
