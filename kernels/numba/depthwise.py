@@ -341,16 +341,19 @@ def _channels_last_forward(x, w, bias, cp, out):
 SHORT_ROW = 8
 
 
-def forward_algorithm(x, out, stride):
-    """The forward algorithm, chosen from the layout and the shape:
+def forward_algorithm(x, out, k_shape, stride):
+    """The forward algorithm, chosen from the layout and the shape (single-core timings here):
 
-    ===================  ==========================================================
-    channels_last x      'channel_vector' (depthwise_nhwc; depthwise_cl for C == 1)
-    stride 1, output     'same' (masked in-place streams over whole planes: no
-    volume = input's     padded copy, no copy-out)
-    output rows < 8      'channel_vector' (depthwise_cl: CB-channel tiles)
-    otherwise            'row_stream' (depthwise_core phase slab, any stride)
-    ===================  ==========================================================
+    =====================================  ================================================
+    channels_last x                        'channel_vector' (depthwise_nhwc; depthwise_cl
+                                           for C == 1)
+    2-d/3-d, stride 1, output volume =     'same' (masked in-place streams over whole
+    input's, and <= 9 taps or rows < 32    planes: no padded copy, no copy-out; two
+                                           operations per tap, so long rows with many taps
+                                           go to the row streams)
+    output rows < 8                        'channel_vector' (depthwise_cl: CB-channel tiles)
+    otherwise (and every 1-d conv)         'row_stream' (depthwise_core phase slab)
+    =====================================  ================================================
 
     DLKERN_DEPTHWISE_ALGO=same|row_stream|channel_vector forces one (tests run each); 'same'
     falls back to 'row_stream' where it does not apply.
@@ -365,7 +368,8 @@ def forward_algorithm(x, out, stride):
         return "same" if same else "row_stream"
     if is_channels_last(x):
         return "channel_vector"
-    if same:
+    planar = x.shape[2] > 1 or x.shape[3] > 1
+    if same and planar and (int(np.prod(k_shape)) <= 9 or out.shape[4] < 32):
         return "same"
     if out.shape[4] < SHORT_ROW:
         return "channel_vector"
@@ -378,7 +382,7 @@ def depthwise_forward(x, w, bias, stride, padding, dilation, out):
     if out.size == 0:
         return out
     cp = conv_params(stride, padding, dilation)
-    algorithm = forward_algorithm(x, out, stride)
+    algorithm = forward_algorithm(x, out, w.shape[2:], stride)
     x_dense = dense_flat(x) is not None
     out_flat = dense_flat(out)
     if (algorithm == "channel_vector" and x_dense and out_flat is not None

@@ -374,7 +374,9 @@ def _l2_budget(share=1.0):
 def _same_args(x, wd, cp, out, band, threads):
     """(same, shifts, kidx, masks, lo, hi, bufs) for the kernels: the stride-1 'same' depthwise
     path (masked in-place passes over bands of ``band`` elements) where it applies."""
-    same = cp[:3] == (1, 1, 1) and tuple(out.shape[2:]) == tuple(x.shape[2:])
+    same = (cp[:3] == (1, 1, 1) and tuple(out.shape[2:]) == tuple(x.shape[2:])
+            and (x.shape[2] > 1 or x.shape[3] > 1)
+            and (int(np.prod(wd.shape[2:])) <= 9 or out.shape[4] < 32))  # as forward_algorithm
     if not same:
         empty, masks = np.zeros(0, dtype=np.int64), np.zeros((0, 1), np.uint8)
         empty.flags.writeable = masks.flags.writeable = False  # the types of same_taps' arrays
