@@ -158,3 +158,27 @@ def test_weight_gradient_does_not_depend_on_thread_count():
         numba.set_num_threads(threads)
     many = numba_depthwise.depthwise_backward_weight(x, dy, *args)
     assert np.array_equal(one[0], many[0]) and np.array_equal(one[1], many[1])
+
+
+@pytest.mark.parametrize("stride,multiplier,kernel", [(1, 1, 3), (1, 1, 5), (2, 1, 3), (1, 2, 3)])
+def test_channels_last_gradients_in_place(stride, multiplier, kernel):
+    # channels_last input and output gradient: the backward kernels read and write them in place
+    g = torch.Generator().manual_seed(7)
+    x = make_tensor((2, 18, 11, 10), torch.float32, "channels_last", g, requires_grad=True)
+    w = make_tensor((18 * multiplier, 1, kernel, kernel), torch.float32, generator=g,
+                    requires_grad=True)
+    b = make_tensor((18 * multiplier,), torch.float32, generator=g, requires_grad=True)
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
+    kwargs = dict(stride=stride, padding=kernel // 2, groups=18)
+    out = DF.conv2d(x, w, b, **kwargs)
+    ref = F.conv2d(x64, w64, b64, **kwargs)
+    grad = make_tensor(tuple(out.shape), torch.float64, "channels_last", g)
+    out.backward(grad.float())
+    ref.backward(grad)
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+    pixels = 2 * math.prod(out.shape[2:])
+    from helpers import assert_close
+    assert_close(out, ref, kernel * kernel)
+    assert_close(x.grad, x64.grad, multiplier * kernel * kernel, "grad of input")
+    assert_close(w.grad, w64.grad, pixels, "grad of weight")
+    assert_close(b.grad, b64.grad, pixels, "grad of bias")

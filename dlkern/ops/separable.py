@@ -61,6 +61,16 @@ def depthwise_channels_last(input, weight, bias, stride, padding, dilation, out)
     return out
 
 
+def depthwise_backward_input_channels_last(grad_output, weight, stride, padding, dilation,
+                                           grad_input):
+    """``dlkern::conv_backward_input`` of a depthwise convolution whose output gradient is
+    channels_last (CPU): read and written in place through strided NumPy views."""
+    numba_depthwise.depthwise_backward_input(
+        rank3_view(grad_output).numpy(), as_rank3_array(weight), rank3(stride, 1),
+        rank3(padding, 0), rank3(dilation, 1), rank3_view(grad_input).numpy())
+    return grad_input
+
+
 # ---------------------------------------------------------------- depthwise-separable
 
 

@@ -410,13 +410,36 @@ def depthwise_forward(x, w, bias, stride, padding, dilation, out):
     return out
 
 
+def _flipped(w):
+    return np.ascontiguousarray(w[:, :, ::-1, ::-1, ::-1])
+
+
 def depthwise_backward_input(dy, w, stride, padding, dilation, dx):
-    """dx = the gradient of depthwise conv(x, w) w.r.t. x, given dy, its output's gradient."""
+    """dx = the gradient of depthwise conv(x, w) w.r.t. x, given dy, its output's gradient. dy and
+    dx may be channels_last views; with stride 1 and no channel multiplier the gradient is the
+    forward 'same'-style correlation of dy with the flipped kernel (padding (K-1)*d - p), which
+    the channels_last forward computes in place."""
     if dx.size == 0:
         return dx
     if dy.size == 0:
         dx[...] = 0.0
         return dx
+    m = w.shape[0] // dx.shape[1]
+    pad_t = tuple((k - 1) * d - p for k, d, p in zip(w.shape[2:], dilation, padding))
+    if (is_channels_last(dy) and is_channels_last(dx) and m == 1 and tuple(stride) == (1, 1, 1)
+            and min(pad_t) >= 0 and dense_flat(dy) is not None and dense_flat(dx) is not None):
+        return _channels_last_forward(dy, _flipped(w), None, conv_params(stride, pad_t, dilation),
+                                      dx)
+    dy = np.ascontiguousarray(dy)
+    if not dx.flags.c_contiguous:
+        result = np.empty(dx.shape, dtype=dx.dtype)
+        _backward_input(dy, w, stride, padding, dilation, result)
+        dx[...] = result
+        return dx
+    return _backward_input(dy, w, stride, padding, dilation, dx)
+
+
+def _backward_input(dy, w, stride, padding, dilation, dx):
     threads = numba.get_num_threads()
     cp = conv_params(stride, padding, dilation)
     k_shape = tuple(w.shape[2:])
@@ -435,12 +458,49 @@ def depthwise_backward_input(dy, w, stride, padding, dilation, dx):
     return dx
 
 
+def _channels_last_backward_weight(x, dy, k_shape, cp):
+    """dw (C, KD*KH*KW) float64 of a multiplier-1 depthwise conv on channels_last x and dy."""
+    threads = numba.get_num_threads()
+    c = x.shape[1]
+    kvol = int(np.prod(k_shape))
+    od_n, oh_n, ow_n = dy.shape[2:]
+    xf, x_strides = dense_flat(x)
+    gf, g_strides = dense_flat(dy)
+    sh, sw = cp[1], cp[2]
+    cq = -(-((ow_n - 1) * sw + (k_shape[2] - 1) * cp[8] + 1) // sw)
+
+    def slab_size(rows):
+        return k_shape[0] * ((rows - 1) * sh + (k_shape[1] - 1) * cp[7] + 1) * sw * cq * c
+
+    band_rows = _rows_per_band(oh_n, x.shape[0] * od_n, threads, slab_size,
+                               _scratch_budget(x.itemsize))
+    chunk = c * max(1, -(-256 // c))
+    items = x.shape[0] * od_n * -(-oh_n // band_rows)
+    result = np.zeros((items, c, kvol), dtype=np.float64)
+    depthwise_nhwc.weight_kernel(
+        xf, x_strides, x.shape, gf, g_strides, dy.shape, k_shape, cp, band_rows, chunk,
+        np.zeros((threads, slab_size(band_rows)), dtype=x.dtype),
+        np.empty((threads, kvol), dtype=np.int64), np.empty((threads, kvol), dtype=np.int64),
+        np.empty((threads, kvol * chunk), dtype=x.dtype), result)
+    return result.sum(axis=0)
+
+
 def depthwise_backward_weight(x, dy, w_shape, stride, padding, dilation, want_bias):
     """(dw, db): gradients of depthwise conv(x, w) + bias with respect to w (shape w_shape) and
     bias ((C*m,), or None when not wanted)."""
     c_out = w_shape[0]
     k_shape = tuple(w_shape[2:])
     oh_n, ow_n = dy.shape[3], dy.shape[4]
+    if (c_out == x.shape[1] and dy.size > 0 and x.size > 0 and is_channels_last(x)
+            and is_channels_last(dy) and dense_flat(x) is not None
+            and dense_flat(dy) is not None):
+        dw64 = _channels_last_backward_weight(x, dy, k_shape,
+                                              conv_params(stride, padding, dilation))
+        dw = dw64.astype(x.dtype).reshape(tuple(w_shape))
+        db = dy.sum(axis=(0, 2, 3, 4), dtype=np.float64).astype(x.dtype) if want_bias else None
+        return dw, db
+    x = np.ascontiguousarray(x)
+    dy = np.ascontiguousarray(dy)
     dw64 = np.zeros((c_out,) + k_shape, dtype=np.float64)
     db64 = np.zeros(c_out, dtype=np.float64)
     if dy.size > 0 and x.size > 0:

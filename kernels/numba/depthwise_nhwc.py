@@ -101,3 +101,99 @@ def forward_kernel(xf, x_strides, in_shape, wrep, brep, chunk, of, o_strides, ou
             o = n * ons + od * ods + (oh0 + r) * ohs
             lanes_pass(of[o:o + n_row], n_row, brep, slab[r * sh * row_len:], offs, wsel, chunk,
                        ntaps)
+
+
+@jit_fma
+def lanes_accumulate(part, chunk, g, src, o0, o1, o2, o3, ntaps4, n):
+    """part[t*chunk + q % chunk] += g[q] * src[o_t + q] for q < n and the taps o0..o3 (the first
+    ntaps4 of them): per-lane running sums (lane = position in a chunk of whole pixels, so the
+    channel of a lane is fixed), one pass over g for up to four taps."""
+    for q0 in range(0, n, chunk):
+        cn = min(chunk, n - q0)
+        gs = g[q0:q0 + cn]
+        p0 = part[0:cn]
+        x0 = src[o0 + q0:o0 + q0 + cn]
+        if ntaps4 == 4:
+            p1 = part[chunk:chunk + cn]
+            p2 = part[2 * chunk:2 * chunk + cn]
+            p3 = part[3 * chunk:3 * chunk + cn]
+            x1 = src[o1 + q0:o1 + q0 + cn]
+            x2 = src[o2 + q0:o2 + q0 + cn]
+            x3 = src[o3 + q0:o3 + q0 + cn]
+            for q in range(cn):
+                v = gs[q]
+                p0[q] += v * x0[q]
+                p1[q] += v * x1[q]
+                p2[q] += v * x2[q]
+                p3[q] += v * x3[q]
+        else:
+            for q in range(cn):
+                p0[q] += gs[q] * x0[q]
+
+
+@jit_parallel_fma
+def weight_kernel(xf, x_strides, in_shape, dyf, dy_strides, out_shape, k_shape, cp, band_rows,
+                  chunk, slabs, offss, kidxs, parts, result):
+    """Weight gradient of a channel multiplier 1 depthwise conv, channels_last x and dy:
+    result[item, c, k] (float64) = the item's (image, output depth, band of rows) sum of
+    dy * input for kernel element k of channel c, from per-lane partial sums (lanes_accumulate)
+    reduced in a fixed order; the caller sums the items in order."""
+    n_img, c_in, d_in, h_in, w_in = in_shape
+    _, c_out, od_n, oh_n, ow_n = out_shape
+    kd_n, kh_n, kw_n = k_shape
+    sd, sh, sw, pd, ph, pw, dd, dh, dw = cp
+    xns, xcs, xds, xhs, xws = x_strides
+    gns, gcs, gds, ghs, gws = dy_strides
+    n_bands = (oh_n + band_rows - 1) // band_rows
+    rows_max = (band_rows - 1) * sh + (kh_n - 1) * dh + 1
+    cols = (ow_n - 1) * sw + (kw_n - 1) * dw + 1
+    cq = (cols + sw - 1) // sw
+    row_len = sw * cq * c_out
+    plane = rows_max * row_len
+    n_row = ow_n * c_out
+    for item in numba.prange(n_img * od_n * n_bands):
+        tid = numba.get_thread_id()
+        slab = slabs[tid]
+        offs = offss[tid]
+        kidx = kidxs[tid]
+        part = parts[tid]
+        band = item % n_bands
+        rest = item // n_bands
+        od = rest % od_n
+        n = rest // od_n
+        oh0 = band * band_rows
+        rows_out = min(oh_n, oh0 + band_rows) - oh0
+        rows_in = (rows_out - 1) * sh + (kh_n - 1) * dh + 1
+        ntaps = 0
+        for kd in range(kd_n):
+            i_d = od * sd - pd + kd * dd
+            if i_d < 0 or i_d >= d_in:
+                continue
+            fill_rows(xf, n * xns + i_d * xds, xhs, xws, h_in, w_in, c_in, 1, oh0 * sh - ph, -pw,
+                      rows_in, cols, sw, cq, slab, kd * plane)
+            for kh in range(kh_n):
+                for kw in range(kw_n):
+                    cw = kw * dw
+                    offs[ntaps] = (kd * plane + kh * dh * row_len + (cw % sw) * cq * c_out
+                                   + (cw // sw) * c_out)
+                    kidx[ntaps] = (kd * kh_n + kh) * kw_n + kw
+                    ntaps += 1
+        for i in range(ntaps * chunk):
+            part[i] = 0.0
+        for r in range(rows_out):
+            g0 = n * gns + od * gds + (oh0 + r) * ghs
+            g = dyf[g0:g0 + n_row]
+            src = slab[r * sh * row_len:]
+            t = 0
+            while t < ntaps:
+                four = 4 if t + 4 <= ntaps else 1
+                lanes_accumulate(part[t * chunk:], chunk, g, src, offs[t],
+                                 offs[t + 1] if four == 4 else 0, offs[t + 2] if four == 4 else 0,
+                                 offs[t + 3] if four == 4 else 0, four, n_row)
+                t += four
+        res = result[item]
+        for t in range(ntaps):
+            k = kidx[t]
+            for p in range(chunk // c_out):
+                for c in range(c_out):
+                    res[c, k] += part[t * chunk + p * c_out + c]
