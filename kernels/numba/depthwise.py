@@ -9,21 +9,31 @@ Rank-3 canonical form, C-contiguous NumPy arrays (NCDHW):
 
 ``padding`` is the padding before the first element of each axis.
 
+x, out (and dy, dx) may also be channels_last views of those shapes (channels innermost).
+
 A depthwise convolution does KD*KH*KW multiply-adds per output element and reads each input
 once: it is memory-bound, and the kernels are built so that each input and output element
-crosses DRAM once while the arithmetic runs as long FMA streams (depthwise_core: the phase slab
-makes every stride and dilation contiguous streams). Work items, run by one prange each:
+crosses DRAM once while the arithmetic runs as long FMA streams. forward_algorithm picks the
+forward (its docstring holds the table):
 
-* forward: (image, input channel, band of output rows); the band is as tall as fits a share of
-  the L2 cache (machine.cache_bytes) and short enough that there are several items per thread.
-* input gradient: (image, input channel, band of input rows); the item owns its rows of dx (no
-  two threads write one element) and gathers from the m output channels of its channel.
-* weight gradient: an input channel (its m output channels), over every image; per-lane partial
-  sums per plane band (dot4), accumulated in float64 in a fixed order: results do not depend
-  on the thread count.
+* 'row_stream' (depthwise_core): item (image, input channel, band of output rows); the band's
+  input window is copied once into a phase slab, which makes every stride and dilation contiguous
+  streams. The band is as tall as fits a share of L2 (machine.cache_bytes), short enough that
+  there are several items per thread.
+* 'same' (stride 1, output volume = input volume, 2-d/3-d): item (image, output channel); one
+  masked pass over the whole plane read in place (depthwise_core.masked_pass).
+* 'channel_vector': channels_last tensors (depthwise_nhwc: a whole output row per pass, a weight
+  vector per tap) and, for NCHW, planes with rows of a few elements (depthwise_cl tiles).
 
-Planes of fewer than about a vector of columns run through the channel-vectorised kernels of
-depthwise_cl (the natural layout for depthwise), as do channels_last tensors.
+Gradients:
+
+* input: item (image, input channel, band of input rows), which owns its rows of dx, in the
+  transposed-stride form (depthwise_core.backward_input_band). channels_last dy/dx with stride 1
+  and multiplier 1: the channels_last forward of dy with the flipped kernel, in place.
+* weight: an input channel (its m output channels) over every image, per-lane partial sums per
+  band (dot4) accumulated in float64 in a fixed order; channels_last: per-lane running sums per
+  (image, band) item, the items summed in order (depthwise_nhwc.weight_kernel). Results do not
+  depend on the thread count.
 """
 import functools
 

@@ -7,10 +7,12 @@ Depthwise-separable (rank-3 canonical, C-contiguous arrays):
     wp   (C_out, C*m)             pointwise weight (the 1x1 kernel as a matrix), bp (C_out,) or None
     out  (N, C_out, OD, OH, OW)   its shape gives the output size; padding is the low-side padding
 
-Forward: a work item is (image, output depth, tile of output rows). It runs the depthwise kernel
-(depthwise._forward_tile) for every channel into a per-thread tile ``mid`` (C*m, rows*OW) sized to
-stay in L2, then multiplies it by the pointwise weight with BLAS straight into the output tile.
-The depthwise result never goes to memory as a whole.
+Forward: a work item is (image, output depth, tile of output rows). It runs the depthwise core
+for every channel (depthwise_core.forward_band, or masked_band for stride-1 'same' planes, as
+depthwise.forward_algorithm decides) into a per-thread tile ``mid`` (C*m, rows*OW) sized to stay
+in L2, then multiplies it by the pointwise weight with BLAS (_jit.gemm) straight into the output
+tile. The depthwise result never goes to memory as a whole. Tiles are balanced (no short last
+tile) and as wide as L2 allows: the GEMM's efficiency grows with the tile.
 
 Backward: a work item is one image. The depthwise result of that image is recomputed into a
 per-thread buffer rather than saved by the forward pass: saving it would write and read back
@@ -30,8 +32,9 @@ Spatial separable (2-d, C-contiguous):
 The vertical conv (stride (sh, 1), padding (ph, 0), dilation (dh, 1)) makes mid (C_mid, OH, W);
 the horizontal one (stride (1, sw), padding (0, pw), dilation (1, dw)) makes out from it. Row r of
 mid depends only on rows of x and feeds only row r of out, so a tile of output rows is
-self-contained: per item (image, row tile) mid is built by KH GEMMs (K = C_in), its horizontal
-patches are packed (C_mid*KW, rows*OW) and one GEMM (K = C_mid*KW) writes the output tile.
+self-contained: per item (image, row tile) the KH input rows of each output row are packed
+(KH*C_in, rows*W) and one GEMM (K = KH*C_in) makes mid, its horizontal patches are packed
+(C_mid*KW, rows*OW) and one GEMM (K = C_mid*KW) writes the output tile.
 Multiplies per output pixel: C_mid*C_in*KH*(W/OW) + C_out*C_mid*KW, against C_out*C_in*KH*KW for
 the full KH x KW conv: for k = 7 and C_in = C_mid = C_out = C, 14*C^2 instead of 49*C^2 (3.5x
 fewer).
