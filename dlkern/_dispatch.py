@@ -22,6 +22,7 @@ _CPU_DTYPES = (torch.float32, torch.float64)
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _lock = threading.Lock()
 _fallbacks = Counter()
+_policy = {}  # op family -> Counter of the "fastest" policy's decisions and the calls it routed
 
 # Op families that have Triton kernels; filled in by dlkern.ops modules through register_triton.
 TRITON_OPS = set()
@@ -81,15 +82,39 @@ def count_fallback(op):
         _fallbacks[op] += 1
 
 
-def stats():
-    """Counts of calls that fell back to torch, per op: ``{"fallbacks": {op: count}}``."""
+def count_policy(family, event):
+    """Count one event of the "fastest" policy (dlkern.policy) for an op family: "timed" (a
+    signature timed in this process), "dlkern" or "torch" (a call it sent there)."""
     with _lock:
-        return {"fallbacks": dict(_fallbacks)}
+        _policy.setdefault(family, Counter())[event] += 1
+
+
+def stats():
+    """``{"fallbacks": {op: count}, "policy": {family: {event: count}}}``: calls that fell back
+    to torch (dlkern.enable's pass-throughs appear here once, as ``"enable:<operator>"``), and
+    the "fastest" policy's signatures timed and calls sent to dlkern or to torch."""
+    with _lock:
+        return {"fallbacks": dict(_fallbacks),
+                "policy": {family: dict(counts) for family, counts in _policy.items()}}
 
 
 def reset_stats():
     with _lock:
         _fallbacks.clear()
+        _policy.clear()
+
+
+def fallbacks_of(prefix):
+    """{op without ``prefix``: count} of the fallbacks whose op starts with ``prefix``."""
+    with _lock:
+        return {op[len(prefix):]: n for op, n in _fallbacks.items() if op.startswith(prefix)}
+
+
+def clear_fallbacks(prefix):
+    """Clear the fallback counts whose op starts with ``prefix``."""
+    with _lock:
+        for op in [op for op in _fallbacks if op.startswith(prefix)]:
+            del _fallbacks[op]
 
 
 _CHANNELS_LAST = {torch.channels_last: 4, torch.channels_last_3d: 5}

@@ -13,13 +13,10 @@ def _usable_cores():
         return os.cpu_count() or 1
 
 
-def pin(threads=None):
-    """Set Numba's thread count (and torch's, when given explicitly) to ``threads``."""
-    if threads is None:
-        threads = int(os.environ.get("DLKERN_NUM_THREADS", "0")) or min(
-            torch.get_num_threads(), _usable_cores())
-    else:
-        torch.set_num_threads(threads)
+def pin():
+    """Set Numba's thread count to DLKERN_NUM_THREADS, else to torch's (at most the usable cores)."""
+    threads = int(os.environ.get("DLKERN_NUM_THREADS", "0")) or min(
+        torch.get_num_threads(), _usable_cores())
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     return threads
 

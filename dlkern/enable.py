@@ -45,8 +45,18 @@ Not covered: double backward through a routed call (``create_graph=True`` then b
 raises, since dlkern's backward ops have no derivative of their own; under ``torch.compile`` the
 traced (fake) calls keep torch's path.
 
+Selection and policy (dlkern.policy): ``enable(ops=None, exclude=None, policy=None)``. ``ops`` /
+``exclude`` name op families or torch module classes: conv, depthwise (groups equal to the input
+channels), conv_transpose, attention (SDPA; also named by mha and nn.MultiheadAttention, whose
+training path calls it), rnn (nn.LSTM, nn.GRU); Conv1d..ConvTranspose3d select by rank. cell,
+separable and softmax are valid names with no aten operator routed. A call not selected runs
+torch's kernel, uncounted. Under ``policy="fastest"`` (the default) each selected call signature
+is timed once against torch's own kernel, the faster kept (and cached on disk). Calls nest: the
+innermost active enable's selection and policy apply.
+
 ``counts()`` says how many calls each operator routed to dlkern and passed to torch since the
-last ``reset_counts()``: the proof that routing happened.
+last ``reset_counts()``: the proof that routing happened. A pass-through is recorded once, in
+``dlkern.stats()["fallbacks"]`` as ``"enable:<operator>"``; ``counts()["passed"]`` reads it there.
 """
 import contextlib
 import threading
@@ -56,7 +66,9 @@ import torch
 import torch.nn.functional as F
 
 from dlkern import _dispatch
+from dlkern import policy as _policy
 from dlkern.ops import attention, conv, conv_transpose, rnn
+from dlkern.patch import _TWINS
 
 _OPERATORS = {  # aten operator -> dlkern op families (the names dlkern._dispatch knows them by)
     "convolution": ("conv", "conv_transpose"),
@@ -68,11 +80,11 @@ _OPERATORS = {  # aten operator -> dlkern op families (the names dlkern._dispatc
 }
 _KEYS = {"cpu": ("AutogradCPU", "CPU"), "cuda": ("AutogradCUDA", "CUDA")}
 
-_lock = threading.Lock()  # guards _depth, _library and the counters
+_lock = threading.Lock()  # guards _depth, _library, _states and the counter
 _depth = 0
 _library = None
+_states = []  # (Selection, measured) of each active enable, innermost last
 _routed = Counter()
-_passed = Counter()
 _local = threading.local()
 
 
@@ -259,6 +271,63 @@ _ROUTES = {
 
 
 # ---------------------------------------------------------------------------------------------
+# which calls are selected, and their signatures for the policy
+
+_CONV_CLASSES = {(False, 1): torch.nn.Conv1d, (False, 2): torch.nn.Conv2d,
+                 (False, 3): torch.nn.Conv3d, (True, 1): torch.nn.ConvTranspose1d,
+                 (True, 2): torch.nn.ConvTranspose2d, (True, 3): torch.nn.ConvTranspose3d}
+
+
+def _tags(operator, args):
+    """The family and the torch module classes a call of ``operator`` stands for."""
+    if operator == "convolution":
+        input, weight, transposed, groups = args[0], args[1], args[6], args[8]
+        nsp = weight.dim() - 2
+        if transposed:
+            family = "conv_transpose"
+        elif input.dim() == weight.dim() and input.dim() > 2 and 1 < groups == input.shape[1]:
+            family = "depthwise"
+        else:
+            family = "conv"
+        cls = _CONV_CLASSES.get((bool(transposed), nsp))
+        return family, {family} | ({cls} if cls else set())
+    if operator == "scaled_dot_product_attention":
+        return "attention", {"attention", "mha", torch.nn.MultiheadAttention}
+    return "rnn", {"rnn", torch.nn.LSTM if operator.startswith("lstm") else torch.nn.GRU}
+
+
+def _signature(operator, args, kwargs):
+    """The policy's key for this call. A packed sequence's rows and step sizes change with every
+    batch of lengths; its batch, step count and feature width stand for it."""
+    if operator.endswith(".data"):
+        data, sizes = args[0], args[1]
+        head = ("P", tuple(data.shape[1:]), str(data.dtype), data.device.type,
+                data.requires_grad, int(sizes[0]) if sizes.numel() else 0, sizes.numel())
+        args = (head,) + tuple(_policy.signature(a) for a in args[2:])
+    else:
+        args = _policy.signature(args)
+    return ("aten", operator, args, _policy.signature(kwargs))
+
+
+def _choose(operator, family, keyset, original, route, args, kwargs):
+    """The "fastest" policy's path for this routed call: "dlkern" or "torch"."""
+    tensors = _policy.tensors_in((args, kwargs))
+    backward = _policy.wants_backward(tensors)
+    key = _signature(operator, args, kwargs) + (backward,)
+
+    def make_torch():
+        return _policy.timed_call(lambda *a, **k: original.call_boxed(keyset, *a, **k), args,
+                                  kwargs, backward=backward)
+
+    def make_dlkern():
+        return _policy.timed_call(lambda *a, **k: route(*a, **k)(), args, kwargs,
+                                  backward=backward)
+
+    with _to_torch():
+        return _policy.choose(family, key, make_torch, make_dlkern, tensors)
+
+
+# ---------------------------------------------------------------------------------------------
 # the kernels registered with torch
 
 @contextlib.contextmanager
@@ -276,16 +345,19 @@ def _make_kernel(operator, key, original):
 
     def kernel(keyset, *args, **kwargs):
         if not getattr(_local, "depth", 0):
-            run = route(*args, **kwargs)
-            if run is not None:
-                with _to_torch():
-                    result = run()
-                with _lock:
-                    _routed[operator] += 1
-                return result
-            with _lock:
-                _passed[operator] += 1
-            _dispatch.count_fallback(f"enable:{operator}")
+            selection, measured = _states[-1] if _states else (None, False)
+            family, tags = _tags(operator, args)
+            if selection is not None and selection.takes(tags):
+                run = route(*args, **kwargs)
+                if run is None:
+                    _dispatch.count_fallback(f"enable:{operator}")
+                elif not measured or _choose(operator, family, keyset, original, route, args,
+                                             kwargs) == "dlkern":
+                    with _to_torch():
+                        result = run()
+                    with _lock:
+                        _routed[operator] += 1
+                    return result
         with _to_torch():
             return original.call_boxed(keyset, *args, **kwargs)
 
@@ -316,14 +388,21 @@ def _register():
 # ---------------------------------------------------------------------------------------------
 # public API
 
-def enable():
+def enable(ops=None, exclude=None, policy=None):
     """Route torch's convolution, SDPA and LSTM/GRU operators to dlkern until the matching
-    ``disable()``. Calls nest: each enable needs its own disable."""
+    ``disable()``. ``ops`` / ``exclude``: op families (dlkern.policy.FAMILIES) or torch module
+    classes to route / keep on torch; ``policy``: "fastest" (default, or ``DLKERN_POLICY``) or
+    "always". Calls nest: each enable needs its own disable; the innermost one's choices apply."""
     global _depth, _library
+    selection = _policy.Selection(ops, exclude, tuple(_TWINS), "dlkern.enable", "ops")
+    measured = _policy.resolve(policy) == "fastest"
+    if measured:
+        _policy.load()
     with _lock:
         if _depth == 0:
             _library = _register()
         _depth += 1
+        _states.append((selection, measured))
 
 
 def disable():
@@ -334,6 +413,7 @@ def disable():
         if _depth == 0:
             raise RuntimeError("dlkern.disable() called without a matching dlkern.enable()")
         _depth -= 1
+        _states.pop()
         if _depth == 0:
             library, _library = _library, None
             library._destroy()
@@ -346,10 +426,10 @@ def is_enabled():
 
 
 @contextlib.contextmanager
-def enabled():
-    """``with dlkern.enabled():`` routes torch's operators to dlkern inside the block, and restores
-    the state before it on the way out, exception or not."""
-    enable()
+def enabled(ops=None, exclude=None, policy=None):
+    """``with dlkern.enabled():`` routes torch's operators to dlkern inside the block (arguments
+    as ``enable``'s), and restores the state before it on the way out, exception or not."""
+    enable(ops, exclude, policy)
     try:
         yield
     finally:
@@ -358,12 +438,15 @@ def enabled():
 
 def counts():
     """``{"routed": {operator: n}, "passed": {operator: n}}``: calls that ran on dlkern and calls
-    left to torch since the last ``reset_counts()`` (calls nested in either are not counted)."""
+    dlkern does not cover, left to torch, since the last ``reset_counts()`` (calls nested in
+    either are not counted; nor are calls not selected or sent to torch by the policy, which
+    dlkern.stats()["policy"] counts). The pass-throughs are read from dlkern.stats()."""
     with _lock:
-        return {"routed": dict(_routed), "passed": dict(_passed)}
+        return {"routed": dict(_routed), "passed": _dispatch.fallbacks_of("enable:")}
 
 
 def reset_counts():
+    """Clear the routed counts and enable's pass-throughs (also in dlkern.stats())."""
     with _lock:
         _routed.clear()
-        _passed.clear()
+        _dispatch.clear_fallbacks("enable:")

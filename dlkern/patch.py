@@ -11,6 +11,11 @@ Two torch containers bypass ``MultiheadAttention.forward`` in inference: Transfo
 fused "fast path" and TransformerEncoder's nested-tensor conversion. Where their attention was
 patched, they get private subclasses that take torch's standard path, so the patched attention
 actually runs (the same numbers, computed by dlkern); unpatch restores them.
+
+Selection and policy (dlkern.policy): ``include`` / ``exclude`` name op families or torch classes;
+under ``policy="fastest"`` (the default) a swapped module gets the twin's measured subclass, whose
+calls run the twin's or torch's own forward, whichever was faster for that call signature; the
+containers above are measured the same way (torch's fused fast path against the standard path).
 """
 import dataclasses
 import threading
@@ -21,6 +26,7 @@ import torch.nn.functional as F
 
 from dlkern import _dispatch
 from dlkern import nn as dnn
+from dlkern import policy as _policy
 
 
 class _EncoderLayerStandardPath(torch.nn.TransformerEncoderLayer):
@@ -53,7 +59,7 @@ class _EncoderWithoutNested(torch.nn.TransformerEncoder):
         return False
 
 
-# torch class -> (dlkern twin, op family whose kernels it runs)
+# torch class -> (dlkern twin, op family: the name include/exclude select it by)
 _TWINS = {
     torch.nn.Conv1d: (dnn.Conv1d, "conv"),
     torch.nn.Conv2d: (dnn.Conv2d, "conv"),
@@ -63,14 +69,19 @@ _TWINS = {
     torch.nn.ConvTranspose3d: (dnn.ConvTranspose3d, "conv_transpose"),
     torch.nn.LSTM: (dnn.LSTM, "rnn"),
     torch.nn.GRU: (dnn.GRU, "rnn"),
-    torch.nn.LSTMCell: (dnn.LSTMCell, "rnn"),
-    torch.nn.GRUCell: (dnn.GRUCell, "rnn"),
-    torch.nn.MultiheadAttention: (dnn.MultiheadAttention, "attention"),
+    torch.nn.LSTMCell: (dnn.LSTMCell, "cell"),
+    torch.nn.GRUCell: (dnn.GRUCell, "cell"),
+    torch.nn.MultiheadAttention: (dnn.MultiheadAttention, "mha"),
 }
+# family -> the dlkern._dispatch op family whose kernels it runs, where the names differ
+_BACKEND_OP = {"depthwise": "conv", "cell": "rnn", "mha": "attention"}
+# family -> other names that also select it ("attention" reaches MultiheadAttention's kernel)
+_ALSO_NAMED = {"mha": ("attention",)}
 _CONTAINERS = {
     torch.nn.TransformerEncoderLayer: _EncoderLayerStandardPath,
     torch.nn.TransformerEncoder: _EncoderWithoutNested,
 }
+_MEASURED_CONTAINERS = {_EncoderLayerStandardPath}  # torch's fast path may beat the standard one
 
 # module -> its class before patch: only what patch swapped is swapped back
 _original_class = weakref.WeakKeyDictionary()
@@ -101,7 +112,7 @@ def _why_not_covered(module, family):
     tensors = list(module.parameters(recurse=False))
     if not tensors:
         return None
-    if _dispatch.backend_for(family, *tensors) is None:
+    if _dispatch.backend_for(_BACKEND_OP.get(family, family), *tensors) is None:
         kinds = sorted({f"{t.dtype} on {t.device}" for t in tensors})
         return f"no dlkern kernel for parameters of {', '.join(kinds)}"
     return None
@@ -115,21 +126,45 @@ def _supported_base(module):
     return None
 
 
-def patch(model, report=False):
+def family_of(module, cls=None):
+    """The op family of a module of a _TWINS class: a convolution whose groups equal its input
+    channels (more than one) is "depthwise"."""
+    cls = cls or type(module)
+    family = _TWINS[cls][1]
+    if family == "conv" and 1 < module.groups == module.in_channels:
+        return "depthwise"
+    return family
+
+
+def _tags(module, cls):
+    family = family_of(module, cls)
+    return {family, cls, *_ALSO_NAMED.get(family, ())}
+
+
+def patch(model, include=None, exclude=None, policy=None, report=False):
     """Swap, in place, every supported torch submodule of ``model`` (and ``model`` itself) for its
-    dlkern twin. Returns ``model``, or ``(model, PatchReport)`` when ``report=True``."""
+    dlkern twin. ``include`` / ``exclude``: op families (dlkern.policy.FAMILIES) or torch module
+    classes to swap / keep; ``policy``: "fastest" (default, or ``DLKERN_POLICY``) or "always".
+    Returns ``model``, or ``(model, PatchReport)`` when ``report=True``."""
+    selection = _policy.Selection(include, exclude, tuple(_TWINS), "dlkern.patch")
+    measured = _policy.resolve(policy) == "fastest"
+    if measured:
+        _policy.load()  # decisions on disk apply from the first call, traced or not
     result = PatchReport()
     with _lock:
         for name, module in model.named_modules(remove_duplicate=True):
             cls = type(module)
             if cls in _TWINS:
-                twin, family = _TWINS[cls]
+                twin, _ = _TWINS[cls]
+                family = family_of(module, cls)
+                if not selection.takes(_tags(module, cls)):
+                    result.kept.append((name, cls.__name__, "not selected"))
+                    continue
                 why = _why_not_covered(module, family)
                 if why is not None:
                     result.kept.append((name, cls.__name__, why))
                     continue
-                _original_class[module] = cls
-                module.__class__ = twin
+                _swap(module, cls, twin, family, measured)
                 result.patched.append((name, cls.__name__))
             elif isinstance(module, tuple(_TWINS)) and not isinstance(module, tuple(t for t, _ in _TWINS.values())):
                 base = _supported_base(module)
@@ -138,14 +173,22 @@ def patch(model, report=False):
         for name, module in model.named_modules(remove_duplicate=True):
             cls = type(module)
             if cls in _CONTAINERS and _attention_patched(module):
-                _original_class[module] = cls
-                module.__class__ = _CONTAINERS[cls]
+                container = _CONTAINERS[cls]
+                _swap(module, cls, container, "mha", measured and container in _MEASURED_CONTAINERS)
                 result.adjusted.append((name, cls.__name__))
     return (model, result) if report else model
 
 
+def _swap(module, cls, new_cls, family, measured):
+    _original_class[module] = cls
+    if measured:
+        module._dlkern_policy_key = _policy.module_key(module, family)
+        new_cls = _policy.measured_class(new_cls, cls, family)
+    module.__class__ = new_cls
+
+
 def _attention_patched(container):
-    return any(type(m) is dnn.MultiheadAttention and m in _original_class
+    return any(isinstance(m, dnn.MultiheadAttention) and m in _original_class
                for m in container.modules())
 
 
@@ -156,9 +199,5 @@ def unpatch(model):
             original = _original_class.pop(module, None)
             if original is not None:
                 module.__class__ = original
+                module.__dict__.pop("_dlkern_policy_key", None)
     return model
-
-
-def is_patched(module):
-    """True when ``patch`` swapped this module's class."""
-    return module in _original_class

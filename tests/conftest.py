@@ -38,8 +38,10 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def strict_and_poisoned(monkeypatch):
-    """Every test runs strict (no silent fallback to torch) with NaN-poisoned kernel outputs."""
+    """Every test runs strict (no silent fallback to torch) with NaN-poisoned kernel outputs, and
+    patch/enable run dlkern on every covered call (policy "always": no timing decides the path)."""
     monkeypatch.setenv("DLKERN_STRICT", "1")
+    monkeypatch.setenv("DLKERN_POLICY", "always")
     monkeypatch.setenv("DLKERN_POISON_OUTPUTS", "1")
     monkeypatch.delenv("DLKERN_BACKEND", raising=False)
     yield

@@ -199,3 +199,115 @@ def test_compare_two_files(tmp_path, capsys):
     assert cli.main(cli.parse(["--compare", str(old), str(new)])) == 0
     printed = capsys.readouterr().out
     assert "1.41x" in printed and "2.00x" in printed
+
+
+# ----------------------------------------------------------------------------- tables vs models
+
+_MODULE_OPS = ("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+               "conv_transpose3d", "GRU", "LSTM", "MultiheadAttention")
+
+
+def _observed_rows(model, inputs, batch):
+    """Counter of (family, op, batch, args) over the conv, GRU/LSTM and attention calls of a
+    forward pass, the arguments in the tables' format."""
+    import collections
+
+    import torch.nn as tnn
+
+    seen = collections.Counter()
+
+    def conv_hook(m, args):
+        x = args[0]
+        rank = x.dim() - 2
+        if isinstance(m, tnn.modules.conv._ConvTransposeNd):
+            family, op = "conv_transpose", f"conv_transpose{rank}d"
+            found = dict(in_channels=m.in_channels, out_channels=m.out_channels,
+                         kernel_size=m.kernel_size, stride=m.stride, padding=m.padding,
+                         output_padding=m.output_padding, bias=m.bias is not None,
+                         size=tuple(x.shape[2:]))
+        else:
+            family = "depthwise" if m.groups == m.in_channels > 1 else "conv"
+            op = f"conv{rank}d"
+            found = conv_args(m.in_channels, m.out_channels, m.kernel_size, tuple(x.shape[2:]),
+                              m.stride, m.padding, m.dilation, m.groups, m.bias is not None)
+        seen[family, op, batch, tuple(sorted(found.items()))] += 1
+
+    def rnn_hook(m, args):
+        x = args[0]
+        found = dict(input_size=m.input_size, hidden_size=m.hidden_size,
+                     num_layers=m.num_layers, bidirectional=m.bidirectional,
+                     batch_first=m.batch_first, size=x.shape[1] if m.batch_first else x.shape[0])
+        seen["rnn", type(m).__name__, batch, tuple(sorted(found.items()))] += 1
+
+    def attention_hook(m, args, kwargs):
+        query, key = args[0], args[1]
+        padding = kwargs.get("key_padding_mask") is not None
+        causal = kwargs.get("attn_mask") is not None
+        mask = {(False, False): "none", (True, False): "key_padding", (False, True): "causal",
+                (True, True): "causal_padding"}[padding, causal]
+        found = dict(embed_dim=m.embed_dim, num_heads=m.num_heads, q_len=query.shape[1],
+                     kv_len=key.shape[1], mask=mask, cross=key is not query)
+        seen["attention", "MultiheadAttention", batch, tuple(sorted(found.items()))] += 1
+
+    for m in model.modules():
+        if isinstance(m, tnn.modules.conv._ConvNd):
+            m.register_forward_pre_hook(conv_hook)
+        elif isinstance(m, (tnn.GRU, tnn.LSTM)):
+            m.register_forward_pre_hook(rnn_hook)
+        elif isinstance(m, tnn.MultiheadAttention):
+            m.register_forward_pre_hook(attention_hook, with_kwargs=True)
+    model(*inputs)
+    return seen
+
+
+def _model_on_meta(name):
+    """(network in the tables, model, inputs, batch, families to compare, counts comparable)."""
+    from dlkern.suites import models
+
+    def images(batch, size):
+        return (torch.empty(batch, 3, size, size),)
+
+    def tokens(batch, length):
+        return torch.zeros(batch, length, dtype=torch.long)
+
+    with torch.device("meta"):
+        if name == "resnet18":
+            return models.ResNet18(), images(1, 224), 1, ("conv",), True
+        if name == "mobilenet_v2":
+            return models.MobileNetV2(), images(8, 224), 8, ("depthwise",), True
+        if name == "convnext_tiny":
+            return models.ConvNeXt(), images(8, 224), 8, ("conv", "depthwise"), True
+        if name == "unet":
+            return models.UNet(3, 2, 64), images(1, 256), 1, ("conv", "conv_transpose"), True
+        if name == "gru_seq2seq":
+            return models.GRUSeq2Seq(), (tokens(16, 48), tokens(16, 48)), 16, ("rnn",), True
+        if name == "gpt_small":
+            padding = torch.zeros(8, 256, dtype=torch.bool)
+            model = models.TransformerLM(1000, 256, 4, 1024, 4).train()  # no fused fast path
+            return model, (tokens(8, 256), padding), 8, ("attention",), True
+        if name == "conformer":  # Conformer-M has 16 such blocks: compare shapes, not counts
+            padding = torch.zeros(8, 250, dtype=torch.bool)
+            return (models.ConformerBlock(256), (torch.empty(8, 250, 256), padding), 8,
+                    ("depthwise",), False)
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize("network", ["resnet18", "mobilenet_v2", "convnext_tiny", "unet",
+                                     "gru_seq2seq", "gpt_small", "conformer"])
+def test_models_match_their_table_rows(network):
+    """The tables and the models suite describe the same networks: every conv, transposed conv,
+    GRU and MultiheadAttention shape of the model (run on the meta device) is a row of the
+    network's table, with the number of times it occurs, and the table has no other row."""
+    import collections
+
+    model, inputs, batch, families, counts = _model_on_meta(network)
+    with torch.no_grad():
+        seen = _observed_rows(model, inputs, batch)
+    seen = collections.Counter({k: n for k, n in seen.items() if k[0] in families})
+    table = collections.Counter()
+    for r in suites.rows(families):
+        if r.network == network and r.op in _MODULE_OPS:
+            table[r.family, r.op, r.batch, tuple(sorted(r.args.items()))] += r.count
+    assert set(seen) == set(table), (set(seen) ^ set(table))
+    if counts:
+        assert seen == table

@@ -424,3 +424,117 @@ def test_threads_enable_and_disable():
     assert not errors, errors
     assert not dlkern.is_enabled() and _tables() == tables
     assert E.counts()["routed"] == {"convolution": 40}
+
+
+# --- selection, policy, counts --------------------------------------------------------------------
+
+def _conv_calls():
+    """A 2-d convolution, a depthwise one, a 1-d one and a transposed one (each routable)."""
+    g = torch.Generator().manual_seed(5)
+    x = make_tensor((1, 4, 6, 6), torch.float32, generator=g)
+    x1 = make_tensor((1, 4, 7), torch.float32, generator=g)
+    w = make_tensor((3, 4, 3, 3), torch.float32, generator=g)
+    wd = make_tensor((4, 1, 3, 3), torch.float32, generator=g)
+    w1 = make_tensor((2, 4, 3), torch.float32, generator=g)
+    wt = make_tensor((4, 2, 2, 2), torch.float32, generator=g)
+    return {"conv": lambda: F.conv2d(x, w), "depthwise": lambda: F.conv2d(x, wd, groups=4),
+            "conv1d": lambda: F.conv1d(x1, w1), "conv_transpose": lambda: F.conv_transpose2d(x, wt)}
+
+
+@pytest.mark.parametrize("ops, exclude, routed", [
+    (None, None, {"conv", "depthwise", "conv1d", "conv_transpose"}),
+    ("conv_transpose", None, {"conv_transpose"}),
+    (["conv"], None, {"conv", "conv1d"}),
+    ([torch.nn.Conv2d], None, {"conv", "depthwise"}),
+    (None, ["depthwise", torch.nn.Conv1d], {"conv", "conv_transpose"}),
+    (["rnn", "cell", "mha"], None, set()),
+])
+def test_ops_and_exclude_select_calls(ops, exclude, routed):
+    calls = _conv_calls()
+    got = set()
+    with dlkern.enabled(ops=ops, exclude=exclude):
+        for name, call in calls.items():
+            before = E.counts()["routed"].get("convolution", 0)
+            call()
+            if E.counts()["routed"].get("convolution", 0) > before:
+                got.add(name)
+    assert got == routed
+    assert E.counts()["passed"] == {} and dlkern.stats()["fallbacks"] == {}  # not pass-throughs
+
+
+def test_unknown_names_raise_and_leave_routing_off():
+    with pytest.raises(ValueError, match=r"unknown ops name\(s\) \['convolution'\].*'depthwise'"):
+        dlkern.enable(ops=["convolution"])
+    with pytest.raises(ValueError, match="torch.nn.LSTM"):
+        dlkern.enable(exclude=torch.nn.Linear)
+    with pytest.raises(ValueError, match="always, fastest"):
+        dlkern.enable(policy="sometimes")
+    assert not dlkern.is_enabled()
+
+
+def test_innermost_enable_selects():
+    calls = _conv_calls()
+    with dlkern.enabled(ops="depthwise"):
+        with dlkern.enabled(ops="conv"):
+            calls["conv"]()
+            calls["depthwise"]()
+        assert E.counts()["routed"] == {"convolution": 1}
+        calls["depthwise"]()
+        calls["conv"]()
+    assert E.counts()["routed"] == {"convolution": 2}
+
+
+def test_a_pass_through_is_counted_once():
+    """The one record of a pass-through is dlkern.stats()'s; counts() reads it, and either reset
+    clears it for both."""
+    x = make_tensor((1, 3, 6, 6), torch.float16)
+    w = make_tensor((2, 3, 3, 3), torch.float16)
+    with dlkern.enabled():
+        F.conv2d(x, w)
+    assert E.counts()["passed"] == {"convolution": 1}
+    assert dlkern.stats()["fallbacks"] == {"enable:convolution": 1}
+    dlkern.reset_stats()
+    assert E.counts()["passed"] == {}
+    with dlkern.enabled():
+        F.conv2d(x, w)
+    E.reset_counts()
+    assert dlkern.stats()["fallbacks"] == {} and E.counts() == {"routed": {}, "passed": {}}
+
+
+@pytest.mark.parametrize("faster", ["dlkern", "torch"])
+def test_policy_fastest_runs_the_faster_kernel(monkeypatch, tmp_path, faster):
+    """With the timing fixed, the faster path runs; outputs and gradients agree with torch."""
+    from dlkern import policy
+    monkeypatch.setenv("DLKERN_CACHE_DIR", str(tmp_path))
+    policy.forget()
+    times = (1.0, 0.5) if faster == "dlkern" else (0.5, 1.0)
+    timed = []
+
+    def fixed(run_torch, run_dlkern, *args, **kwargs):
+        run_torch()
+        run_dlkern()
+        timed.append(1)
+        return times
+
+    monkeypatch.setattr(policy, "measure", fixed)
+    forward, _ = _spy_conv(monkeypatch)
+    g = torch.Generator().manual_seed(6)
+    x = make_tensor((2, 3, 7, 6), torch.float32, generator=g, requires_grad=True)
+    w = make_tensor((4, 3, 3, 3), torch.float32, generator=g, requires_grad=True)
+    try:
+        with dlkern.enabled(policy="fastest"):
+            F.conv2d(x, w, padding=1)  # decides
+            spied = forward.calls
+            out = F.conv2d(x, w, padding=1)
+            out.sum().backward()
+    finally:
+        policy.forget()
+    assert timed == [1] and forward.calls == spied + (faster == "dlkern")
+    assert E.counts()["routed"].get("convolution", 0) == 2 * (faster == "dlkern")
+    assert dlkern.stats()["policy"] == {"conv": {"timed": 1, faster: 2}}
+    x_ref, w_ref = float64_copy(x), float64_copy(w)
+    ref = F.conv2d(x_ref, w_ref, padding=1)
+    ref.sum().backward()
+    assert_close(out, ref, 27)
+    assert_close(x.grad, x_ref.grad, 27 * 8)
+    assert_close(w.grad, w_ref.grad, 2 * 42 * 8)

@@ -42,6 +42,8 @@ def add_arguments(parser):
                              "compare two runs without running")
     parser.add_argument("--first-call", action="store_true",
                         help="also time a new process's first conv2d call (warm and cold cache)")
+    parser.add_argument("--check", action="store_true",
+                        help="only check every row against torch (no timing)")
     parser.add_argument("--list", action="store_true", help="list the rows and exit")
 
 
@@ -89,7 +91,7 @@ def _build(item):
 
 
 def run(suite="all", ops=None, names=None, modes=None, budget=None, first_call=False, old=None,
-        echo=print):
+        echo=print, check_only=False):
     """Run a suite; returns the report (the dict written as JSON). ``old``: an older report to
     compare with, printed before the summary."""
     from dlkern.benchmark.machine import machine_info, measure_bandwidth_gbs, measure_peak_gflops
@@ -102,30 +104,29 @@ def run(suite="all", ops=None, names=None, modes=None, budget=None, first_call=F
     echo(report.format_machine(machine))
     todo = jobs(suite, ops, names, modes)
     progress = Progress(len(todo))
-    results, family, built = [], None, {}
+    results, family, current, case = [], None, None, None
     header = report.format_table([]).splitlines()
     echo("\n".join(header[:2]))
     for suite_name, item, mode in todo:
         progress.step(f"{item.name} {mode}")
-        if id(item) not in built:
-            built.clear()  # keep one case alive at a time (models and large tensors)
+        if item is not current:  # one case alive at a time (models, large tensors)
+            current, case = item, None
             try:
-                built[id(item)] = _build(item)
+                case = _build(item)
             except Exception as exc:
-                built[id(item)] = exc
-        case = built[id(item)]
+                case = exc
         if isinstance(case, Exception):
             result = dict(suite=suite_name, name=item.name, family=item.family, mode=mode,
                           error=f"building the case: {type(case).__name__}: {case}")
         else:
-            result = run_case(case, mode, suite_name, peak, bandwidth, budget)
+            result = run_case(case, mode, suite_name, peak, bandwidth, budget, check_only)
         results.append(result)
         if result["family"] != family:
             family = result["family"]
             echo(f"[{family}]")
         echo(report.format_row(result))
     progress.close()
-    built.clear()
+    case = None
     summary = summarize(results)
     when = datetime.datetime.fromtimestamp(started).isoformat(" ", "seconds")
     out = dict(suite=suite, started=when,
@@ -155,9 +156,11 @@ def _load(path):
 
 def main(args):
     if args.list:
-        for suite_name, item, mode in jobs(args.suite, args.op, args.row, args.mode):
-            if mode in ("fwd",):
-                print(f"{item.family:15s} {item.name}")
+        listed = {}
+        for _, item, mode in jobs(args.suite, args.op, args.row, args.mode):
+            listed.setdefault((item.family, item.name), []).append(mode)
+        for (family, name), modes in listed.items():
+            print(f"{family:15s} {name:60s} {' '.join(modes)}")
         return 0
     if args.compare and len(args.compare) > 2:
         raise SystemExit("--compare takes OLD.json, or OLD.json NEW.json")
@@ -172,7 +175,8 @@ def main(args):
         lines.append(text)
 
     old = _load(args.compare[0]) if args.compare else None
-    out = run(args.suite, args.op, args.row, args.mode, args.budget, args.first_call, old, echo)
+    out = run(args.suite, args.op, args.row, args.mode, args.budget, args.first_call, old, echo,
+              args.check)
     paths = {"json": args.json, "plot": args.plot}
     if args.out:
         import os

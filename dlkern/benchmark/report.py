@@ -24,6 +24,9 @@ def format_row(r):
     if "error" in r:
         return f"{r['name'][:_NAME]:{_NAME}s} {r['mode']:6s} ERROR {r['error'][:200]}"
     flag = "" if r["accurate"] else f"  EXCEEDS TOLERANCE {r['tolerance']:.1e}"
+    if "speedup" not in r:  # checked, not timed
+        return (f"{r['name'][:_NAME]:{_NAME}s} {r['mode']:6s} max err {r['max_abs_err']:8.1e} "
+                f"(tolerance {r['tolerance']:.1e}){flag}")
     return (f"{r['name'][:_NAME]:{_NAME}s} {r['mode']:6s} {r['torch_ms']:9.3f} "
             f"{r['dlkern_ms']:9.3f} {r['speedup']:7.2f}x {r['dlkern_gflops']:7.1f} {r['dlkern_gbs']:7.1f} "
             f"{r['roofline_pct']:6.1f}% {r['bound'][:3]:3s} {r['max_abs_err']:8.1e}{flag}")
@@ -71,40 +74,54 @@ def format_compare(rows, families, old_label="old", new_label="new"):
 
 
 def plot(results, summary, path):
-    """A horizontal bar chart of every row's speedup (log scale), grouped by family and mode, each
-    group's geometric mean drawn as a line across its bars. Raises ImportError without
+    """A bar chart of every row's speedup (log scale): forward on the left, forward+backward (a
+    model's training step) on the right, bars grouped and coloured by family, each family's
+    geometric mean drawn as a black line across its bars. Raises ImportError without
     matplotlib."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    timed = [r for r in results if "error" not in r]
-    groups = [(s["family"], s["mode"], s["geomean"]) for s in summary if s["family"] != "layers"]
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig, ax = plt.subplots(figsize=(11, 0.16 * len(timed) + 0.3 * len(groups) + 2))
-    y, ticks, labels = 0, [], []
-    for i, (family, mode, mean) in enumerate(groups):
-        members = [r for r in timed if r["family"] == family and r["mode"] == mode]
-        if not members:
-            continue
-        top = y
-        for r in members:
-            ax.barh(y, r["speedup"], color=colors[i % len(colors)], height=0.8)
-            ticks.append(y)
-            labels.append(r["name"])
-            y += 1
-        if math.isfinite(mean):
-            ax.plot([mean, mean], [top - 0.5, y - 0.5], color="black", linewidth=2)
-            ax.text(mean, top - 0.6, f" {family} {mode}: geomean {mean:.2f}x", fontsize=8,
-                    va="bottom")
+    timed = [r for r in results if "error" not in r and "speedup" in r]
+    families = list(dict.fromkeys(r["family"] for r in timed))
+    positions, y = {}, 0.0  # one line per (family, row name), a gap between families
+    for family in families:
+        for r in timed:
+            if r["family"] == family and (family, r["name"]) not in positions:
+                positions[family, r["name"]] = y
+                y += 1
         y += 1.5
-    ax.set_yticks(ticks, labels, fontsize=5)
-    ax.invert_yaxis()
-    ax.set_xscale("log")
-    ax.axvline(1.0, color="gray", linewidth=1, linestyle="--")
-    ax.set_xlabel("speedup over torch (torch time / dlkern time, log scale)")
-    ax.set_title("dlkern vs torch, float32: bars grouped by family and mode, black line = geomean")
-    fig.tight_layout()
+    means = {(s["family"], s["mode"]): s["geomean"] for s in summary}
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, axes = plt.subplots(1, 2, sharey=True, figsize=(13, 0.13 * y + 2))
+    panels = (("fwd",), ("fwdbwd", "train"))
+    for ax, modes, title in zip(axes, panels, ("forward (model: inference)",
+                                               "forward+backward (model: training step)")):
+        for i, family in enumerate(families):
+            members = [r for r in timed if r["family"] == family and r["mode"] in modes]
+            if not members:
+                continue
+            ys = [positions[family, r["name"]] for r in members]
+            ax.barh(ys, [r["speedup"] for r in members], height=0.8,
+                    color=colors[i % len(colors)])
+            mean = next((means[family, m] for m in modes if (family, m) in means), math.nan)
+            if math.isfinite(mean):
+                ax.plot([mean, mean], [min(ys) - 0.5, max(ys) + 0.5], color="black", lw=2)
+                ax.text(mean, min(ys) - 0.7, f" {family}: {mean:.2f}x", fontsize=8,
+                        va="bottom")
+        ax.set_xscale("log")
+        low, high = ax.get_xlim()
+        ticks = [2.0 ** k for k in range(-6, 7) if low <= 2.0 ** k <= high]
+        ax.set_xticks(ticks, [f"{t:g}x" for t in ticks])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.axvline(1.0, color="gray", linewidth=1, linestyle="--")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("speedup over torch (log scale)")
+    axes[0].set_yticks(list(positions.values()), [name for _, name in positions], fontsize=5)
+    axes[0].set_ylim(y - 1, -2)  # top to bottom, no margins
+    fig.suptitle("dlkern vs torch, float32: torch time / dlkern time; black line = family "
+                 "geometric mean")
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
     fig.savefig(path, dpi=110)
     plt.close(fig)

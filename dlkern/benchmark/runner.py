@@ -88,12 +88,17 @@ def _compare(case, pairs):
 
 def check(case, mode):
     """Compare dlkern with torch on one Case; returns (max abs error, tolerance, ok)."""
+    return _check(case, mode)[:3]
+
+
+def _check(case, mode):
+    """(max abs error, tolerance, ok, torch's output shape or None)."""
     if mode == "fwd":
         args, kwargs = case.inputs(False)
         with torch.no_grad():
             expected = case.torch_fn(*args, **kwargs)
             actual = case.dlkern_fn(*args, **kwargs)
-        return _compare(case, [(actual, expected, True)])
+        return _compare(case, [(actual, expected, True)]) + (expected.shape,)
     if mode == "fwdbwd":
         args, kwargs = case.inputs(True)
         expected = case.torch_fn(*args, **kwargs)
@@ -104,16 +109,17 @@ def check(case, mode):
         grads_t = torch.autograd.grad(expected, leaves + list(case.torch_params), grad_out)
         grads_d = torch.autograd.grad(actual, leaves + list(case.dlkern_params), grad_out)
         pairs = [(actual, expected, True)] + [(d, t, False) for d, t in zip(grads_d, grads_t)]
-        return _compare(case, pairs)
+        return _compare(case, pairs) + (expected.shape,)
     if mode == "train":
         pairs = [(d, t, False) for d, t in zip(case.train_grads(case.dlkern_model),
                                                case.train_grads(case.torch_model))]
-        return _compare(case, pairs)
+        return _compare(case, pairs) + (None,)
     raise ValueError(f"unknown mode {mode!r}")
 
 
-def calls(case, mode):
-    """(torch's call, dlkern's call): zero-argument callables that run the case once."""
+def calls(case, mode, out_shape=None):
+    """(torch's call, dlkern's call): zero-argument callables that run the case once.
+    ``out_shape``: the output's shape if known (saves a forward for forward+backward)."""
     if mode == "train":
         return case.train_torch, case.train_dlkern
     if mode == "fwd":
@@ -121,9 +127,10 @@ def calls(case, mode):
         return (forward_call(case.torch_fn, args, kwargs),
                 forward_call(case.dlkern_fn, args, kwargs))
     args, kwargs = case.inputs(True)
-    with torch.no_grad():
-        out = case.torch_fn(*args, **kwargs)
-    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(2), dtype=out.dtype)
+    if out_shape is None:
+        with torch.no_grad():
+            out_shape = case.torch_fn(*args, **kwargs).shape
+    grad_out = torch.randn(out_shape, generator=torch.Generator().manual_seed(2))
     return (forward_backward_call(case.torch_fn, args, kwargs, grad_out, case.torch_params),
             forward_backward_call(case.dlkern_fn, args, kwargs, grad_out, case.dlkern_params))
 
@@ -137,8 +144,9 @@ def _jsonable(value):
     return value
 
 
-def run_case(case, mode, suite, peak_gflops, bandwidth_gbs, budget):
-    """Check and time one case in one mode; returns the result row (a dict)."""
+def run_case(case, mode, suite, peak_gflops, bandwidth_gbs, budget, check_only=False):
+    """Check and time one case in one mode; returns the result row (a dict). ``check_only``:
+    the agreement check alone, no timing."""
     row = case.row
     result = dict(suite=suite, name=case.name, family=case.family,
                   op=row.op if row is not None else "model", mode=mode,
@@ -146,8 +154,11 @@ def run_case(case, mode, suite, peak_gflops, bandwidth_gbs, budget):
                   args={k: _jsonable(v) for k, v in row.args.items()} if row is not None else {})
     try:
         with strict():
-            err, tol, ok = check(case, mode)
-            torch_call, dlkern_call = calls(case, mode)
+            err, tol, ok, out_shape = _check(case, mode)
+            if check_only:
+                result.update(max_abs_err=err, tolerance=tol, accurate=ok)
+                return result
+            torch_call, dlkern_call = calls(case, mode, out_shape)
             t_torch, t_dlkern, samples = measure_pair(torch_call, dlkern_call, budget=budget)
     except Exception as exc:  # a row that fails is reported, not dropped
         result.update(error=f"{type(exc).__name__}: {exc}", torch_ms=math.nan,

@@ -22,6 +22,10 @@ def _timed(result):
     return "error" not in result and math.isfinite(result.get("speedup", math.nan))
 
 
+def _failed(result):
+    return "error" in result or not result.get("accurate", True)
+
+
 def family_summary(results):
     """Summary of the results of one family in one mode."""
     timed = [r for r in results if _timed(r)]
@@ -30,7 +34,7 @@ def family_summary(results):
                 worst=worst["name"] if worst else None,
                 worst_speedup=worst["speedup"] if worst else math.nan,
                 below_1=sum(r["speedup"] < 1.0 for r in timed),
-                failed=sum(not _timed(r) or not r.get("accurate", True) for r in results))
+                failed=sum(_failed(r) for r in results))
 
 
 def summarize(results):

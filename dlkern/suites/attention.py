@@ -17,7 +17,7 @@ what nn.MultiheadAttention makes of a key padding mask together with an attentio
 * llama3_8b (B1): grouped-query attention, 32 query heads sharing 8 key/value heads of 128:
   a 512-token causal prefill and one decode step against a 2048-token cache;
 * gpt_small (B8, 256 tokens): the GPT-style decoder of the models suite (nn.TransformerEncoder
-  layers, 512 wide, 8 heads, causal and key padding masks).
+  layers, 256 wide, 4 heads of 64, causal and key padding masks).
 """
 from dlkern.suites.table import Row
 
@@ -84,11 +84,12 @@ def llama3_8b(batch=1):
                   kv_heads=8, count=32)]
 
 
-def gpt_small(batch=8, length=256):
-    prefix = "gpt_small.layers.0.self_attn"
-    return [_mha(prefix, batch, 512, 8, length, length, "causal_padding", count=4),
-            _sdpa(f"{prefix}.sdpa", batch, 8, length, length, 64, "full", count=4),
-            _softmax(f"{prefix}.softmax", batch, 8, length, length, "full", count=4)]
+def gpt_small(batch=8, length=256, d_model=256, heads=4, layers=4):
+    prefix = "gpt_small.encoder.layers.0.self_attn"
+    return [_mha(prefix, batch, d_model, heads, length, length, "causal_padding", count=layers),
+            _sdpa(f"{prefix}.sdpa", batch, heads, length, length, d_model // heads, "full",
+                  count=layers),
+            _softmax(f"{prefix}.softmax", batch, heads, length, length, "full", count=layers)]
 
 
 ROWS = (bert_base(8, 128) + bert_base(2, 512) + vit_b_16() + gpt2() + whisper_base() + llama3_8b()

@@ -1,9 +1,10 @@
 """The models suite: whole models of dlkern.suites.models, torch as written vs the same model after
 ``dlkern.patch`` (same parameter values), float32, random initialisation.
 
-Modes: ``fwd`` is inference (eval mode, no_grad); ``train`` is one training step (forward, loss,
-backward, SGD update) in train mode. Each entry of ``MODELS`` builds its Case only when asked
-(models are large). FLOPs are counted by torch's FlopCounterMode on the inference forward.
+Modes: ``fwd`` is inference (eval mode, no_grad; torch's models take torch's own inference fast
+paths, as a user's would); ``train`` is one training step (forward, loss, backward, SGD update) in
+train mode. Each entry of ``MODELS`` builds its Case only when asked (models are large). The
+agreement check compares the inference output and one step's parameter gradients.
 """
 import copy
 import dataclasses
@@ -29,7 +30,10 @@ class ModelCase(Case):
     def train_grads(self, model):
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
-        return torch.autograd.grad(self.loss(model(*self.example), self.example), params)
+        with torch.random.fork_rng():
+            torch.manual_seed(0)  # the same dropout masks for both models
+            loss = self.loss(model(*self.example), self.example)
+        return torch.autograd.grad(loss, params)
 
 
 def model_pair(model):
@@ -40,9 +44,12 @@ def model_pair(model):
 
 
 def _count_flops(model, inputs):
+    """Forward FLOPs (FlopCounterMode counts torch's matmuls and convolutions, RNNs included).
+    Counted on a copy in train mode: the inference fast path of nn.TransformerEncoder runs fused
+    kernels that the counter does not see, and train-mode batch norm updates its statistics."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    model.eval()
+    model = copy.deepcopy(model).train()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(*inputs)
     return float(counter.get_total_flops())
@@ -74,13 +81,13 @@ def model_case(name, build_model, build_inputs, loss):
         inputs = build_inputs()
     flops = _count_flops(reference, inputs)
     return ModelCase(name, FAMILY, lambda dtype, requires_grad, device="cpu": (inputs, {}),
-                     _inference(reference), _inference(patched), flops, fwd_bwd=False,
+                     _inference(reference), _inference(patched), flops,
                      train_torch=_train_step(reference, inputs, loss),
                      train_dlkern=_train_step(patched, inputs, loss),
                      torch_model=reference, dlkern_model=patched, loss=loss, example=inputs)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """An entry of the models suite: its name and how to build its Case."""
     name: str
@@ -96,33 +103,73 @@ def _tokens(batch, length, vocab, seed):
     return torch.randint(0, vocab, (batch, length), generator=g)
 
 
-def _unet_cnn():
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(8, 3, 96, 96, generator=g)
-    labels = torch.randint(0, 4, (8, 96, 96), generator=g)
-    return model_case("unet_cnn (separable blocks) B8 3x96x96 base32", lambda: models.UNetCNN(3, 32, 4),
-                      lambda: (x,), lambda out, inp: F.cross_entropy(out, labels))
+def _images(batch, size, seed, channels=3):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, channels, size, size, generator=g)
 
 
-def _gru_encoder():
-    g = torch.Generator().manual_seed(2)
-    batch, length = 32, 64
-    tokens = _tokens(batch, length, 1000, 2)
-    lengths = torch.randint(length // 2, length + 1, (batch,), generator=g)
+def _classify(classes, batch, seed):
+    labels = torch.randint(0, classes, (batch,), generator=torch.Generator().manual_seed(seed))
+    return lambda out, inputs: F.cross_entropy(out, labels)
+
+
+def _mobilenet_v2(batch=8, size=224):
+    return model_case("mobilenet_v2", models.MobileNetV2, lambda: (_images(batch, size, 1),),
+                      _classify(1000, batch, 1))
+
+
+def _resnet18(batch=8, size=224):
+    return model_case("resnet18", models.ResNet18, lambda: (_images(batch, size, 2),),
+                      _classify(1000, batch, 2))
+
+
+def _convnext_tiny(batch=4, size=224):
+    return model_case("convnext_tiny", models.ConvNeXt, lambda: (_images(batch, size, 3),),
+                      _classify(1000, batch, 3))
+
+
+def _unet(batch=1, size=128, base=32):
+    labels = torch.randint(0, 2, (batch, size, size), generator=torch.Generator().manual_seed(4))
+    return model_case("unet", lambda: models.UNet(3, 2, base), lambda: (_images(batch, size, 4),),
+                      lambda out, inputs: F.cross_entropy(out, labels))
+
+
+def _conformer(batch=8, frames=250, d_model=256):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(batch, frames, d_model, generator=g)
+    lengths = torch.randint(frames // 2, frames + 1, (batch,), generator=g)
+    lengths[0] = frames
+    target = torch.randn(batch, frames, d_model, generator=g)
+    return model_case("conformer", lambda: models.ConformerBlock(d_model),
+                      lambda: (x, models.padding_mask(lengths, frames)),
+                      lambda out, inputs: F.mse_loss(out, target))
+
+
+def _gru_seq2seq(batch=16, length=48, vocab=1000):
+    source, target = _tokens(batch, length, vocab, 6), _tokens(batch, length + 1, vocab, 7)
+    return model_case("gru_seq2seq", lambda: models.GRUSeq2Seq(vocab),
+                      lambda: (source, target[:, :-1]),
+                      lambda out, inputs: F.cross_entropy(out.flatten(0, 1),
+                                                          target[:, 1:].flatten()))
+
+
+def _gpt_small(batch=8, length=256, vocab=1000):
+    tokens = _tokens(batch, length, vocab, 8)
+    lengths = torch.randint(length // 2, length + 1, (batch,),
+                            generator=torch.Generator().manual_seed(8))
     lengths[0] = length
-    labels = torch.randint(0, 10, (batch,), generator=g)
-    return model_case("gru_encoder B32 T<=64 E128 H256 L2 packed",
-                      lambda: models.GRUEncoder(1000, 128, 256, 10, 2), lambda: (tokens, lengths),
-                      lambda out, inp: F.cross_entropy(out, labels))
+    return model_case("gpt_small", lambda: models.TransformerLM(vocab, 256, 4, 1024, 4),
+                      lambda: (tokens, models.padding_mask(lengths, length)),
+                      lambda out, inputs: F.cross_entropy(out.flatten(0, 1), inputs[0].flatten()))
 
 
-def _transformer_lm():
-    tokens = _tokens(8, 128, 1000, 3)
-    return model_case("transformer_lm causal B8 L128 d256 h8 ff1024 L2",
-                      lambda: models.TransformerLM(1000, 256, 8, 1024, 2, dropout=0.0),
-                      lambda: (tokens,),
-                      lambda out, inp: F.cross_entropy(out.flatten(0, 1), inp[0].flatten()))
-
-
-MODELS = [ModelSpec("unet_cnn", _unet_cnn), ModelSpec("gru_encoder", _gru_encoder),
-          ModelSpec("transformer_lm", _transformer_lm)]
+# name, builder, what it runs (for the docs and --list)
+MODELS = [
+    ModelSpec("mobilenet_v2", _mobilenet_v2),      # B8 3x224x224, 1000 classes
+    ModelSpec("resnet18", _resnet18),              # B8 3x224x224
+    ModelSpec("convnext_tiny", _convnext_tiny),    # B4 3x224x224, ConvNeXt-T stages 3-3-9-3
+    ModelSpec("unet", _unet),                      # B1 3x128x128, 32 base channels, 2 classes
+    ModelSpec("conformer", _conformer),            # B8 250 frames, d256, 4 heads, kernel 31
+    ModelSpec("gru_seq2seq", _gru_seq2seq),        # B16 48 tokens, GRU 256->512 x2 each side
+    ModelSpec("gpt_small", _gpt_small),            # B8 256 tokens, d256, 4 heads, 4 layers
+]

@@ -92,7 +92,6 @@ class Case:
     dlkern_fn: object
     flops: float              # forward floating-point operations
     bytes: float = 0.0        # forward bytes moved at the least: inputs, weights, outputs (float32)
-    fwd_bwd: bool = True
     row: Row = None
     reduction: int = None     # terms summed per output element, if not flops / 2 / output size
     torch_params: tuple = ()
