@@ -24,7 +24,8 @@ from torch import Tensor
 from dlkern import _dispatch
 from dlkern.kernels.numba import conv as numba_conv
 from dlkern.kernels.numba import depthwise as numba_depthwise
-from dlkern.ops.layout import as_rank3_array, output_format, rank3, rank3_view, write_rank3
+from dlkern.ops.layout import (as_rank3_array, channels_last_format, output_format, rank3,
+                               rank3_view, write_rank3)
 
 _dispatch.register_triton("conv")
 
@@ -98,6 +99,10 @@ def conv(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence
                         None if bias is None else bias.detach(), rank3(stride, 1),
                         rank3(padding, 0), rank3(dilation, 1), groups, rank3_view(out))
         return out
+    if _is_depthwise(weight.shape, groups) and channels_last_format(input) is not None:
+        # channels_last depthwise: the channel-vectorised kernels read and write it in place
+        from dlkern.ops.separable import depthwise_channels_last
+        return depthwise_channels_last(input, weight, bias, stride, padding, dilation, out)
     x = as_rank3_array(input)
     w = as_rank3_array(weight)
     b = None if bias is None else bias.detach().contiguous().numpy()
@@ -123,6 +128,10 @@ def conv_backward_input(grad_output: Tensor, weight: Tensor, input_size: Sequenc
                                rank3(padding, 0), rank3(dilation, 1), groups,
                                rank3_view(grad_input))
         return grad_input
+    if _is_depthwise(weight.shape, groups) and channels_last_format(grad_output) is not None:
+        from dlkern.ops.separable import depthwise_backward_input_channels_last
+        return depthwise_backward_input_channels_last(grad_output, weight, stride, padding,
+                                                      dilation, grad_input)
     dy = as_rank3_array(grad_output)
     w = as_rank3_array(weight)
     write_rank3(grad_input, lambda dx: _backward_input_kernel(
@@ -146,8 +155,11 @@ def conv_backward_weight(grad_output: Tensor, input: Tensor, weight_size: Sequen
             rank3_view(input), rank3_view(grad_output), w_shape, rank3(stride, 1),
             rank3(padding, 0), rank3(dilation, 1), groups, bias_grad)
         return dw.reshape(tuple(weight_size)), db if bias_grad else grad_output.new_empty((0,))
-    x = as_rank3_array(input)
-    dy = as_rank3_array(grad_output)
+    if _is_depthwise(w_shape, groups) and channels_last_format(input) is not None:
+        # channels_last depthwise: strided views, read in place (the kernels copy if they must)
+        x, dy = rank3_view(input).numpy(), rank3_view(grad_output).numpy()
+    else:
+        x, dy = as_rank3_array(input), as_rank3_array(grad_output)
     dw, db = _backward_weight_kernel(
         x, dy, w_shape, rank3(stride, 1), rank3(padding, 0), rank3(dilation, 1), groups, bias_grad)
     grad_weight = torch.from_numpy(dw).reshape(tuple(weight_size))
