@@ -13,16 +13,15 @@ from bad_input_battery import forward_backward, not_strict, poisoned
 
 NAN, INF = float("nan"), float("inf")
 
-_PADDED_TAPS = ("{} skips the taps over the zero padding, so a NaN or infinite weight tap there leaves "
-                "the output finite; torch (float32 and float64) multiplies them: 0 * NaN = NaN")
-_WEIGHT_GRAD = ("the depthwise weight gradient is NaN where torch's is finite: kernels/numba/"
-                "depthwise.py multiplies the zero columns of its row-padded gradient plane by real "
+_INPUT_GRAD = ("the depthwise input gradient is NaN where torch's is finite or infinite: the "
+               "depthwise kernels (kernels/numba/depthwise*.py) multiply the zero padding of the "
+               "output gradient by the weight taps that fall outside the output (0 * NaN = NaN)")
+_WEIGHT_GRAD = ("the depthwise weight gradient is NaN where torch's is finite: the depthwise kernels "
+                "(kernels/numba/depthwise*.py) multiply zero padding of the output gradient by real "
                 "input samples (0 * inf = NaN)")
 # Cases that fail today (test_bad_inputs.py expects them to, until the kernels are fixed).
 KNOWN = {
-    "depthwise: NaN and infinity in the weight": _PADDED_TAPS.format("kernels/numba/depthwise.py"),
-    "sp: NaN and infinity in the weights": _PADDED_TAPS.format(
-        "the fused spatial separable kernel (kernels/numba/separable.py)"),
+    "depthwise: NaN and infinity in the weight": _INPUT_GRAD,
     "depthwise: NaN and infinities in the input": _WEIGHT_GRAD,
     "ds: NaN and infinities in the input": _WEIGHT_GRAD,
 }
