@@ -106,15 +106,15 @@ JIT_REDUCE_OPTIONS = dict(JIT_OPTIONS, fastmath={"contract", "reassoc"})
 
 
 def jit_fma(fn):
-    return numba.njit(**JIT_FMA_OPTIONS)(fn)
+    return _cached(numba.njit(**JIT_FMA_OPTIONS)(fn))
 
 
 def jit_parallel_fma(fn):
-    return numba.njit(parallel=True, **JIT_FMA_OPTIONS)(fn)
+    return _cached(numba.njit(parallel=True, **JIT_FMA_OPTIONS)(fn))
 
 
 def jit_reduce(fn):
-    return numba.njit(**JIT_REDUCE_OPTIONS)(fn)
+    return _cached(numba.njit(**JIT_REDUCE_OPTIONS)(fn))
 
 
 def _symbol(path, name):
