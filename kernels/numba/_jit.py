@@ -172,11 +172,3 @@ llvm.add_symbol("dlkern_blas_set_local_threads", _gemm_module.set_local_threads_
 blas_set_local_threads = types.ExternalFunction(
     "dlkern_blas_set_local_threads", types.intc(types.intc)
 )
-
-# FMA contraction only (a*b + c in one rounding: at least as accurate as the separate operations);
-# no reassociation, NaN/inf semantics kept.
-CONTRACT_OPTIONS = dict(JIT_OPTIONS, fastmath={"contract"})
-
-
-def jit_contract(fn):
-    return _cached(numba.njit(**CONTRACT_OPTIONS)(fn))

@@ -57,7 +57,7 @@ import numba
 import numpy as np
 
 from .. import machine
-from ._jit import blas_set_local_threads, gemm, jit, jit_contract, jit_parallel
+from ._jit import blas_set_local_threads, gemm, jit, jit_fma, jit_parallel
 
 f32 = np.float32  # constants of the transforms: float32, so float32 data stays float32
 
@@ -159,7 +159,7 @@ def axis_tiles(out_len, m, dilation):
     return np.array(firsts, dtype=np.int64), np.array(counts, dtype=np.int64)
 
 
-@jit_contract
+@jit_fma
 def _bt_pass(src, s0, s_step, dst, d0, d_step, m, tb):
     """B^T of F(m, 3) along one axis, vectorised over tb lanes: the alpha = m + 2 input runs
     src[s0 + k*s_step:][:tb] give the alpha output runs dst[d0 + a*d_step:][:tb] (m = 1: a copy).
@@ -202,7 +202,7 @@ def _bt_pass(src, s0, s_step, dst, d0, d_step, m, tb):
         y5[q] = a1 - f32(1.5) * a2 - f32(2.0) * a3 + f32(1.5) * a4 + x5[q]
 
 
-@jit_contract
+@jit_fma
 def _at_pass(src, s0, s_step, dst, d0, d_step, m, tb):
     """A^T of F(m, 3) along one axis, vectorised over tb lanes: alpha input runs, m output runs."""
     if m == 1:
