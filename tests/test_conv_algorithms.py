@@ -184,3 +184,19 @@ def test_patchify(monkeypatch, rank, kernel, spatial, groups, dtype, layout):
     assert conv_ops.algorithm("forward", (6, 3, 1, 4, 4), (1, 4, 4), (0, 0, 0), 1) == "gemm"
     assert conv_ops.algorithm("forward", (6, 32, 1, 2, 2), (1, 2, 2), (0, 0, 0), 1,
                               dilation=(1, 2, 2)) == "gemm"
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_winograd_keeps_inf_and_nan_where_torch_puts_them(monkeypatch, value):
+    # An inf or NaN would spread over a whole Winograd tile: such inputs take the GEMM.
+    monkeypatch.setenv("DLKERN_CONV_ALGO", "winograd")
+    g = torch.Generator().manual_seed(0)
+    x = make_tensor((2, 8, 12, 12), torch.float32, generator=g)
+    w = make_tensor((8, 8, 3, 3), torch.float32, generator=g)
+    x[0, 3, 5, 6] = value
+    ours = conv_ops.convolution("conv2d", x, w, None, 1, 1, 1, 1, 2)
+    theirs = torch.nn.functional.conv2d(x.double(), w.double(), padding=1)
+    assert torch.equal(torch.isnan(ours), torch.isnan(theirs))
+    assert torch.equal(torch.isinf(ours), torch.isinf(theirs))
+    finite = torch.isfinite(theirs)
+    torch.testing.assert_close(ours[finite].double(), theirs[finite], rtol=1e-4, atol=1e-4)

@@ -42,7 +42,7 @@ the 3x3 ResNet layers, single thread). ``DLKERN_CONV_ALGO`` (or the
 ``force`` argument) = ``gemm``, ``winograd``, ``winograd2``, ``winograd4``, ``pointwise`` or
 ``depthwise`` forces that algorithm wherever it applies (``auto`` elsewhere); tests and benchmarks
 use it to run every path. ``winograd4`` forces F(4x4) even in float32 (outside the contract:
-for measurements only).
+for measurements only). Inputs holding an inf or NaN never run Winograd (``_finite``).
 """
 import os
 from typing import Optional, Sequence, Tuple
@@ -137,6 +137,13 @@ def _winograd_tile(name, dtype):
     return numba_winograd.tile_size(dtype)
 
 
+def _finite(*arrays):
+    """Whether every element is finite: Winograd's transforms would spread an inf or NaN over
+    its whole tile (inf - inf), where the direct sum keeps it in its receptive field as torch
+    does, so such inputs take the GEMM instead (one read of the input)."""
+    return all(bool(np.isfinite(a).all()) for a in arrays)
+
+
 def _pointwise_input(x, stride, out_spatial):
     """The input of a 1x1x1 convolution with this stride, subsampled to the output grid."""
     if tuple(stride) == (1, 1, 1):
@@ -162,7 +169,7 @@ def _forward_kernel(x, w, b, stride, padding, dilation, groups, out, force=None)
                      dilation)
     if name == "depthwise":
         return numba_depthwise.depthwise_forward(x, w, b, stride, padding, dilation, out)
-    if name.startswith("winograd"):
+    if name.startswith("winograd") and _finite(x, w):
         return numba_winograd.conv_forward(x, w, b, stride, padding, dilation, groups, out,
                                            _winograd_tile(name, x.dtype))
     if name == "pointwise":
@@ -180,7 +187,7 @@ def _backward_input_kernel(dy, w, stride, padding, dilation, groups, dx, force=N
                      force)
     if name == "depthwise":
         return numba_depthwise.depthwise_backward_input(dy, w, stride, padding, dilation, dx)
-    if name.startswith("winograd"):
+    if name.startswith("winograd") and _finite(dy, w):
         return numba_winograd.conv_backward_input(dy, w, stride, padding, dilation, groups, dx,
                                                   _winograd_tile(name, dy.dtype))
     return numba_conv.conv_backward_input(dy, w, stride, padding, dilation, groups, dx)
