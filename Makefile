@@ -10,7 +10,7 @@ bench: $(STAMP)
 	$(PY) -m dlkern bench --out bench/out
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n auto --dist loadgroup --no-loadscope-reorder tests
+	$(PY) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder tests
 
 # torch is installed first, pinned to the CPU build on this machine's disk; a bare `torch`
 # requirement would download a CUDA build of several GB.

@@ -136,10 +136,11 @@ def _mha_case(ctx, dtype):
 @contextlib.contextmanager
 def _first_configs():
     """Every attention kernel runs its first autotune configuration, untuned."""
-    from dlkern.kernels.triton import attention as kernels
-    tuned = [kernels.attention_forward_kernel, kernels.attention_backward_dkdv_kernel,
-             kernels.attention_backward_dq_kernel, kernels.masked_softmax_forward_kernel,
-             kernels.masked_softmax_backward_kernel]
+    from dlkern.kernels.triton import attention, attention_backward, masked_softmax
+    tuned = [attention.attention_forward_kernel, attention_backward.attention_backward_dkdv_kernel,
+             attention_backward.attention_backward_dq_kernel,
+             masked_softmax.masked_softmax_forward_kernel,
+             masked_softmax.masked_softmax_backward_kernel]
     saved = [k.configs for k in tuned]
     for k in tuned:
         k.configs = k.configs[:1]

@@ -1,4 +1,4 @@
-"""gpu_check section: LSTM and GRU layers and cells (kernels/triton/rnn.py).
+"""gpu_check section: LSTM, GRU and vanilla RNN layers and cells (kernels/triton/rnn.py).
 
 check(ctx): outputs, final states and every gradient (input, h0, c0, every weight and bias) against
 torch on float64 copies (CPU), in float32, float16 and bfloat16, on small shapes that run every
@@ -8,18 +8,28 @@ time(ctx): against torch's cuDNN layers and its cell ops, same process, do_bench
 
 * LSTM float16 B64 T256 I256 H256, forward (target >= 1.0x) and forward+backward;
 * GRU float16 B64 T256 I256 H256, forward (target >= 1.0x) and forward+backward;
+* RNN (tanh) float16 B64 T256 I256 H256, forward (target >= 1.5x) and forward+backward;
 * LSTMCell float32 B8 I128 H128, one step forward (target >= 1.5x).
 """
+import functools
+
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import dlkern.nn as dnn
 from gpu_common import CHECK_DTYPES, device
 
-TORCH_LAYER = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
-DL_LAYER = {"lstm": dnn.LSTM, "gru": dnn.GRU}
-TORCH_CELL = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell}
-DL_CELL = {"lstm": dnn.LSTMCell, "gru": dnn.GRUCell}
+_P = functools.partial
+TORCH_LAYER = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU,
+               "rnn_tanh": _P(torch.nn.RNN, nonlinearity="tanh"),
+               "rnn_relu": _P(torch.nn.RNN, nonlinearity="relu")}
+DL_LAYER = {"lstm": dnn.LSTM, "gru": dnn.GRU, "rnn_tanh": _P(dnn.RNN, nonlinearity="tanh"),
+            "rnn_relu": _P(dnn.RNN, nonlinearity="relu")}
+TORCH_CELL = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell,
+              "rnn_tanh": _P(torch.nn.RNNCell, nonlinearity="tanh")}
+DL_CELL = {"lstm": dnn.LSTMCell, "gru": dnn.GRUCell,
+           "rnn_tanh": _P(dnn.RNNCell, nonlinearity="tanh")}
+GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
 
 # (name, mode, input, hidden, constructor keywords, seq, batch, lengths or None for padded)
@@ -32,8 +42,12 @@ LAYER_CHECKS = [
     ("LSTM padded I72 H96 T12 B20", "lstm", 72, 96, dict(), 12, 20, None),
     ("GRU padded bidir no bias I72 H96 T12 B20", "gru", 72, 96,
      dict(bidirectional=True, bias=False), 12, 20, None),
+    ("RNN relu 2 layers bidir packed unsorted I24 H40 T9 B5", "rnn_relu", 24, 40,
+     dict(num_layers=2, bidirectional=True), 9, 5, [4, 9, 1, 9, 6]),
+    ("RNN tanh padded I72 H96 T12 B20", "rnn_tanh", 72, 96, dict(), 12, 20, None),
 ]
 CELL_CHECKS = [("LSTMCell I20 H33 B5", "lstm", 20, 33, 5), ("GRUCell I20 H33 B5", "gru", 20, 33, 5),
+               ("RNNCell tanh I20 H33 B5", "rnn_tanh", 20, 33, 5),
                ("LSTMCell I128 H128 B8", "lstm", 128, 128, 8)]
 
 
@@ -162,8 +176,7 @@ def _time_layer(ctx, mode, dtype, batch=64, seq=256, inp=256, hid=256, target="â
     mod = DL_LAYER[mode](inp, hid).to(device(), dtype)
     mod.load_state_dict(ref.state_dict())
     x = torch.randn(seq, batch, inp, device=device(), dtype=dtype)
-    gates = 4 if mode == "lstm" else 3
-    flops = 2 * seq * batch * gates * hid * (inp + hid)
+    flops = 2 * seq * batch * GATES[mode] * hid * (inp + hid)
     name = f"{mode.upper()} B{batch} T{seq} I{inp} H{hid}"
     with torch.no_grad():
         ctx.time(name, dtype, "fwd", lambda: ref(x), lambda: mod(x), flops=flops, target=target)
@@ -195,4 +208,5 @@ def _time_cell(ctx, dtype=torch.float32, batch=8, inp=128, hid=128):
 def time(ctx):
     _time_layer(ctx, "lstm", torch.float16)
     _time_layer(ctx, "gru", torch.float16)
+    _time_layer(ctx, "rnn_tanh", torch.float16, target="â‰¥1.5x")
     _time_cell(ctx)

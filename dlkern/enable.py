@@ -14,8 +14,9 @@ which puts torch's dispatch table back as it was:
 * ``aten::scaled_dot_product_attention`` (also what F.multi_head_attention_forward calls when no
   attention weights are asked for: nn.TransformerEncoderLayer/DecoderLayer outside their
   inference fast path, nn.MultiheadAttention with need_weights=False);
-* ``aten::lstm.input``, ``aten::lstm.data``, ``aten::gru.input``, ``aten::gru.data`` (what nn.LSTM
-  and nn.GRU call, padded and packed).
+* ``aten::lstm``, ``aten::gru``, ``aten::rnn_tanh``, ``aten::rnn_relu``, overloads ``.input`` and
+  ``.data`` (what nn.LSTM, nn.GRU and nn.RNN call, padded and packed), run by dlkern.ops.rnn's
+  driver, the one dlkern.nn's layers use.
 
 Dispatch keys: ``AutogradCPU`` first. All these operators but aten::convolution are
 CompositeImplicitAutograd, whose kernel sits in the autograd slot, so a backend-key kernel alone
@@ -63,9 +64,8 @@ import threading
 from collections import Counter
 
 import torch
-import torch.nn.functional as F
 
-from dlkern import _dispatch
+from dlkern import _dispatch, _validate
 from dlkern import policy as _policy
 from dlkern.ops import attention, conv, conv_transpose, rnn
 from dlkern.patch import _TWINS
@@ -77,6 +77,10 @@ _OPERATORS = {  # aten operator -> dlkern op families (the names dlkern._dispatc
     "lstm.data": ("rnn",),
     "gru.input": ("rnn",),
     "gru.data": ("rnn",),
+    "rnn_tanh.input": ("rnn",),
+    "rnn_tanh.data": ("rnn",),
+    "rnn_relu.input": ("rnn",),
+    "rnn_relu.data": ("rnn",),
 }
 _KEYS = {"cpu": ("AutogradCPU", "CPU"), "cuda": ("AutogradCUDA", "CUDA")}
 
@@ -134,104 +138,25 @@ def _route_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=Fals
                                                           is_causal, scale, enable_gqa)
 
 
-def _rnn_shapes_ok(mode, data, batch_sizes, states, params, has_biases, num_layers, bidirectional,
-                   batch_first):
-    """Whether the arguments of aten::lstm/gru have the shapes dlkern's layer kernels assume.
-    nn.LSTM and nn.GRU have checked them already; for any other caller, a mismatch is left to
-    torch, which raises its own error."""
-    num_dir = 2 if bidirectional else 1
-    gates = 4 if mode == "lstm" else 3
-    if num_layers < 1 or any(s.dim() != 3 for s in states):
-        return False
-    if batch_sizes is not None:
-        if (data.dim() != 2 or batch_sizes.dim() != 1 or batch_sizes.numel() == 0
-                or batch_sizes.dtype != torch.int64 or batch_sizes.device.type != "cpu"):
-            return False
-        if (int(batch_sizes[-1]) < 1 or bool((batch_sizes[1:] > batch_sizes[:-1]).any())
-                or int(batch_sizes.sum()) != data.shape[0]):
-            return False
-        batch = int(batch_sizes[0])
-    else:
-        if data.dim() != 3 or data.shape[0] == 0 or data.shape[1] == 0:
-            return False
-        batch = data.shape[0] if batch_first else data.shape[1]
-    real_hidden = states[0].shape[2]
-    hidden = states[1].shape[2] if mode == "lstm" else real_hidden
-    proj = mode == "lstm" and real_hidden != hidden
-    if any(tuple(s.shape[:2]) != (num_layers * num_dir, batch) for s in states):
-        return False
-    per_direction = 2 + 2 * bool(has_biases) + int(proj)
-    if len(params) != num_layers * num_dir * per_direction:
-        return False
-    for layer in range(num_layers):
-        width = data.shape[-1] if layer == 0 else num_dir * real_hidden
-        for direction in range(num_dir):
-            start = (layer * num_dir + direction) * per_direction
-            group = params[start:start + per_direction]
-            want = [(gates * hidden, width), (gates * hidden, real_hidden)]
-            want += [(gates * hidden,), (gates * hidden,)] if has_biases else []
-            want += [(real_hidden, hidden)] if proj else []
-            if [tuple(p.shape) for p in group] != want:
-                return False
-    return True
-
-
-def _run_rnn(mode, data, batch_sizes, states, params, has_biases, num_layers, dropout, train,
-             bidirectional, batch_first):
-    """torch's multi-layer LSTM/GRU (at::lstm, at::gru) on dlkern's layer op: each layer runs
-    every direction in one call; dropout between layers is torch's, from torch's RNG."""
-    lstm = mode == "lstm"
-    num_dir = 2 if bidirectional else 1
-    proj = lstm and states[0].shape[2] != states[1].shape[2]  # h has the projected size
-    per_direction = 2 + 2 * bool(has_biases) + int(proj)
-    if batch_sizes is not None:
-        rows, steps_bs = data, batch_sizes.contiguous()
-    else:
-        seq = data.transpose(0, 1) if batch_first else data
-        steps, batch = seq.shape[0], seq.shape[1]
-        rows = seq.contiguous().reshape(steps * batch, seq.shape[2])
-        steps_bs = torch.full((steps,), batch, dtype=torch.int64)
-    h_all, c_all = [], []
-    layer_input = rows
-    for layer in range(num_layers):
-        groups = [params[(layer * num_dir + d) * per_direction:][:per_direction]
-                  for d in range(num_dir)]
-
-        def stacked(i):
-            return torch.stack([g[i] for g in groups])
-
-        w_ih, w_hh = stacked(0), stacked(1)
-        b_ih, b_hh = (stacked(2), stacked(3)) if has_biases else (None, None)
-        w_hr = stacked(per_direction - 1) if proj else None
-        sl = slice(layer * num_dir, (layer + 1) * num_dir)
-        y, h_n, c_n = rnn.rnn_layer(mode, layer_input, steps_bs, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                    states[0][sl], states[1][sl] if lstm else None)
-        h_all.append(h_n)
-        c_all.append(c_n)
-        if dropout > 0 and train and layer < num_layers - 1:
-            y = F.dropout(y, dropout, training=True)  # at::dropout, as at::lstm calls it
-        layer_input = y
-    h_n = torch.cat(h_all)
-    if batch_sizes is None:
-        output = layer_input.reshape(steps, batch, layer_input.shape[1])
-        output = output.transpose(0, 1) if batch_first else output
-    else:
-        output = layer_input
-    return (output, h_n, torch.cat(c_all)) if lstm else (output, h_n)
-
-
 def _route_rnn(mode, data, batch_sizes, hx, params, has_biases, num_layers, dropout, train,
                bidirectional, batch_first):
+    """dlkern.ops.rnn's driver for an aten::lstm/gru/rnn_tanh/rnn_relu call whose arguments it
+    covers; anything else (mismatched shapes included: torch raises its own error) stays with
+    torch."""
     states = list(hx) if mode == "lstm" else [hx]
-    if mode == "lstm" and len(states) != 2:
-        return None
     if _backend("rnn", (data, *states, *params)) is None:
         return None
-    if not _rnn_shapes_ok(mode, data, batch_sizes, states, params, has_biases, num_layers,
-                          bidirectional, batch_first):
+    try:
+        _validate.rnn_flat_args(mode, data, batch_sizes, states, params, has_biases, num_layers,
+                                bidirectional, batch_first)
+    except RuntimeError:
         return None
-    return lambda: _run_rnn(mode, data, batch_sizes, states, params, has_biases, num_layers,
-                            dropout, train, bidirectional, batch_first)
+
+    def run():
+        output, h_n, c_n = rnn.rnn(mode, data, batch_sizes, states, params, has_biases,
+                                   num_layers, dropout, train, bidirectional, batch_first)
+        return (output, h_n, c_n) if mode == "lstm" else (output, h_n)
+    return run
 
 
 # One routing function per operator, taking the operator's schema arguments (the dispatcher
@@ -260,6 +185,30 @@ def _route_gru_data(data, batch_sizes, hx, params, has_biases, num_layers, dropo
                       train, bidirectional, False)
 
 
+def _route_rnn_tanh_input(input, hx, params, has_biases, num_layers, dropout, train,
+                          bidirectional, batch_first):
+    return _route_rnn("rnn_tanh", input, None, hx, params, has_biases, num_layers, dropout, train,
+                      bidirectional, batch_first)
+
+
+def _route_rnn_tanh_data(data, batch_sizes, hx, params, has_biases, num_layers, dropout, train,
+                         bidirectional):
+    return _route_rnn("rnn_tanh", data, batch_sizes, hx, params, has_biases, num_layers, dropout,
+                      train, bidirectional, False)
+
+
+def _route_rnn_relu_input(input, hx, params, has_biases, num_layers, dropout, train,
+                          bidirectional, batch_first):
+    return _route_rnn("rnn_relu", input, None, hx, params, has_biases, num_layers, dropout, train,
+                      bidirectional, batch_first)
+
+
+def _route_rnn_relu_data(data, batch_sizes, hx, params, has_biases, num_layers, dropout, train,
+                         bidirectional):
+    return _route_rnn("rnn_relu", data, batch_sizes, hx, params, has_biases, num_layers, dropout,
+                      train, bidirectional, False)
+
+
 _ROUTES = {
     "convolution": _route_convolution,
     "scaled_dot_product_attention": _route_sdpa,
@@ -267,6 +216,10 @@ _ROUTES = {
     "lstm.data": _route_lstm_data,
     "gru.input": _route_gru_input,
     "gru.data": _route_gru_data,
+    "rnn_tanh.input": _route_rnn_tanh_input,
+    "rnn_tanh.data": _route_rnn_tanh_data,
+    "rnn_relu.input": _route_rnn_relu_input,
+    "rnn_relu.data": _route_rnn_relu_data,
 }
 
 
@@ -293,7 +246,8 @@ def _tags(operator, args):
         return family, {family} | ({cls} if cls else set())
     if operator == "scaled_dot_product_attention":
         return "attention", {"attention", "mha", torch.nn.MultiheadAttention}
-    return "rnn", {"rnn", torch.nn.LSTM if operator.startswith("lstm") else torch.nn.GRU}
+    layer = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}.get(operator.split(".")[0], torch.nn.RNN)
+    return "rnn", {"rnn", layer}
 
 
 def _signature(operator, args, kwargs):

@@ -65,40 +65,31 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
 __all__ += ["masked_softmax", "scaled_dot_product_attention"]
 
 
-# --- LSTM / GRU cells (dlkern.ops.rnn) ---------------------------------------------------------
-def _rnn_cell(op, mode, input, hx, w_ih, w_hh, b_ih, b_hh):
-    import torch
-
-    from dlkern import _dispatch, _validate
-    from dlkern.ops.rnn import rnn_cell
-
-    x, h, c, unbatched = _validate.rnn_cell_args(op, mode, input, hx, w_ih, w_hh, b_ih, b_hh)
-    backend = _dispatch.backend_for("rnn", x, h, c, w_ih, w_hh, b_ih, b_hh)
-    if backend is None:
-        _dispatch.fallback("rnn", x, h, c, w_ih, w_hh, b_ih, b_hh)
-        if mode == "lstm":
-            h_new, c_new = torch.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh)
-        else:
-            h_new, c_new = torch.gru_cell(x, h, w_ih, w_hh, b_ih, b_hh), None
-    else:
-        h_new, c_new = rnn_cell(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, backend=backend)
-    if unbatched:
-        h_new = h_new.squeeze(0)
-        c_new = None if c_new is None else c_new.squeeze(0)
-    return (h_new, c_new) if mode == "lstm" else h_new
+# --- recurrent cells (dlkern.ops.rnn) ----------------------------------------------------------
+from dlkern.ops.rnn import cell as _rnn_cell  # noqa: E402
 
 
 def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     """One LSTM step as torch.lstm_cell (gates i, f, g, o): returns (h, c); hx = (h, c)."""
-    return _rnn_cell("lstm_cell", "lstm", input, hx, w_ih, w_hh, b_ih, b_hh)
+    return _rnn_cell("lstm", input, hx, w_ih, w_hh, b_ih, b_hh)
 
 
 def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     """One GRU step as torch.gru_cell (gates r, z, n): returns h."""
-    return _rnn_cell("gru_cell", "gru", input, hx, w_ih, w_hh, b_ih, b_hh)
+    return _rnn_cell("gru", input, hx, w_ih, w_hh, b_ih, b_hh)
 
 
-__all__ += ["lstm_cell", "gru_cell"]
+def rnn_tanh_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
+    """One vanilla RNN step as torch.rnn_tanh_cell: h' = tanh(x w_ih^T + b_ih + h w_hh^T + b_hh)."""
+    return _rnn_cell("rnn_tanh", input, hx, w_ih, w_hh, b_ih, b_hh)
+
+
+def rnn_relu_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
+    """One vanilla RNN step as torch.rnn_relu_cell: h' = relu(x w_ih^T + b_ih + h w_hh^T + b_hh)."""
+    return _rnn_cell("rnn_relu", input, hx, w_ih, w_hh, b_ih, b_hh)
+
+
+__all__ += ["lstm_cell", "gru_cell", "rnn_tanh_cell", "rnn_relu_cell"]
 
 
 def depthwise_separable_conv1d(input, depthwise_weight, pointwise_weight, depthwise_bias=None,

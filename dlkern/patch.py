@@ -52,11 +52,58 @@ class _EncoderLayerStandardPath(torch.nn.TransformerEncoderLayer):
 class _EncoderWithoutNested(torch.nn.TransformerEncoder):
     """torch.nn.TransformerEncoder that never converts its input to a nested tensor (its inference
     fast path with a key padding mask), which the patched layers would not accept. A property on
-    the class shadows the instance attribute set by torch's constructor; unpatch uncovers it."""
+    the class shadows the instance attribute set by torch's constructor; unpatch uncovers it.
+
+    Where torch would have taken the nested path, its output is zero at the padded positions (the
+    nested tensor is padded back with zeros before the final norm): the padded output is run on
+    the standard path and those positions are zeroed the same way, so the numbers match torch's."""
 
     @property
     def use_nested_tensor(self):
         return False
+
+    def forward(self, src, mask=None, src_key_padding_mask=None, is_causal=None):
+        if not _torch_would_nest(self, src, mask, src_key_padding_mask):
+            return super().forward(src, mask, src_key_padding_mask, is_causal)
+        from torch.nn.modules.transformer import _detect_is_causal_mask
+
+        kpm = F._canonical_mask(mask=src_key_padding_mask, mask_name="src_key_padding_mask",
+                                other_type=None, other_name="", target_type=src.dtype)
+        is_causal = _detect_is_causal_mask(None, is_causal, src.shape[1])
+        output = src
+        for layer in self.layers:
+            output = layer(output, src_mask=None, is_causal=is_causal, src_key_padding_mask=kpm)
+        output = output.masked_fill((kpm != 0).unsqueeze(-1), 0.0)  # padded: kpm = -inf
+        return output if self.norm is None else self.norm(output)
+
+
+def _torch_would_nest(encoder, src, mask, src_key_padding_mask):
+    """Whether torch.nn.TransformerEncoder.forward would convert ``src`` to a nested tensor (the
+    conditions of torch 2.x's sparsity fast path, read from the instance's own setting)."""
+    first = encoder.layers[0]
+    if (src_key_padding_mask is None or mask is not None or src.dim() != 3 or src.is_nested
+            or not torch.backends.mha.get_fastpath_enabled()
+            or not encoder.__dict__.get("use_nested_tensor", False) or first.training
+            or torch.is_autocast_enabled()):
+        return False
+    kpm = F._canonical_mask(mask=src_key_padding_mask, mask_name="src_key_padding_mask",
+                            other_type=None, other_name="", target_type=src.dtype)
+    keep = kpm == 0 if kpm.is_floating_point() else kpm.logical_not()
+    if getattr(encoder, "mask_check", True):
+        if torch.compiler.is_compiling():
+            return False
+        if not torch._nested_tensor_from_mask_left_aligned(src, keep):
+            return False
+    attn = first.self_attn
+    tensors = (src, attn.in_proj_weight, attn.in_proj_bias, attn.out_proj.weight,
+               attn.out_proj.bias, first.norm1.weight, first.norm1.bias, first.norm2.weight,
+               first.norm2.bias, first.linear1.weight, first.linear1.bias, first.linear2.weight,
+               first.linear2.bias)
+    if torch.overrides.has_torch_function(tensors):
+        return False
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return False
+    return src.device.type in ("cpu", "cuda", "xpu")
 
 
 # torch class -> (dlkern twin, op family: the name include/exclude select it by)
@@ -67,8 +114,10 @@ _TWINS = {
     torch.nn.ConvTranspose1d: (dnn.ConvTranspose1d, "conv_transpose"),
     torch.nn.ConvTranspose2d: (dnn.ConvTranspose2d, "conv_transpose"),
     torch.nn.ConvTranspose3d: (dnn.ConvTranspose3d, "conv_transpose"),
+    torch.nn.RNN: (dnn.RNN, "rnn"),
     torch.nn.LSTM: (dnn.LSTM, "rnn"),
     torch.nn.GRU: (dnn.GRU, "rnn"),
+    torch.nn.RNNCell: (dnn.RNNCell, "cell"),
     torch.nn.LSTMCell: (dnn.LSTMCell, "cell"),
     torch.nn.GRUCell: (dnn.GRUCell, "cell"),
     torch.nn.MultiheadAttention: (dnn.MultiheadAttention, "mha"),

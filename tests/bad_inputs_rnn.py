@@ -1,4 +1,6 @@
-"""Bad-input cases of the LSTM/GRU family, run by bad_input_battery.py."""
+"""Bad-input cases of the recurrent family (RNN, LSTM, GRU and their cells), run by
+bad_input_battery.py; torch 2.13's exception types (TypeError, ValueError, RuntimeError, the odd
+IndexError/AttributeError of its modules) are the specification."""
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
@@ -21,6 +23,8 @@ def cases():
     proj_t, proj_d = _pair("LSTM", 4, 5, proj_size=2)
     lcell_t, lcell_d = _pair("LSTMCell", 4, 5)
     gcell_t, gcell_d = _pair("GRUCell", 4, 5)
+    rnn_t, rnn_d = _pair("RNN", 4, 5, nonlinearity="relu", num_layers=2)
+    rcell_t, rcell_d = _pair("RNNCell", 4, 5)
     x = torch.randn(3, 2, 4)
 
     def both(ref, mod, *args):
@@ -78,4 +82,39 @@ def cases():
         "lstm_cell hx batch": fboth("lstm_cell", torch.randn(2, 4), (h, c), w_ih, w_hh),
         "gru_cell bias size": fboth("gru_cell", torch.randn(3, 4), h, g_ih, g_hh, torch.randn(14)),
         "gru_cell w_hh shape": fboth("gru_cell", torch.randn(3, 4), h, g_ih, torch.randn(15, 4)),
+        # argument kinds and dtypes (torch's TypeError / ValueError, not RuntimeError)
+        "lstm_cell hx not a tuple": fboth("lstm_cell", torch.randn(3, 4), h, w_ih, w_hh),
+        "lstm_cell three states": fboth("lstm_cell", torch.randn(3, 4), (h, c, c), w_ih, w_hh),
+        "gru_cell hx a tuple": fboth("gru_cell", torch.randn(3, 4), (h,), g_ih, g_hh),
+        "gru_cell hx None": fboth("gru_cell", torch.randn(3, 4), None, g_ih, g_hh),
+        "gru_cell input dtype": fboth("gru_cell", torch.randn(3, 4).double(), h, g_ih, g_hh),
+        "lstmcell hx not a tuple": both(lcell_t, lcell_d, torch.randn(3, 4), h),
+        "lstmcell input dtype": both(lcell_t, lcell_d, torch.randn(3, 4).double()),
+        "lstm input dtype": both(lstm_t, lstm_d, x.double()),
+        "lstm integer input": both(lstm_t, lstm_d, torch.ones(3, 2, 4, dtype=torch.int64)),
+        "gru input dtype": both(gru_t, gru_d, x.double()),
+        "lstm hx one tensor": both(lstm_t, lstm_d, x, torch.randn(1, 2, 5)),
+        "lstm three states": both(lstm_t, lstm_d, x, (torch.randn(1, 2, 5),) * 3),
+        "gru hx a tuple": both(gru_t, gru_d, x, (torch.randn(4, 2, 5),)),
+        # the vanilla RNN
+        "rnn bad nonlinearity": (lambda: torch.nn.RNN(4, 5, nonlinearity="gelu"),
+                                 lambda: dnn.RNN(4, 5, nonlinearity="gelu")),
+        "rnn wrong input_size": both(rnn_t, rnn_d, torch.randn(3, 2, 3)),
+        "rnn input rank 4": both(rnn_t, rnn_d, torch.randn(3, 2, 2, 4)),
+        "rnn h0 wrong layers": both(rnn_t, rnn_d, x, torch.randn(1, 2, 5)),
+        "rnn hx dtype": both(rnn_t, rnn_d, x, torch.randn(2, 2, 5).double()),
+        "rnn input dtype": both(rnn_t, rnn_d, x.double()),
+        "rnn empty sequence": both(rnn_t, rnn_d, torch.randn(0, 2, 4)),
+        "rnncell input rank 3": both(rcell_t, rcell_d, torch.randn(2, 3, 4)),
+        "rnncell hx rank 3": both(rcell_t, rcell_d, torch.randn(3, 4), torch.randn(1, 3, 5)),
+        "rnncell hx batch mismatch": both(rcell_t, rcell_d, torch.randn(3, 4), torch.randn(2, 5)),
+        "rnn_tanh_cell w_ih rows": fboth("rnn_tanh_cell", torch.randn(3, 4), h, w_ih, w_hh),
+        "rnn_relu_cell input_size": fboth("rnn_relu_cell", torch.randn(3, 3), h, w_ih[:5],
+                                          w_hh[:5]),
+        "rnn_tanh_cell dtype": fboth("rnn_tanh_cell", torch.randn(3, 4), h.double(), w_ih[:5],
+                                     w_hh[:5]),
+        # zero-size dimensions: results, not errors, in both
+        "lstm batch of 0": both(lstm_t, lstm_d, torch.randn(3, 0, 4)),
+        "lstmcell batch of 0": both(lcell_t, lcell_d, torch.randn(0, 4)),
+        "gru_cell batch of 0": fboth("gru_cell", torch.randn(0, 4), torch.randn(0, 5), g_ih, g_hh),
     }

@@ -1,13 +1,30 @@
 """Bad-input cases of the separable convolutions, run by bad_input_battery.py.
 
 torch's side is the same computation done with torch's convolutions (the separable ops have no
-torch twin); each case must raise the same exception type on both sides.
+torch twin); each case must raise the same exception type on both sides, or give the same result
+(the edge-case classes of bad_inputs_conv.py: empty dimensions, dtypes, NaN and infinities).
 """
 import torch
 import torch.nn.functional as F
 
 import dlkern.functional as DF
 import dlkern.nn as dnn
+from bad_input_battery import forward_backward, not_strict, poisoned
+
+NAN, INF = float("nan"), float("inf")
+
+_INPUT_GRAD = ("the depthwise input gradient is NaN where torch's is finite or infinite: the "
+               "depthwise kernels (kernels/numba/depthwise*.py) multiply the zero padding of the "
+               "output gradient by the weight taps that fall outside the output (0 * NaN = NaN)")
+_WEIGHT_GRAD = ("the depthwise weight gradient is NaN where torch's is finite: the depthwise kernels "
+                "(kernels/numba/depthwise*.py) multiply zero padding of the output gradient by real "
+                "input samples (0 * inf = NaN)")
+# Cases that fail today (test_bad_inputs.py expects them to, until the kernels are fixed).
+KNOWN = {
+    "depthwise: NaN and infinity in the weight": _INPUT_GRAD,
+    "depthwise: NaN and infinities in the input": _WEIGHT_GRAD,
+    "ds: NaN and infinities in the input": _WEIGHT_GRAD,
+}
 
 x4 = torch.randn(2, 4, 8, 8)
 x3 = torch.randn(2, 4, 16)
@@ -133,4 +150,60 @@ def cases():
                                        torch.nn.Conv2d(4, 6, 1))
     cases["module wrong input channels"] = (lambda: torch_module(torch.randn(1, 3, 8, 8)),
                                             lambda: module(torch.randn(1, 3, 8, 8)))
+    cases.update(edge_cases())
     return cases
+
+
+def _depthwise(x, w, b=None, **kwargs):
+    return F.conv2d(x, w, b, groups=x.shape[1], **kwargs)
+
+
+def _dl_depthwise(x, w, b=None, **kwargs):
+    return DF.conv2d(x, w, b, groups=x.shape[1], **kwargs)
+
+
+def edge_cases():
+    g = torch.Generator().manual_seed(3)
+    r = lambda *shape: torch.randn(shape, generator=g)  # noqa: E731
+    x, d_w, d_b, p_w, p_b = r(2, 4, 7, 6), r(8, 1, 3, 3), r(8), r(6, 8, 1, 1), r(6)
+    v_w, h_w, v_b, h_b = r(5, 4, 3, 1), r(6, 5, 1, 3), r(5), r(6)
+    f64 = torch.float64
+
+    def pair(reference, dlkern, tensors, **kwargs):
+        """Output and every gradient, against the torch composition in float64."""
+        return (forward_backward(reference, tensors, kwargs, f64), forward_backward(dlkern, tensors, kwargs))
+
+    ds = lambda *t, **k: pair(lambda *a, **kw: _torch_ds(2, *a, **kw), DF.depthwise_separable_conv2d, t, **k)  # noqa: E731
+    sp = lambda *t, **k: pair(_torch_spatial, DF.spatial_separable_conv2d, t, **k)  # noqa: E731
+    dw = lambda *t, **k: pair(_depthwise, _dl_depthwise, t, **k)  # noqa: E731
+    longs = (torch.randint(-3, 4, (2, 4, 7, 6), generator=g), torch.randint(-3, 4, (8, 1, 3, 3), generator=g),
+             torch.randint(-3, 4, (6, 8, 1, 1), generator=g))
+    return {
+        "depthwise: empty batch": dw(r(0, 4, 7, 6), d_w, d_b, padding=1),
+        "depthwise: zero channels": (lambda: _depthwise(r(2, 0, 7, 6), r(0, 1, 3, 3)),
+                                     lambda: _dl_depthwise(r(2, 0, 7, 6), r(0, 1, 3, 3))),
+        "depthwise: NaN and infinities in the input": dw(poisoned(x, {3: NAN, 40: INF, 77: -INF}), d_w, d_b, padding=1),
+        "depthwise: NaN and infinity in the weight": dw(x, poisoned(d_w, {1: NAN, 12: INF}), d_b, padding=1),
+        "depthwise: NaN and infinity in the bias, strided": dw(x, d_w, poisoned(d_b, {0: INF, 5: NAN}), stride=2),
+        "ds: empty batch": ds(r(0, 4, 7, 6), d_w, p_w, d_b, p_b, padding=1),
+        "ds: zero-size kernel": (lambda: _torch_ds(2, x, r(8, 1, 0, 3), p_w),
+                                 lambda: DF.depthwise_separable_conv2d(x, r(8, 1, 0, 3), p_w)),
+        "ds: empty spatial axis": (lambda: _torch_ds(2, r(2, 4, 0, 6), d_w, p_w, padding=1),
+                                   lambda: DF.depthwise_separable_conv2d(r(2, 4, 0, 6), d_w, p_w, padding=1)),
+        "ds: int64 tensors (torch's kernels)": (lambda: _torch_ds(2, *longs),
+                                                not_strict(lambda: DF.depthwise_separable_conv2d(*longs))),
+        "ds: NaN and infinities in the input": ds(poisoned(x, {3: NAN, 40: INF, 77: -INF}), d_w, p_w, d_b, p_b, padding=1),
+        "ds: NaN and infinity in the weights": ds(x, poisoned(d_w, {4: NAN}), poisoned(p_w, {9: INF}), d_b, p_b, padding=1),
+        "ds: NaN and infinity in the biases": ds(x, d_w, p_w, poisoned(d_b, {1: INF}), poisoned(p_b, {3: NAN})),
+        "ds1: NaN and infinities, strided dilated": pair(
+            lambda *a, **kw: _torch_ds(1, *a, **kw), DF.depthwise_separable_conv1d,
+            (poisoned(r(2, 4, 11), {2: NAN, 30: -INF}), r(8, 1, 3), r(6, 8, 1), r(8), r(6)),
+            stride=2, dilation=2, padding=1),
+        "sp: empty batch": sp(r(0, 4, 7, 6), v_w, h_w, v_b, h_b, padding=1),
+        "sp: empty spatial axis": (lambda: _torch_spatial(r(2, 4, 7, 0), v_w, h_w, padding=1),
+                                   lambda: DF.spatial_separable_conv2d(r(2, 4, 7, 0), v_w, h_w, padding=1)),
+        "sp: NaN and infinities in the input": sp(poisoned(x, {3: NAN, 40: INF, 77: -INF}), v_w, h_w, v_b, h_b, padding=1),
+        "sp: NaN and infinity in the weights": sp(x, poisoned(v_w, {2: NAN}), poisoned(h_w, {7: INF}), v_b, h_b, padding=(1, 1)),
+        "sp: NaN and infinity in the biases, strided": sp(x, v_w, h_w, poisoned(v_b, {0: NAN}), poisoned(h_b, {2: -INF}),
+                                                          stride=2),
+    }

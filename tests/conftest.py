@@ -16,25 +16,24 @@ RUN_AFTER_KERNELS = ("test_bad_inputs.py", "test_enable.py", "test_models.py",
                      "test_distributed.py")
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """The order the suite runs in, made for `make test` (pytest-xdist, ``--dist loadgroup
-    --no-loadscope-reorder``, which hands out units in this order): tests marked ``slow`` first,
-    each a unit of its own, so that they overlap everything else instead of finishing last on
-    one worker; then every other test grouped by file (one worker compiles the kernels a file
-    needs, the disk cache serves the others); the files of RUN_AFTER_KERNELS last, in its order.
-    Without xdist the same order applies and the groups mean nothing."""
+    """The order the suite runs in, made for `make test` (pytest-xdist with ``--dist loadfile
+    --no-loadscope-reorder``: one file per worker at a time, handed out in this order). Files with
+    a test marked ``slow`` first, so that they overlap everything else instead of finishing last
+    on one worker; the files of RUN_AFTER_KERNELS last, in its order; the others in between. Files
+    stay whole: one worker compiles the Numba kernels a file needs, the disk cache serves the rest.
+    (xdist's ``loadgroup`` cannot split a slow test from its file here: with pytest 9 its group
+    suffix no longer reaches the node ids.)"""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+
     def rank(item):
-        if item.get_closest_marker("slow"):
+        if item.path in slow_files:
             return 0
         if item.path.name in RUN_AFTER_KERNELS:
             return 2 + RUN_AFTER_KERNELS.index(item.path.name)
         return 1
 
     items.sort(key=rank)  # stable: collection order within each rank
-    for item in items:
-        if rank(item) and item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.path.name))
 
 
 @pytest.fixture(autouse=True)

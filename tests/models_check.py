@@ -2,7 +2,7 @@
 
 * ``dlkern_ops_called(fn)`` runs ``fn`` under a TorchDispatchMode and returns the set of
   ``torch.ops.dlkern.*`` operators that reached the dispatcher (plus "rnn_layer"/"rnn_cell" for
-  the recurrent ops' lean inference path, which skips the dispatcher), so a test proves dlkern's
+  the recurrent ops' eager paths, which skip the dispatcher), so a test proves dlkern's
   kernels ran instead of trusting that a swap or an override took effect.
 * ``compare_models(reference, candidate, inputs, loss_fn)``: outputs and the gradient of every
   parameter of ``candidate`` against ``reference`` run in float64 (a deep copy), with the
@@ -26,26 +26,27 @@ class _Recorder(TorchDispatchMode):
 
 
 def dlkern_ops_called(fn):
-    from dlkern.ops import rnn
+    from dlkern.ops import rnn, rnn_layer
 
     recorder = _Recorder()
-    lean = {"_forward_arrays": "rnn_layer", "_cell_lean": "rnn_cell"}
-    originals = {name: getattr(rnn, name) for name in lean}
+    # the recurrent ops' paths that skip the dispatcher: no gradient, or eager autograd
+    lean = {(rnn_layer, "forward_arrays"): "rnn_layer", (rnn, "_cell_lean"): "rnn_cell"}
+    originals = {key: getattr(*key) for key in lean}
 
-    def spy(name):
+    def spy(key):
         def call(*args, **kwargs):
-            recorder.ops.add(lean[name])
-            return originals[name](*args, **kwargs)
+            recorder.ops.add(lean[key])
+            return originals[key](*args, **kwargs)
         return call
 
     try:
-        for name in lean:
-            setattr(rnn, name, spy(name))
+        for key in lean:
+            setattr(*key, spy(key))
         with recorder:
             fn()
     finally:
-        for name, original in originals.items():
-            setattr(rnn, name, original)
+        for key, original in originals.items():
+            setattr(*key, original)
     return recorder.ops
 
 

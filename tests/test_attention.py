@@ -1,8 +1,10 @@
 """masked_softmax, scaled_dot_product_attention and MultiheadAttention against torch (float64
 reference): forward and every gradient, masks of every kind and broadcast shape, causal, GQA,
 fully masked rows, dropout, memory."""
+import copy
 import math
 import threading
+import warnings
 import zlib
 
 import pytest
@@ -197,7 +199,7 @@ def test_sdpa_skipped_blocks_and_key_padding_mask_cover_every_block():
     # Key padding that ends mid-block, in the last block, and at 0; causal blocks on the diagonal.
     gen = torch.Generator().manual_seed(8)
     lk = 3 * kernels.SKIP_K + 5
-    q, k, v = sdpa_inputs((4, 2, 2, 2 * kernels.BLOCK_Q + 3, lk, 16, 16), torch.float32, gen)
+    q, k, v = sdpa_inputs((4, 2, 2, 2 * 64 + 3, lk, 16, 16), torch.float32, gen)
     lengths = torch.tensor([1, kernels.SKIP_K + 7, lk, 2 * kernels.SKIP_K])
     mask = (torch.arange(lk) < lengths[:, None])[:, None, None, :]
     run_sdpa(q, k, v, mask)
@@ -322,8 +324,8 @@ def test_custom_ops_registered():
     for name in ("attention", "attention_backward", "masked_softmax", "masked_softmax_backward"):
         assert hasattr(torch.ops.dlkern, name)
     q = torch.randn(1, 2, 3, 4, device="meta")
-    out, lse = torch.ops.dlkern.attention(q, q, q, None, False, 0.5, 0.0, 0)
-    assert out.shape == (1, 2, 3, 4) and lse.shape == (1, 2, 3)
+    out, stats = torch.ops.dlkern.attention(q, q, q, None, False, 0.5, 0.0, 0)
+    assert out.shape == (1, 2, 3, 4) and stats.shape == (1, 2, 2, 3)
 
 
 def test_memory_is_linear_in_length():
@@ -538,3 +540,166 @@ def test_large_logits_and_nan_propagate_as_torch():
     mask[2, 3] = False
     y = DF.masked_softmax(x, mask)
     assert y[1].isnan().all() and not y[[0, 2, 3]].isnan().any()
+
+
+# ---------------------------------------------------------------------------------------------
+# fidelity: saturated softmax, NaN rows, empty batches, the patched encoder, causal variants
+
+def _opinfo_samples(gen):
+    """torch's OpInfo samples of scaled_dot_product_attention without dropout: inputs in
+    [-9, 9], Lq = 3 < Lk = 6, 3-d and 4-d, causal or not, a float mask."""
+    def make(*shape):
+        return torch.rand(shape, generator=gen) * 18 - 9
+    q3, kv3, q4, kv4 = (4, 3, 8), (4, 6, 8), (4, 4, 3, 8), (4, 4, 6, 8)
+    for qs, kvs in ((q3, kv3), (q4, kv4), ((4, 3, 8), kv4)):
+        for causal in (True, False):
+            yield (make(*qs), make(*kvs), make(*kvs)), dict(is_causal=causal)
+    yield (make(*q4), make(*kv4), make(*kv4)), dict(attn_mask=make(3, 6))
+
+
+def _errors(fn, args, kwargs, grad, refs):
+    tensors = [a.clone().requires_grad_() for a in args]
+    out = fn(*tensors, **kwargs)
+    out.backward(grad)
+    return [float((x.detach().double() - r.detach()).abs().max()) for x, r in
+            zip([out] + [t.grad for t in tensors], refs)]
+
+
+def test_saturated_softmax_float32_error_matches_torch():
+    # Scores of several hundred saturate the softmax; the query gradient used to carry ~1000x
+    # torch's float32 error (delta = dO . O rounded differently from dP at the winning key).
+    gen = torch.Generator().manual_seed(15)
+    totals = {}
+    for seed in range(3):
+        for n, (args, kwargs) in enumerate(_opinfo_samples(gen)):
+            ref_args = [a.double().requires_grad_() for a in args]
+            ref_kwargs = {k: (v.double() if torch.is_tensor(v) else v) for k, v in kwargs.items()}
+            ref = F.scaled_dot_product_attention(*ref_args, **ref_kwargs)
+            grad = torch.rand(ref.shape, generator=gen) * 18 - 9
+            ref.backward(grad.double())
+            refs = [ref] + [a.grad for a in ref_args]
+            mine = _errors(DF.scaled_dot_product_attention, args, kwargs, grad, refs)
+            theirs = _errors(F.scaled_dot_product_attention, args, kwargs, grad, refs)
+            for what, a, b in zip(("output", "dq", "dk", "dv"), mine, theirs):
+                t = totals.setdefault((n, what), [0.0, 0.0])
+                t[0] += a
+                t[1] += b
+            if kwargs.get("is_causal"):
+                # query 0 sees key 0 alone: P = 1 there, its gradient is exactly 0 (as torch's)
+                q = args[0].clone().requires_grad_()
+                DF.scaled_dot_product_attention(q, *args[1:], **kwargs).backward(grad)
+                assert torch.equal(q.grad[..., 0, :], torch.zeros_like(q.grad[..., 0, :])), n
+    for (n, what), (mine, theirs) in totals.items():
+        assert mine <= 2 * theirs + 1e-7, f"sample {n} {what}: error {mine:.3g}, torch {theirs:.3g}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_id)
+def test_nan_in_query_gives_torchs_nan_rows(dtype):
+    # torch's CPU flash kernel (4-d, one head dim, no mask) reduces key blocks shorter than one
+    # SIMD vector with a max that skips NaN: an all-NaN row is then "fully masked" (zeros).
+    gen = torch.Generator().manual_seed(16)
+    for lk in (1, 5, 7, 8, 15, 16, 17, 70):
+        for kwargs in (dict(), dict(is_causal=True), dict(attn_mask="keys"), dict(rank=3)):
+            kwargs = dict(kwargs)
+            rank = kwargs.pop("rank", 4)
+            q, k, v = (make_tensor((2, 2, n, 8), dtype, generator=gen) for n in (6, lk, lk))
+            q[0, 1, 2, 3] = float("nan")
+            k[1, 0, lk - 1, 0] = float("nan")
+            if kwargs.get("attn_mask") == "keys":
+                kwargs["attn_mask"] = torch.rand(2, 1, 1, lk, generator=gen) < 0.8
+            if rank == 3:
+                q, k, v = (t[0] for t in (q, k, v))
+            out = DF.scaled_dot_product_attention(q, k, v, **kwargs)
+            ref = F.scaled_dot_product_attention(q, k, v, **kwargs)
+            assert torch.equal(out.isnan(), ref.isnan()), (lk, kwargs, rank)
+
+
+def test_multihead_attention_empty_batch():
+    for batch_first in (False, True):
+        ref = torch.nn.MultiheadAttention(16, 4, batch_first=batch_first)
+        module = dnn.MultiheadAttention(16, 4, batch_first=batch_first)
+        module.load_state_dict(ref.state_dict())
+        x = torch.randn((0, 5, 16) if batch_first else (5, 0, 16), requires_grad=True)
+        for kwargs in (dict(), dict(need_weights=False),
+                       dict(key_padding_mask=torch.zeros(0, 5, dtype=torch.bool))):
+            out, weights = module(x, x, x, **kwargs)
+            expected, expected_weights = ref(x, x, x, **kwargs)
+            assert out.shape == expected.shape
+            assert (weights is None) == (expected_weights is None)
+            if weights is not None:
+                assert weights.shape == expected_weights.shape
+            out.sum().backward()
+            assert x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("norm", [False, True])
+def test_patched_encoder_fast_path_key_padding(norm):
+    # torch's eval fast path runs a padded batch as a nested tensor: zeros at padded positions
+    torch.manual_seed(17)
+    layer = torch.nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
+    encoder = torch.nn.TransformerEncoder(layer, 2, norm=torch.nn.LayerNorm(16) if norm else None,
+                                          enable_nested_tensor=True).eval()
+    patched = dlkern.patch(copy.deepcopy(encoder))
+    x = torch.randn(3, 8, 16)
+    for padding in (torch.arange(8) >= torch.tensor([8, 5, 2])[:, None],
+                    torch.zeros(3, 8).masked_fill(torch.arange(8) >= 6, float("-inf"))):
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = encoder(x, src_key_padding_mask=padding)
+            out = patched(x, src_key_padding_mask=padding)
+        assert_close(out, expected.double(), 64)
+    # in training mode (no fast path) the padded positions are computed, as torch does
+    encoder.train()
+    patched.train()
+    torch.manual_seed(0)
+    expected = encoder(x, src_key_padding_mask=padding)
+    torch.manual_seed(0)
+    assert_close(patched(x, src_key_padding_mask=padding), expected.double(), 64)
+
+
+@pytest.mark.parametrize("lq, lk", [(5, 70), (70, 70), (90, 20)])
+def test_causal_bias_variants(lq, lk):
+    from torch.nn.attention.bias import causal_lower_right, causal_upper_left
+    gen = torch.Generator().manual_seed(18)
+    q, k, v = sdpa_inputs((2, 2, 2, lq, lk, 16, 16), torch.float64, gen)
+    red = lq + lk + 16
+    for bias in (causal_upper_left(lq, lk), causal_lower_right(lq, lk)):
+        check_against_torch(lambda q, k, v: DF.scaled_dot_product_attention(q, k, v, bias),
+                            lambda q, k, v: F.scaled_dot_product_attention(q, k, v, bias),
+                            [q, k, v], {"output": red, 0: red, 1: red, 2: red})
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "bool key padding", "float per head", "causal"])
+def test_decode_step_grouped_query_heads(mask_kind):
+    # one query per head with GQA runs the group's heads as queries of their key/value head
+    from torch.nn.attention.bias import causal_lower_right
+    gen = torch.Generator().manual_seed(19)
+    q, k, v = sdpa_inputs((2, 8, 2, 1, 150, 32, 32), torch.float32, gen)
+    if mask_kind == "causal":
+        mask = causal_lower_right(1, 150)
+        check_against_torch(
+            lambda q, k, v: DF.scaled_dot_product_attention(q, k, v, mask, enable_gqa=True),
+            lambda q, k, v: F.scaled_dot_product_attention(q, k, v, mask, enable_gqa=True),
+            [q, k, v], {"output": 200, 0: 200, 1: 200, 2: 200})
+        return
+    mask = make_mask(mask_kind, 2, 8, 1, 150, torch.float32, gen)
+    run_sdpa(q, k, v, mask, enable_gqa=True)
+
+
+def test_mask_table_on_every_thread(monkeypatch):
+    # large masks get their block table in a parallel pass: the same table as the serial one
+    from dlkern.ops import attention as ops
+    gen = torch.Generator().manual_seed(20)
+    lk = 3 * kernels.SKIP_K + 5
+    mask = torch.rand(2, 3, 150, lk, generator=gen) < 0.5
+    mask[:, :, :70, kernels.SKIP_K:] = False  # hidden blocks
+    mask[:, :, 70:, :kernels.SKIP_K] = True   # visible blocks
+    serial = ops._mask_table(mask, 150, lk, 64)
+    monkeypatch.setattr(ops, "_PARALLEL_MASK_ELEMENTS", 0)
+    parallel = ops._mask_table(mask, 150, lk, 64)
+    for a, b in zip(serial, parallel):
+        assert torch.equal(a, b)
+    assert {int(x) for x in serial[0].unique()} == {kernels.HIDDEN, kernels.VISIBLE,
+                                                    kernels.PARTIAL}
+    q, k, v = sdpa_inputs((2, 3, 3, 150, lk, 16, 16), torch.float32, gen)
+    run_sdpa(q, k, v, mask)

@@ -1,4 +1,5 @@
-"""Every invalid call raises torch's exception type with a message; run in a separate process."""
+"""Every invalid call raises torch's exception type with a message, and every edge case that is valid
+(empty tensors, NaN and infinities) gives torch's result; run in a separate process."""
 import json
 import os
 
@@ -17,8 +18,16 @@ def test_bad_input_battery(family):
     assert rc == 0, f"the battery process died (exit code {rc}):\n{output[-3000:]}"
     rows = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
     assert len(rows) >= 10, output[-3000:]
-    mismatched = [r for r in rows if r["torch"] != r["dlkern"]]
+    failing = [r for r in rows if r["torch"] != r["dlkern"] or r.get("result")]
+    mismatched = [r for r in failing if not r.get("known") and r["torch"] != r["dlkern"]]
     assert not mismatched, "\n".join(f"{r['case']}: torch {r['torch']}, dlkern {r['dlkern']} ({r['message']})" for r in mismatched)
+    wrong = [r for r in failing if not r.get("known") and r.get("result")]
+    assert not wrong, "\n".join(f"{r['case']}: {r['result']}" for r in wrong)
+    fixed = [r["case"] for r in rows if r.get("known") and r not in failing]
+    assert not fixed, f"known failures that pass now (remove them from KNOWN): {fixed}"
     raised = [r for r in rows if r["torch"] is not None]
     assert len(raised) >= 10
     assert all(r["message"] for r in raised), "an exception without a message"
+    known = [f"{r['case']}: {r['known']}" for r in failing]
+    if known:
+        pytest.xfail("known failures: " + "; ".join(known))

@@ -149,11 +149,23 @@ def _tiny_rows():
                 dict(heads=2, kv_heads=2, q_len=5, kv_len=7, head_dim=8, mask="key_padding"), 2)]
 
 
+def _torch_only_case(row):
+    """A row's Case with torch on both sides: the harness's plumbing without compiling kernels
+    (the kernels' agreement is the benchmark's own --check)."""
+    import torch.nn.functional as F
+
+    c = case(row)
+    fn = {"conv2d": F.conv2d, "scaled_dot_product_attention": F.scaled_dot_product_attention}
+    c.dlkern_fn = fn[row.op]
+    return c
+
+
 def test_run_writes_every_field(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("dlkern.benchmark.machine.measure_peak_gflops", lambda: 100.0)
     monkeypatch.setattr("dlkern.benchmark.machine.measure_bandwidth_gbs", lambda: 10.0)
     monkeypatch.setattr(cli, "jobs", lambda *a, **k: [("layers", r, m) for r in _tiny_rows()
                                                       for m in ("fwd", "fwdbwd")])
+    monkeypatch.setattr(cli, "_build", _torch_only_case)
     monkeypatch.setitem(cli.BUDGET, "layers", 0.001)
     monkeypatch.setattr("dlkern.benchmark.timing.MIN_SAMPLE", 0.0)
     out = tmp_path / "out"

@@ -135,3 +135,87 @@ def test_custom_op_registration():
     torch.library.opcheck(torch.ops.dlkern.conv_transpose.default,
                           (x, w, b, [2, 2], [1, 1], [1, 1], 2, out_size))
     torch.library.opcheck(torch.ops.dlkern.channel_sum.default, (x.detach(),))
+
+
+# Each forward algorithm forced (DLKERN_CONV_TRANSPOSE_ALGO) on a sample of the sweep; the phase
+# sample runs with Winograd allowed (a stride-1 3-tap phase goes through it) and with GEMM only.
+_PHASE_SAMPLE = [c for c in SWEEP if c["dilation"] == 1 and c["groups_kind"] in ("1", "2")][:40]
+
+
+@pytest.mark.parametrize("conv_algo", ["auto", "gemm"])
+@pytest.mark.parametrize("case", _PHASE_SAMPLE, ids=_case_id)
+def test_phase_forced(monkeypatch, case, conv_algo):
+    from dlkern.ops import conv_transpose as ct
+
+    monkeypatch.setenv("DLKERN_CONV_TRANSPOSE_ALGO", "phase")
+    monkeypatch.setenv("DLKERN_CONV_ALGO", conv_algo)
+    c = dict(case)
+    rank = c.pop("rank")
+    tensors, kwargs = make_case(rank, **c)
+    calls = []
+    original = ct.phase_forward
+    monkeypatch.setattr(ct, "phase_forward", lambda *a: calls.append(1) or original(*a))
+    run_case(rank, tensors, kwargs)
+    assert calls or c["batch"] == 0
+
+
+@pytest.mark.parametrize("case", _PHASE_SAMPLE[:20], ids=_case_id)
+def test_col2im_forced(monkeypatch, case):
+    monkeypatch.setenv("DLKERN_CONV_TRANSPOSE_ALGO", "col2im")
+    c = dict(case)
+    rank = c.pop("rank")
+    tensors, kwargs = make_case(rank, **c)
+    run_case(rank, tensors, kwargs)
+
+
+@pytest.mark.parametrize("rank,kernel,stride,padding", [(1, 4, 2, 1), (2, 4, 2, 1), (2, 3, 1, 1),
+                                                        (3, 4, 2, 1), (2, 2, 3, 4), (1, 5, 2, 6)])
+def test_phase_shapes_of_real_decoders(monkeypatch, rank, kernel, stride, padding):
+    # DCGAN k4 s2 p1, stride 1 (one phase, Winograd), a kernel shorter than the stride (phases
+    # with no taps: bias only) and padding beyond the kernel (phases that skip input rows).
+    monkeypatch.setenv("DLKERN_CONV_TRANSPOSE_ALGO", "phase")
+    g = torch.Generator().manual_seed(rank)
+    spatial = {1: (40,), 2: (9, 11), 3: (4, 5, 6)}[rank]
+    x = make_tensor((2, 16) + spatial, torch.float32, generator=g)
+    w = make_tensor((16, 20) + (kernel,) * rank, torch.float32, generator=g)
+    b = make_tensor((20,), torch.float32, generator=g)
+    run_case(rank, (x, w, b), dict(stride=stride, padding=padding))
+
+
+def test_algorithm_rules(monkeypatch):
+    from dlkern.ops import conv_transpose as ct
+
+    monkeypatch.delenv("DLKERN_CONV_TRANSPOSE_ALGO", raising=False)
+    s2, d1 = (1, 2, 2), (1, 1, 1)
+    assert ct.algorithm((512, 256, 1, 4, 4), s2, d1, 1) == "phase"                 # DCGAN
+    assert ct.algorithm((128, 64, 1, 2, 2), s2, d1, 1) == "col2im"                 # UNet k2 s2
+    assert ct.algorithm((64, 3, 1, 4, 4), s2, d1, 1) == "col2im"                   # RGB output
+    assert ct.algorithm((64, 64, 1, 4, 4), s2, (1, 2, 2), 1) == "col2im"           # dilated
+    assert ct.algorithm((512, 256, 1, 1, 16), (1, 1, 8), d1, 1) == "col2im"        # 1-d
+    assert ct.algorithm((100, 512, 1, 4, 4), d1, d1, 1, (0, 0, 0), (1, 1, 1),
+                        (1, 4, 4)) == "pixel"                                       # DCGAN input
+    monkeypatch.setenv("DLKERN_CONV_TRANSPOSE_ALGO", "phase")
+    assert ct.algorithm((64, 3, 1, 4, 4), s2, d1, 1) == "phase"
+    monkeypatch.setenv("DLKERN_CONV_TRANSPOSE_ALGO", "pixel")
+    assert ct.algorithm((64, 3, 1, 4, 4), s2, d1, 1, (0, 1, 1), (1, 5, 5), (1, 8, 8)) == "col2im"
+    monkeypatch.setenv("DLKERN_CONV_TRANSPOSE_ALGO", "bogus")
+    with pytest.raises(ValueError, match="DLKERN_CONV_TRANSPOSE_ALGO"):
+        ct.algorithm((64, 3, 1, 4, 4), s2, d1, 1)
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("groups", [1, 2])
+def test_pixel_input(monkeypatch, rank, dtype, groups):
+    # A generator's first layer: a 1x1 input, the output as large as the kernel.
+    from dlkern.ops import conv_transpose as ct
+
+    calls = []
+    original = ct.pixel_forward
+    monkeypatch.setattr(ct, "pixel_forward", lambda *a: calls.append(1) or original(*a))
+    g = torch.Generator().manual_seed(rank)
+    x = make_tensor((3, 6) + (1,) * rank, dtype, generator=g)
+    w = make_tensor((6, 5) + (4, 3, 2)[:rank], dtype, generator=g)
+    b = make_tensor((5 * groups,), dtype, generator=g)
+    run_case(rank, (x, w, b), dict(stride=2, groups=groups))
+    assert calls

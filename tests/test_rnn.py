@@ -1,4 +1,6 @@
-"""LSTM/GRU cells and layers against torch (float64 reference): forward, final states, every gradient."""
+"""LSTM, GRU and vanilla RNN (tanh, relu) cells and layers against torch (float64 reference):
+forward, final states, every gradient."""
+import functools
 import itertools
 import random
 
@@ -12,12 +14,20 @@ import dlkern.nn as dnn
 from helpers import assert_close, check_against_torch, float64_copy, make_tensor
 
 DTYPES = [torch.float32, torch.float64]
-MODES = ["lstm", "gru"]
-TORCH_LAYER = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
-DL_LAYER = {"lstm": dnn.LSTM, "gru": dnn.GRU}
-TORCH_CELL = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell}
-DL_CELL = {"lstm": dnn.LSTMCell, "gru": dnn.GRUCell}
-GATES = {"lstm": 4, "gru": 3}
+MODES = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
+_P = functools.partial
+TORCH_LAYER = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU,
+               "rnn_tanh": _P(torch.nn.RNN, nonlinearity="tanh"),
+               "rnn_relu": _P(torch.nn.RNN, nonlinearity="relu")}
+DL_LAYER = {"lstm": dnn.LSTM, "gru": dnn.GRU, "rnn_tanh": _P(dnn.RNN, nonlinearity="tanh"),
+            "rnn_relu": _P(dnn.RNN, nonlinearity="relu")}
+TORCH_CELL = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell,
+              "rnn_tanh": _P(torch.nn.RNNCell, nonlinearity="tanh"),
+              "rnn_relu": _P(torch.nn.RNNCell, nonlinearity="relu")}
+DL_CELL = {"lstm": dnn.LSTMCell, "gru": dnn.GRUCell,
+           "rnn_tanh": _P(dnn.RNNCell, nonlinearity="tanh"),
+           "rnn_relu": _P(dnn.RNNCell, nonlinearity="relu")}
+GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 INPUT, HIDDEN, PROJ = 5, 6, 3  # odd sizes on purpose
 SEQ, BATCH = 7, 4
 LENGTHS = [7, 5, 5, 1]  # variable lengths, sorted, one of length 1
@@ -32,7 +42,7 @@ def _cell_fn(mode, functional):
         if mode == "lstm":
             out = torch.cat(functional.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh), -1)
         else:
-            out = functional.gru_cell(x, h, w_ih, w_hh, b_ih, b_hh)
+            out = getattr(functional, f"{mode}_cell")(x, h, w_ih, w_hh, b_ih, b_hh)
         return out[0] if unbatched else out
 
     def run_gru(x, h, w_ih, w_hh, b_ih, b_hh):
@@ -169,6 +179,8 @@ AXES = dict(layers=[1, 2, 3], bidirectional=[False, True], batch_first=[False, T
 _ALL = [dict(zip(AXES, v)) for v in itertools.product(*AXES.values())]
 SWEEP = [("lstm", c) for c in random.Random(7).sample(_ALL, 26)]
 SWEEP += [("gru", c) for c in random.Random(8).sample([c for c in _ALL if not c["proj"]], 18)]
+SWEEP += [(m, c) for m, seed in (("rnn_tanh", 9), ("rnn_relu", 10))
+          for c in random.Random(seed).sample([c for c in _ALL if not c["proj"]], 8)]
 
 
 def _id(item):
@@ -211,7 +223,7 @@ def test_layer_unbatched_and_noncontiguous(mode, dtype, bidirectional):
     assert torch.equal(x, before)
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_tanh"])
 def test_gradcheck_float64(mode):
     torch.manual_seed(4)
     kw = dict(proj_size=2) if mode == "lstm" else {}
@@ -232,7 +244,7 @@ def test_gradcheck_float64(mode):
         return (out.data,) + tuple(states)
 
     assert torch.autograd.gradcheck(fn, (data, h0, c0, *params), atol=1e-8)
-    cell_fn = DF.lstm_cell if mode == "lstm" else DF.gru_cell
+    cell_fn = getattr(DF, f"{mode}_cell")
     gh = GATES[mode] * 4
     args = [torch.randn(s, dtype=torch.float64, requires_grad=True)
             for s in ((2, 3), (2, 4), (2, 4), (gh, 3), (gh, 4), (gh,), (gh,))]
@@ -388,3 +400,25 @@ def test_concurrent_python_threads():
         t.join()
     for k, got in enumerate(results):
         assert all(torch.equal(g, alone[k]) for g in got)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_nan_and_inf_propagate_as_torch(mode):
+    """NaN and +-inf in the input and the initial state reach the same outputs as in torch's."""
+    torch.manual_seed(13)
+    ref = TORCH_LAYER[mode](INPUT, HIDDEN, bidirectional=True).double()
+    mod = DL_LAYER[mode](INPUT, HIDDEN, bidirectional=True).double()
+    mod.load_state_dict(ref.state_dict())
+    x = torch.randn(SEQ, BATCH, INPUT, dtype=torch.float64)
+    x[2, 0, 1] = float("nan")
+    x[4, 1, 0] = float("inf")
+    x[1, 2, 2] = -float("inf")
+    h0 = torch.randn(2, BATCH, HIDDEN, dtype=torch.float64)
+    h0[0, 3, 0] = float("inf")
+    hx = (h0, torch.randn_like(h0)) if mode == "lstm" else h0
+    with torch.no_grad():
+        got, want = _flatten_out(mode, mod(x, hx), False), _flatten_out(mode, ref(x, hx), False)
+    for a, e in zip(got, want):
+        assert torch.equal(a.isnan(), e.isnan()) and torch.equal(a.isinf(), e.isinf())
+        finite = e.isfinite()
+        assert_close(a[finite], e[finite], SEQ * (INPUT + HIDDEN))

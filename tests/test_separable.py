@@ -42,67 +42,6 @@ def _out_shape(fn, *args, **kwargs):
         return fn(*[float64_copy(a) for a in args], **kwargs).shape
 
 
-# ---------------------------------------------------------------- depthwise
-
-
-def depthwise(rank, x, w, b, **kwargs):
-    # dlkern's conv routes groups == in_channels to the depthwise kernels.
-    return getattr(DF, f"conv{rank}d")(x, w, b, groups=x.shape[-rank - 1], **kwargs)
-
-
-def run_depthwise(rank, x, w, b, **kwargs):
-    c = x.shape[-rank - 1]
-    ref = lambda x, w, b: TORCH[rank](x, w, b, groups=c, **kwargs)  # noqa: E731
-    out_shape = _out_shape(ref, x, w, None)
-    kvol = math.prod(w.shape[2:])
-    per_channel = out_shape[0] * math.prod(out_shape[2:]) if len(out_shape) == rank + 2 \
-        else math.prod(out_shape[1:])
-    red = {"output": kvol, 0: w.shape[0] // c * kvol, 1: per_channel, 2: per_channel}
-    return check_against_torch(lambda x, w, b: depthwise(rank, x, w, b, **kwargs), ref,
-                               [x, w, b], red)
-
-
-DW_AXES = dict(rank=[1, 2, 3], stride=[1, 2, 3], padding=[0, 1, "same", "valid", "asym"],
-               dilation=[1, 2], multiplier=[1, 2, 3], bias=[True, False], batch=[0, 1, 3],
-               layout=LAYOUTS, dtype=DTYPES)
-DW_SWEEP = _sample(DW_AXES, 90, 11)
-
-
-@pytest.mark.parametrize("case", DW_SWEEP, ids=_case_id)
-def test_depthwise_sweep(case):
-    rank, c_in, m = case["rank"], 3, case["multiplier"]
-    g = torch.Generator().manual_seed(1)
-    x = make_tensor((case["batch"], c_in) + SPATIAL[rank], case["dtype"], case["layout"], g)
-    w = make_tensor((c_in * m, 1) + KERNEL[rank], case["dtype"], generator=g)
-    b = make_tensor((c_in * m,), case["dtype"], generator=g) if case["bias"] else None
-    run_depthwise(rank, x, w, b, stride=case["stride"], padding=_padding(case["padding"], rank),
-                  dilation=case["dilation"])
-
-
-@pytest.mark.parametrize("rank", [1, 2, 3])
-def test_depthwise_larger_planes_and_unbatched(rank):
-    g = torch.Generator().manual_seed(2)
-    spatial = {1: (1000,), 2: (33, 47), 3: (6, 19, 23)}[rank]
-    x = make_tensor((2, 5) + spatial, torch.float32, generator=g)
-    w = make_tensor((10, 1) + (3,) * rank, torch.float32, generator=g)
-    b = make_tensor((10,), torch.float32, generator=g)
-    run_depthwise(rank, x, w, b, padding=1)
-    run_depthwise(rank, x, w, b, stride=2, padding=2, dilation=2)
-    out = run_depthwise(rank, x[0], w, b, padding="same")
-    assert out.dim() == rank + 1
-
-
-@pytest.mark.parametrize("rank", [1, 2])
-def test_depthwise_padding_beyond_kernel(rank):
-    # padding wider than the dilated kernel: output elements that see only padding (= bias)
-    g = torch.Generator().manual_seed(3)
-    x = make_tensor((2, 2) + SPATIAL[rank], torch.float64, generator=g)
-    w = make_tensor((4, 1) + (2,) * rank, torch.float64, generator=g)
-    b = make_tensor((4,), torch.float64, generator=g)
-    for stride in (1, 2):
-        run_depthwise(rank, x, w, b, stride=stride, padding=4)
-
-
 # ---------------------------------------------------------------- depthwise-separable
 
 
@@ -247,7 +186,7 @@ def test_gradcheck_float64():
     x = mk(2, 3, 6, 5)
     wd, bd = mk(6, 1, 3, 2), mk(6)
     assert torch.autograd.gradcheck(
-        lambda x, w, b: depthwise(2, x, w, b, stride=(2, 1), padding=1, dilation=(1, 2)),
+        lambda x, w, b: DF.conv2d(x, w, b, stride=(2, 1), padding=1, dilation=(1, 2), groups=3),
         (x, wd, bd), eps=1e-6, atol=1e-8)
     wp, bp = mk(4, 6, 1, 1), mk(4)
     assert torch.autograd.gradcheck(

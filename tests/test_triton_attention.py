@@ -5,6 +5,7 @@ and every kernel is also compiled for an H100 (sm_90) with every autotune config
 import math
 import zlib
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -195,6 +196,101 @@ def test_dropout_statistics(triton_device):
     assert torch.equal(none, torch.zeros_like(none))
 
 
+def _max_errors(fn, args, kwargs, grad, refs):
+    """Max errors of the output and the gradients of args, and the query gradient."""
+    tensors = [a.clone().requires_grad_() for a in args]
+    out = fn(*tensors, **kwargs)
+    out.backward(grad)
+    return [float((x.detach().cpu().double() - r).abs().max())
+            for x, r in zip([out] + [t.grad for t in tensors], refs)], tensors[0].grad
+
+
+def _plain_float32_error(args, causal, ref):
+    q, k, v = (a.numpy() for a in args)
+    s = np.matmul(q, k.transpose(0, 1, 3, 2)) * np.float32(1 / math.sqrt(q.shape[-1]))
+    if causal:
+        s = np.where(np.triu(np.ones(s.shape[-2:], bool), 1), np.float32(-np.inf), s)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    out = np.matmul(p, v) * (np.float32(1) / p.sum(-1, keepdims=True))
+    return float(np.abs(out - ref.numpy()).max())
+
+
+def test_saturated_softmax_float32_error_matches_torch(triton_device):
+    # torch's OpInfo samples: inputs in [-9, 9] saturate the softmax, Lq = 3 < Lk = 6. The query
+    # gradient used to carry ~1000x torch's float32 error (delta = dO . O, rounded differently
+    # from dP at the winning key; lse rounded to float32 at |m| ~ 200).
+    gen = torch.Generator().manual_seed(15)
+    totals = {}
+    causal = True  # the issue's case (non-causal samples: test_attention.py, on the CPU)
+    for draw in range(2):
+        args = [torch.rand(shape, generator=gen) * 18 - 9
+                for shape in ((4, 4, 3, 8), (4, 4, 6, 8), (4, 4, 6, 8))]
+        grad = torch.rand(4, 4, 3, 8, generator=gen) * 18 - 9
+        refs_in = [a.double().requires_grad_() for a in args]
+        ref = F.scaled_dot_product_attention(*refs_in, is_causal=causal)
+        ref.backward(grad.double())
+        refs = [ref.detach()] + [a.grad for a in refs_in]
+        device_args = [a.to(triton_device) for a in args]
+        mine, grad_q = _max_errors(DF.scaled_dot_product_attention, device_args,
+                                   dict(is_causal=causal), grad.to(triton_device), refs)
+        theirs, _ = _max_errors(F.scaled_dot_product_attention, args, dict(is_causal=causal),
+                                grad, refs)
+        if triton_device == "cpu":
+            # the interpreter's tl.dot is NumPy's matmul, which rounds every product (no
+            # FMA): the output's floor is that of plain float32 attention computed so
+            theirs[0] = max(theirs[0], _plain_float32_error(args, causal, refs[0]))
+        for what, a, b in zip(("output", "dq", "dk", "dv"), mine, theirs):
+            t = totals.setdefault(what, [0.0, 0.0])
+            t[0] += a
+            t[1] += b
+        # query 0 sees key 0 alone: P = 1, its gradient is exactly 0
+        assert torch.equal(grad_q[..., 0, :].cpu(), torch.zeros(4, 4, 8))
+    for key, (mine, theirs) in totals.items():
+        assert mine <= 2 * theirs + 1e-7, f"{key}: error {mine:.3g}, torch {theirs:.3g}"
+
+
+def test_nan_in_query_and_causal_variants(triton_device):
+    from torch.nn.attention.bias import causal_lower_right
+    gen = torch.Generator().manual_seed(16)
+    for lk in (5, 20):
+        q, k, v = (make_tensor((1, 2, n, 16), torch.float32, generator=gen) for n in (6, lk, lk))
+        q[0, 1, 2, 3] = float("nan")
+        for kwargs in (dict(), dict(is_causal=True)):
+            out = DF.scaled_dot_product_attention(*(t.to(triton_device) for t in (q, k, v)),
+                                                  **kwargs)
+            ref = F.scaled_dot_product_attention(q, k, v, **kwargs)
+            if triton_device == "cpu":  # torch's CPU rule (CUDA's kernels have their own)
+                assert torch.equal(out.isnan().cpu(), ref.isnan()), (lk, kwargs)
+    q, k, v = sdpa_inputs((1, 2, 2, 9, 40, 16, 16), torch.float32, triton_device, gen)
+    bias = causal_lower_right(9, 40)
+    red = 9 + 40 + 16
+    check_against_torch(lambda q, k, v: DF.scaled_dot_product_attention(q, k, v, bias),
+                        lambda q, k, v: F.scaled_dot_product_attention(q, k, v, bias),
+                        [q, k, v], {"output": red, 0: red, 1: red, 2: red})
+
+
+def test_backward_delta_from_output(triton_device):
+    # 16-bit inputs take delta = rowsum(dO * O) from the preprocess kernel; forced here on
+    # float32, both ways give the same gradients
+    from dlkern.kernels.triton import attention, attention_backward
+    gen = torch.Generator().manual_seed(21)
+    q, k, v = sdpa_inputs((1, 2, 2, 20, 33, 16, 16), torch.float32, triton_device, gen)
+    mask = make_mask("float per head", 1, 2, 20, 33, torch.float32, gen).to(triton_device)
+    mask = mask.expand(1, 2, 20, 33)
+    out = torch.empty_like(q)
+    stats = torch.empty(1, 2, 2, 20, device=triton_device)
+    attention.attention_forward(q, k, v, mask, True, 0, 0.25, 0.0, 0, False, out, stats)
+    grad = make_tensor((1, 2, 20, 16), torch.float32, generator=gen).to(triton_device)
+    results = []
+    for exact in (True, False):
+        grads = [torch.empty_like(t) for t in (q, k, v)]
+        attention_backward.attention_backward(grad, q, k, v, mask, out, stats, True, 0, 0.25, 0.0,
+                                              0, *grads, exact_delta=exact)
+        results.append(grads)
+    for a, b in zip(*results):
+        assert_close(a.cpu(), b.cpu().double(), 70)
+
+
 # ---------------------------------------------------------------------------------------------
 # masked softmax
 
@@ -275,6 +371,8 @@ sys.path.insert(0, {tests!r})
 import torch
 import triton_aot
 from dlkern.kernels.triton import attention as A
+from dlkern.kernels.triton import attention_backward as B
+from dlkern.kernels.triton import masked_softmax as S
 
 def ptr(dtype):
     return torch.empty(1, dtype=dtype)
@@ -296,52 +394,59 @@ def widest(config):
     return min(config.kwargs.get("MAX_HEAD", 256), 256)
 
 for kernel, name in ((A.attention_forward_kernel, "forward"),
-                     (A.attention_backward_dkdv_kernel, "dkdv"),
-                     (A.attention_backward_dq_kernel, "dq")):
+                     (B.attention_backward_dkdv_kernel, "dkdv"),
+                     (B.attention_backward_dq_kernel, "dq")):
     all_configs = list(kernel.configs)
-    extra = {{"GRAD_MASK": True}} if name == "dq" else {{}}
+    # float32 sums delta from P dP in the dq kernel; 16-bit reads the preprocess kernel's
+    extra = {{"GRAD_MASK": True, "EXACT_DELTA": True}} if name == "dq" else {{}}
+    if name == "forward":
+        extra = {{"NAN_MASKED": False}}
     # every configuration once, in float32 (the most shared memory), at the widest head it
     # serves, with a head dim that is not a power of two; the first one also in bfloat16
     for x, configs in ((f32, all_configs), (bf16, all_configs[:1])):
         if name == "forward":
-            args = [x, x, x, x, x, f32] + strides + [32, 4, 4096, 4096, 0.18, 0.1, 1.1, seed,
+            args = [x, x, x, x, x, f32] + strides + [32, 4, 4096, 4096, 0, 0.18, 0.1, 1.1, seed,
                                                      4096, 4096]
         else:
-            args = [x, x, x, x, x, f32, f32, x, x] + strides + [8, 4, 4096, 4096, 0.18, 0.125,
+            args = [x, x, x, x, x, f32, f32, x, x] + strides + [8, 4, 4096, 4096, 0, 0.125,
                                                                0.1, 1.1, seed, 4096, 4096]
         for config in configs:
             width = widest(config)
             offered = A._prune_attention(all_configs, {{"BLOCK_D": width, "BLOCK_DV": width}})
             assert config in offered or config is all_configs[0]
-            compile_one(name, kernel, args, config, CAUSAL=True, MASK_KIND=1, DROPOUT=True,
-                        HEAD_D=width - 8, HEAD_DV=width, BLOCK_D=width, BLOCK_DV=width,
-                        PRECISION="tf32" if x is f32 else "ieee", **extra)
+            compile_one(name, kernel, args, config, CAUSAL=True, MASK_KIND=A.MASK_FULL.value,
+                        DROPOUT=True, HEAD_D=width - 8, HEAD_DV=width, BLOCK_D=width,
+                        BLOCK_DV=width, PRECISION="tf32" if x is f32 else "ieee", **extra)
     # float32 without tf32 (what gpu_check's float32 checks run), in the first configuration
     args32 = [f32 if a is bf16 else a for a in args]
-    compile_one(name, kernel, args32, all_configs[0], CAUSAL=True, MASK_KIND=2, DROPOUT=False,
-                HEAD_D=56, HEAD_DV=64, BLOCK_D=64, BLOCK_DV=64, PRECISION="ieee", **extra)
+    compile_one(name, kernel, args32, all_configs[0], CAUSAL=True, MASK_KIND=A.MASK_KEYS.value,
+                DROPOUT=False, HEAD_D=56, HEAD_DV=64, BLOCK_D=64, BLOCK_DV=64, PRECISION="ieee",
+                **extra)
     # the benchmarks' paths: float16, head 64 = its block (unmasked loads), not causal, no
     # dropout, a key-padding mask or (forward) none, in the first configuration a GPU tunes over
     x = ptr(torch.float16)
     args = [x if a is bf16 else a for a in args]  # the last loop's tensors were bfloat16
     config = A._prune_attention(all_configs, {{"BLOCK_D": 64, "BLOCK_DV": 64}})[0]
-    for mask_kind in ((0, 2) if name == "forward" else (2,)):
+    if name == "dq":
+        extra["EXACT_DELTA"] = False
+    for mask_kind in ((A.MASK_NONE.value, A.MASK_KEYS.value) if name == "forward"
+                      else (A.MASK_KEYS.value,)):
         compile_one(name, kernel, args, config, CAUSAL=False, MASK_KIND=mask_kind, DROPOUT=False,
                     HEAD_D=64, HEAD_DV=64, BLOCK_D=64, BLOCK_DV=64, PRECISION="ieee", **extra)
     kernel.configs = all_configs
 
 u8, i64 = ptr(torch.uint8), ptr(torch.int64)
-for x, configs in ((f32, A.masked_softmax_forward_kernel.configs),
-                   (bf16, A.masked_softmax_forward_kernel.configs[:1])):
-    all_configs = list(A.masked_softmax_forward_kernel.configs)
+for x, configs in ((f32, S.masked_softmax_forward_kernel.configs),
+                   (bf16, S.masked_softmax_forward_kernel.configs[:1])):
+    all_configs = list(S.masked_softmax_forward_kernel.configs)
     for config in configs:
-        compile_one("softmax", A.masked_softmax_forward_kernel, [x, u8, i64, x, 5000, 3], config,
+        compile_one("softmax", S.masked_softmax_forward_kernel, [x, u8, i64, x, 5000, 3], config,
                     HAS_MASK=True, BLOCK=4096)
-        compile_one("softmax_backward", A.masked_softmax_backward_kernel, [x, x, x, 5000], config,
+        compile_one("softmax_backward", S.masked_softmax_backward_kernel, [x, x, x, 5000], config,
                     BLOCK=4096)
-    A.masked_softmax_forward_kernel.configs = all_configs
-    A.masked_softmax_backward_kernel.configs = all_configs
-triton_aot.compile_for_h100(A.attention_backward_preprocess_kernel, [bf16, bf16, f32, 4096],
+    S.masked_softmax_forward_kernel.configs = all_configs
+    S.masked_softmax_backward_kernel.configs = all_configs
+triton_aot.compile_for_h100(B.attention_backward_preprocess_kernel, [bf16, bf16, f32, 4096],
                             HEAD_DV=128, BLOCK_DV=128, BLOCK_R=64)
 triton_aot.compile_for_h100(A.dropout_keep_kernel, [f32, seed, 0.1, 1.1, 4096, 1 << 20],
                             BLOCK=1024)

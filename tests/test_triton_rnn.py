@@ -5,6 +5,7 @@ On a GPU these run on CUDA in float32, float16 and bfloat16; elsewhere through T
 interpreter in float32 on tiny shapes (it is slow). ``test_compiles_for_h100`` compiles every
 kernel for sm_90 in a fresh process without the interpreter.
 """
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,13 +15,20 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import dlkern.functional as DF
 import dlkern.nn as dnn
+import rnn_reference
 from helpers import TRITON_DTYPES, assert_close, check_against_torch, make_tensor, run_isolated
 
-TORCH_LAYER = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
-DL_LAYER = {"lstm": dnn.LSTM, "gru": dnn.GRU}
-TORCH_CELL = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell}
-DL_CELL = {"lstm": dnn.LSTMCell, "gru": dnn.GRUCell}
-GATES = {"lstm": 4, "gru": 3}
+_P = functools.partial
+TORCH_LAYER = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU,
+               "rnn_tanh": _P(torch.nn.RNN, nonlinearity="tanh"),
+               "rnn_relu": _P(torch.nn.RNN, nonlinearity="relu")}
+DL_LAYER = {"lstm": dnn.LSTM, "gru": dnn.GRU, "rnn_tanh": _P(dnn.RNN, nonlinearity="tanh"),
+            "rnn_relu": _P(dnn.RNN, nonlinearity="relu")}
+TORCH_CELL = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell,
+              "rnn_tanh": _P(torch.nn.RNNCell, nonlinearity="tanh")}
+DL_CELL = {"lstm": dnn.LSTMCell, "gru": dnn.GRUCell,
+           "rnn_tanh": _P(dnn.RNNCell, nonlinearity="tanh")}
+GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
 
 @pytest.fixture(autouse=True)
@@ -59,6 +67,10 @@ LAYERS = [
          bias=True, seq=3, batch=17, lengths=None),
     dict(mode="gru", inp=33, hid=36, layers=1, bidir=True, batch_first=True, proj=0, hx=True,
          bias=True, seq=3, batch=17, lengths=[3] * 9 + [2] * 5 + [1] * 3, stream=True),
+    dict(mode="rnn_tanh", inp=5, hid=6, layers=2, bidir=True, batch_first=False, proj=0, hx=True,
+         bias=True, seq=4, batch=3, lengths=[2, 4, 3]),
+    dict(mode="rnn_relu", inp=3, hid=5, layers=1, bidir=False, batch_first=True, proj=0, hx=False,
+         bias=False, seq=4, batch=2, lengths=None),
 ]
 
 
@@ -82,9 +94,10 @@ def test_layer(cfg, dtype, triton_device, monkeypatch):
     if cfg.get("stream"):  # no layer is small enough to keep W_hh resident, and every launch
         # goes through its autotuner (small problems otherwise take the first configuration)
         from dlkern.kernels.triton import rnn as triton_rnn
+        from dlkern.kernels.triton import rnn_common
         monkeypatch.setattr(triton_rnn, "RESIDENT_UNITS", 0)
-        monkeypatch.setattr(triton_rnn, "_TUNE_LOOP", 0)
-        monkeypatch.setattr(triton_rnn, "_TUNE_GEMM", 0)
+        monkeypatch.setattr(rnn_common, "TUNE_LOOP", 0)
+        monkeypatch.setattr(rnn_common, "TUNE_GEMM", 0)
     torch.manual_seed(0)
     kw = dict(num_layers=cfg["layers"], bidirectional=cfg["bidir"], batch_first=cfg["batch_first"],
               bias=cfg["bias"])
@@ -141,7 +154,7 @@ def test_layer(cfg, dtype, triton_device, monkeypatch):
 @pytest.mark.parametrize("dtype", TRITON_DTYPES)
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("batched", [True, False])
-@pytest.mark.parametrize("mode", ["lstm", "gru"])
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_tanh"])
 def test_cell_functional(mode, batched, bias, dtype, triton_device):
     """Forward and every gradient through the custom op (a one-step layer: the fused cell kernel
     forward, the layer backward), then the lean no-grad path."""
@@ -168,13 +181,14 @@ def test_cell_functional(mode, batched, bias, dtype, triton_device):
             return gru_cell(a[0], state, *rest)
         return fn
 
-    dl = run(DF, DF.lstm_cell, DF.gru_cell)
+    other = f"{mode}_cell" if mode != "lstm" else "gru_cell"
+    dl = run(DF, DF.lstm_cell, getattr(DF, other))
 
     def ref_fn(*a):  # torch's cell ops want a batch axis; test on CPU float64
         a = [t.cpu() for t in a]
         if not batched:
             a = [t[None] if k < (3 if mode == "lstm" else 2) else t for k, t in enumerate(a)]
-        out = run(torch, torch.lstm_cell, torch.gru_cell)(*a)
+        out = run(torch, torch.lstm_cell, getattr(torch, other))(*a)
         return out[0] if not batched else out
 
     def dl_cpu(*a):
@@ -188,7 +202,7 @@ def test_cell_functional(mode, batched, bias, dtype, triton_device):
                      "no_grad output")
 
 
-@pytest.mark.parametrize("mode", ["lstm", "gru"])
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_tanh"])
 def test_cell_module(mode, triton_device):
     torch.manual_seed(3)
     ref = TORCH_CELL[mode](4, 6).double()
@@ -213,13 +227,65 @@ def test_layer_empty_batch(mode, triton_device):
     assert all(a.shape == b.shape for a, b in pairs)
 
 
+# Recurrent dropout, variational inter-layer dropout and weight drop in the Triton kernels, against
+# the step-by-step reference with the same masks (tests/rnn_reference.py; tiny: the interpreter).
+REGULARISED = [("lstm", dict(num_layers=2, bidirectional=True, proj_size=2), [3, 2]),
+               ("gru", dict(num_layers=2, batch_first=True), None),
+               ("rnn_tanh", dict(bidirectional=True), [3, 1])]
+
+
+@pytest.mark.parametrize("dtype", TRITON_DTYPES)
+@pytest.mark.parametrize("mode, kw, lengths", REGULARISED, ids=[r[0] for r in REGULARISED])
+def test_regularisers(mode, kw, lengths, dtype, triton_device, monkeypatch):
+    inp, hid, seq, batch = 3, 4, 3, 2
+    options = dict(recurrent_dropout=0.3, weight_dropout=0.25, dropout=0.4,
+                   dropout_mode="variational")
+    torch.manual_seed(0)
+    mod = DL_LAYER[mode](inp, hid, **kw, **options).to(device=triton_device, dtype=dtype)
+    ref = DL_LAYER[mode](inp, hid, **kw, **options).double()
+    ref.load_state_dict({k: v.cpu().double() for k, v in mod.state_dict().items()})
+    lstm = mode == "lstm"
+    num = mod.num_layers * (2 if mod.bidirectional else 1)
+    g = torch.Generator().manual_seed(1)
+    x = make_tensor((seq, batch, inp), torch.float64, generator=g)
+    h0 = make_tensor((num, batch, kw.get("proj_size") or hid), torch.float64, generator=g)
+    c0 = make_tensor((num, batch, hid), torch.float64, generator=g)
+    leaves = [t.to(device=triton_device, dtype=dtype).requires_grad_() for t in (x, h0, c0)]
+    leaves64 = [t.clone().requires_grad_() for t in (x, h0, c0)]
+    drawn = rnn_reference.record_masks(monkeypatch)
+    inp_x = leaves[0].transpose(0, 1) if mod.batch_first else leaves[0]
+    if lengths:
+        inp_x = pack_padded_sequence(inp_x, torch.tensor(lengths), batch_first=mod.batch_first)
+    y, state = mod(inp_x, (leaves[1], leaves[2]) if lstm else leaves[1])
+    if lengths:
+        y = pad_packed_sequence(y, batch_first=mod.batch_first)[0]
+    y = y.transpose(0, 1) if mod.batch_first else y
+    outs = [y] + (list(state) if lstm else [state])
+    masks = rnn_reference.split_masks([m.cpu().double() for m in drawn], mod.num_layers, True,
+                                      True, mod.num_layers > 1)
+    refs = rnn_reference.run(mode, ref, leaves64[0], leaves64[1], leaves64[2] if lstm else None,
+                             masks, lengths)
+    refs = [r for r in refs if r is not None]
+    red = seq * (inp + hid) * mod.num_layers
+    for k, (a, e) in enumerate(zip(outs, refs)):
+        assert_close(a.cpu(), e, red, f"output {k}")
+    grads = [make_tensor(tuple(o.shape), torch.float64, generator=g) for o in refs]
+    used = leaves[:3 if lstm else 2]
+    got = torch.autograd.grad(outs, used + list(mod.parameters()),
+                              [gr.to(device=triton_device, dtype=dtype) for gr in grads])
+    want = torch.autograd.grad(refs, leaves64[:len(used)] + list(ref.parameters()), grads)
+    for name, a, e in zip(["x", "h0", "c0"][:len(used)] + [n for n, _ in mod.named_parameters()],
+                          got, want):
+        assert_close(a.cpu(), e, red * batch, f"grad of {name}")
+
+
 _AOT = r'''
 import os, sys
 os.environ.pop("TRITON_INTERPRET", None)
 sys.path.insert(0, TESTS)
 import torch
 from triton_aot import compile_for_h100, H100_SHARED_BYTES
-from dlkern.kernels.triton import rnn as R, rnn_backward as RB
+from dlkern.kernels.triton import rnn as R, rnn_backward as RB, rnn_common as C
 
 f32 = lambda: torch.empty(8, dtype=torch.float32)
 i32 = torch.empty(8, dtype=torch.int32)
@@ -251,42 +317,53 @@ for dtype, prec in ((torch.float32, "ieee"), (torch.float32, "tf32"), (torch.flo
     variants = dtype == torch.float16 or all_cfg
     mm = [64, 64, 64] + [1, 64, 1] * 3 + [64]
     # forward projection (data x data -> float32), weight gradients (float32 x data -> data)
-    build(R.matmul_kernel, [t(), t(), f32(), f32()] + mm, all_cfg, HAS_BIAS=True, PRECISION=prec)
+    build(C.matmul_kernel, [t(), t(), f32(), f32()] + mm, all_cfg, HAS_BIAS=True, PRECISION=prec)
     if variants:
-        build(R.matmul_kernel, [f32(), t(), t(), f32()] + mm, False, HAS_BIAS=False, PRECISION=prec)
-        build(R.matmul_kernel, [f32(), f32(), t(), f32()] + mm, False, HAS_BIAS=False,
+        build(C.matmul_kernel, [f32(), t(), t(), f32()] + mm, False, HAS_BIAS=False, PRECISION=prec)
+        build(C.matmul_kernel, [f32(), f32(), t(), f32()] + mm, False, HAS_BIAS=False,
               PRECISION=prec)
     if prec == "tf32":
-        build(R.lstm_forward_kernel, [f32(), t(), t(), t(), t(), i32, i32, t(), t(), t(), f32(),
-              f32(), 16, 32, 64, 48, 2], False, HAS_PROJ=True, PACKED=True, PRECISION=prec,
-              RESIDENT=False)
+        build(R.lstm_forward_kernel, [f32(), t(), t(), t(), t(), t(), i32, i32, t(), t(), t(),
+              f32(), f32(), 16, 32, 64, 48, 2], False, HAS_PROJ=True, PACKED=True,
+              PRECISION=prec, RESIDENT=False, HAS_RMASK=True)
         build(R.cell_forward_kernel, [t(), t(), t(), t(), t(), t(), t(), t(), t(), t(), f32(),
               f32(), 8, 128, 128, 128, 128, 128], False, IS_LSTM=True, HAS_BIAS=True,
               SAVE=False, PRECISION=prec, **R.RNN["cell"][0].kwargs)
         continue
-    for kernel, args in ((R.lstm_forward_resident, [f32(), t(), t(), t(), t(), i32, i32, t(), t(),
-                          t(), f32(), f32(), 16, 32, 64, 48, 2]),
-                         (R.gru_forward_resident, [f32(), t(), f32(), t(), i32, i32, t(), t(),
-                          f32(), f32(), 16, 32, 64, 2])):
+    for kernel, args in ((R.lstm_forward_resident, [f32(), t(), t(), t(), t(), t(), i32, i32, t(),
+                          t(), t(), f32(), f32(), 16, 32, 64, 48, 2]),
+                         (R.gru_forward_resident, [f32(), t(), f32(), t(), t(), i32, i32, t(),
+                          t(), f32(), f32(), 16, 32, 64, 2])):
         extra = dict(HAS_PROJ=True) if kernel is R.lstm_forward_resident else dict(HAS_BIAS=True)
-        build(kernel, args, all_cfg, PACKED=True, PRECISION=prec, RESIDENT=True, **extra)
+        build(kernel, args, all_cfg, PACKED=True, PRECISION=prec, RESIDENT=True, HAS_RMASK=False,
+              **extra)
     for proj in ((True, False) if variants else (True,)):
-        build(R.lstm_forward_kernel, [f32(), t(), t(), t(), t(), i32, i32, t(), t(), t(), f32(),
-              f32(), 16, 32, 64, 48 if proj else 64, 2], all_cfg and proj, HAS_PROJ=proj,
-              PACKED=proj, PRECISION=prec, RESIDENT=False)
-        build(RB.lstm_backward_kernel, [t(), t(), t(), t(), i32, i32, t(), f32(), f32(), t(), t(),
-              t(), f32(), t(), f32(), f32(), f32(), t(), t(), 16, 32, 64, 48 if proj else 64, 2],
-              all_cfg and proj, HAS_PROJ=proj, PACKED=proj, PRECISION=prec)
-    build(R.gru_forward_kernel, [f32(), t(), f32(), t(), i32, i32, t(), t(), f32(), f32(),
-          16, 32, 64, 2], all_cfg, HAS_BIAS=True, PACKED=True, PRECISION=prec, RESIDENT=False)
-    build(RB.gru_backward_kernel, [t(), t(), i32, i32, t(), f32(), f32(), t(), t(), f32(), f32(),
-          t(), f32(), f32(), t(), 16, 32, 64, 2], all_cfg, PACKED=False, PRECISION=prec)
+        build(R.lstm_forward_kernel, [f32(), t(), t(), t(), t(), t(), i32, i32, t(), t(), t(),
+              f32(), f32(), 16, 32, 64, 48 if proj else 64, 2], all_cfg and proj, HAS_PROJ=proj,
+              PACKED=proj, PRECISION=prec, RESIDENT=False, HAS_RMASK=not proj)
+        build(RB.lstm_backward_kernel, [t(), t(), t(), t(), t(), i32, i32, t(), f32(), f32(), t(),
+              t(), t(), f32(), t(), f32(), f32(), f32(), t(), t(), 16, 32, 64,
+              48 if proj else 64, 2], all_cfg and proj, HAS_PROJ=proj, PACKED=proj,
+              PRECISION=prec, HAS_RMASK=not proj)
+    build(R.gru_forward_kernel, [f32(), t(), f32(), t(), t(), i32, i32, t(), t(), f32(), f32(),
+          16, 32, 64, 2], all_cfg, HAS_BIAS=True, PACKED=True, PRECISION=prec, RESIDENT=False,
+          HAS_RMASK=True)
+    build(RB.gru_backward_kernel, [t(), t(), t(), i32, i32, t(), f32(), f32(), t(), t(), f32(),
+          f32(), t(), f32(), f32(), t(), 16, 32, 64, 2], all_cfg, PACKED=False, PRECISION=prec,
+          HAS_RMASK=True)
+    for relu in (False, True):
+        build(R.vanilla_forward_kernel, [f32(), t(), t(), t(), i32, i32, t(), t(), f32(),
+              16, 32, 64, 2], False, RELU=relu, PACKED=True, PRECISION=prec,
+              HAS_RMASK=relu)
+        build(RB.vanilla_backward_kernel, [t(), t(), t(), i32, i32, t(), f32(), t(), t(), f32(),
+              t(), f32(), t(), 16, 32, 64, 2], False, RELU=relu, PACKED=relu,
+              PRECISION=prec, HAS_RMASK=not relu)
     cell = R.RNN["cell"][0]
     for lstm in (True, False):
         build(R.cell_forward_kernel, [t(), t(), t(), t(), t(), t(), t(), t(), t(), t(), f32(),
               f32(), 8, 128, 128, 128, 128, 128], False, IS_LSTM=lstm, HAS_BIAS=True,
               SAVE=lstm, PRECISION=prec, **cell.kwargs)
-    build(R.column_sums_kernel, [f32(), t(), 64, 64, 64, 128, 64], False,
+    build(C.column_sums_kernel, [f32(), t(), 64, 64, 64, 128, 64], False,
           **R.RNN["column_sums"][0].kwargs)
 print("compiled", count, "kernels; most shared memory", worst, "bytes")
 '''

@@ -10,5 +10,6 @@ from dlkern._validate.attention import masked_softmax_args, mha_args, sdpa_args 
 from dlkern._validate.common import check_tensor, expand_param  # noqa: F401
 from dlkern._validate.conv import (conv_args, conv_transpose_args, depthwise_args,  # noqa: F401
                                    depthwise_separable_args, spatial_separable_args)
-from dlkern._validate.rnn import (rnn_cell_args, rnn_cell_module_args,  # noqa: F401
-                                  rnn_module_args)
+from dlkern._validate.rnn import (dropout_mode, dropout_probability,  # noqa: F401
+                                  rnn_cell_args, rnn_cell_module_args, rnn_flat_args,
+                                  rnn_module_args, rnn_module_inputs)

@@ -1,5 +1,15 @@
 """Argument checks of the convolution family: conv, conv_transpose, depthwise, depthwise-separable
-and spatial separable convolution."""
+and spatial separable convolution.
+
+Zero-size tensors follow torch (the classes of torch's OpInfo error and sample inputs): an empty
+batch gives an empty batch; a weight with no filters (conv: out_channels, conv_transpose:
+in_channels or out_channels/groups), a kernel of size 0, or an input with an empty spatial axis
+raise RuntimeError. One deliberate difference: a convolution with zero input channels (weight
+(C_out, 0, *k)) returns (N, C_out, *out) filled with the bias (zeros without one), the value of
+an empty sum, where torch returns zero output channels.
+Mixed devices raise RuntimeError, including a meta tensor with CPU ones (which torch's meta kernels
+let through; no two real devices mix in torch).
+"""
 import numbers
 
 from dlkern._validate.common import _check_same_kind, _shape, check_tensor, expand_param
@@ -29,6 +39,19 @@ def _conv_common(op, input, weight, bias, stride, dilation, groups, nsp, weight_
         )
     unbatched = input.dim() == nsp + 1
     x = input.unsqueeze(0) if unbatched else input
+    if weight.shape[0] == 0:
+        raise RuntimeError(
+            f"Given groups={groups}, expected weight to be at least 1 at dimension 0, but got "
+            f"weight of size {_shape(weight)} instead"
+        )
+    if any(k == 0 for k in weight.shape[2:]):
+        raise RuntimeError(f"{op}: expected a kernel of positive size, but got weight of size "
+                           f"{_shape(weight)}")
+    if any(s == 0 for s in x.shape[2:]):
+        raise RuntimeError(
+            f"{op}: Only zero batch or zero channel inputs are supported, but got input shape: "
+            f"{_shape(input)}"
+        )
     if x.dtype != weight.dtype:
         raise RuntimeError(
             f"{op}: input type ({x.dtype}) and weight type ({weight.dtype}) should be the same"
@@ -126,6 +149,9 @@ def conv_transpose_args(op, input, weight, bias, stride, padding, output_padding
             f"output_padding={list(output_padding)}, stride={list(stride)}, dilation={list(dilation)}"
         )
     c_in, cout_g = weight.shape[0], weight.shape[1]
+    if cout_g == 0:
+        raise RuntimeError(f"{op}: expected weight to be at least 1 at dimension 1 (out_channels / "
+                           f"groups), but got weight of size {_shape(weight)}")
     if c_in % groups != 0:
         raise RuntimeError(
             f"Given groups={groups}, expected weight to be divisible by {groups} at dimension 0, "

@@ -5,10 +5,20 @@ Suites: ``layers`` (every row of the layer tables, forward and forward+backward)
 (whole models, inference and one training step), ``all`` (both: what ``make bench`` runs) and
 ``quick`` (a few rows per table, a shorter timing budget). ``--op`` keeps some families, ``--row``
 the rows whose name contains a string, ``--mode`` some modes.
+
+The JSON report: ``machine`` (cpu, isa, cores, l1d/l2/l3_bytes, measured peak_gflops and
+bandwidth_gbs, torch and numba versions, ...), ``results`` (one per row and mode: suite, name,
+family, op, mode, batch, count, args, torch_ms, dlkern_ms, speedup, samples, gflop, mbytes,
+dlkern_gflops, torch_gflops, dlkern_gbs, bound, roofline_pct, max_abs_err, tolerance, accurate;
+``error`` instead of the times for a row that raised), ``summary`` (per family and mode: rows,
+geomean, worst, worst_speedup, below_1, failed), suite, started, budget_s, patch_policy (the
+policy the models were patched with), wall_s.
 """
 import argparse
+import contextlib
 import datetime
 import json
+import os
 import sys
 import time
 
@@ -18,7 +28,7 @@ from dlkern.benchmark.summary import compare, summarize
 
 SUITES = ("all", "layers", "models", "quick")
 BUDGET = {"quick": 0.15}  # timed seconds per row and mode; the default below for the others
-DEFAULT_BUDGET = 0.4
+DEFAULT_BUDGET = 0.3
 
 
 def add_arguments(parser):
@@ -40,6 +50,9 @@ def add_arguments(parser):
     parser.add_argument("--compare", nargs="+", metavar="JSON",
                         help="OLD.json: compare this run with an older one; OLD.json NEW.json: "
                              "compare two runs without running")
+    parser.add_argument("--policy", choices=("fastest", "always"),
+                        help="dlkern.patch's policy for the models (default: patch's own, "
+                             "DLKERN_POLICY or fastest); layer rows always run dlkern")
     parser.add_argument("--first-call", action="store_true",
                         help="also time a new process's first conv2d call (warm and cold cache)")
     parser.add_argument("--check", action="store_true",
@@ -129,8 +142,10 @@ def run(suite="all", ops=None, names=None, modes=None, budget=None, first_call=F
     case = None
     summary = summarize(results)
     when = datetime.datetime.fromtimestamp(started).isoformat(" ", "seconds")
-    out = dict(suite=suite, started=when,
-               machine=machine, budget_s=budget, results=results, summary=summary)
+    from dlkern import policy
+
+    out = dict(suite=suite, started=when, machine=machine, budget_s=budget,
+               patch_policy=policy.resolve(None), results=results, summary=summary)
     if first_call:
         from dlkern.benchmark.first_call import first_call_seconds
 
@@ -147,6 +162,21 @@ def run(suite="all", ops=None, names=None, modes=None, budget=None, first_call=F
     echo(report.format_summary(summary))
     echo(f"wall time {out['wall_s']:.0f} s")
     return out
+
+
+@contextlib.contextmanager
+def _policy(policy):
+    """DLKERN_POLICY=policy inside the block (the models' dlkern.patch reads it), if given."""
+    old = os.environ.get("DLKERN_POLICY")
+    if policy:
+        os.environ["DLKERN_POLICY"] = policy
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("DLKERN_POLICY", None)
+        else:
+            os.environ["DLKERN_POLICY"] = old
 
 
 def _load(path):
@@ -175,12 +205,11 @@ def main(args):
         lines.append(text)
 
     old = _load(args.compare[0]) if args.compare else None
-    out = run(args.suite, args.op, args.row, args.mode, args.budget, args.first_call, old, echo,
-              args.check)
+    with _policy(args.policy):
+        out = run(args.suite, args.op, args.row, args.mode, args.budget, args.first_call, old,
+                  echo, args.check)
     paths = {"json": args.json, "plot": args.plot}
     if args.out:
-        import os
-
         from dlkern.benchmark.machine import result_name
 
         os.makedirs(args.out, exist_ok=True)

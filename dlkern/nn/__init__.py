@@ -5,9 +5,9 @@ __all__ = ["Conv1d", "Conv2d", "Conv3d"]
 from dlkern.nn.conv import ConvTranspose1d, ConvTranspose2d, ConvTranspose3d  # noqa: E402
 
 __all__ += ["ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"]
-from dlkern.nn.rnn import GRU, LSTM, GRUCell, LSTMCell  # noqa: E402
+from dlkern.nn.rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell  # noqa: E402
 
-__all__ += ["LSTMCell", "GRUCell", "LSTM", "GRU"]
+__all__ += ["RNNCell", "LSTMCell", "GRUCell", "RNN", "LSTM", "GRU"]
 from dlkern.nn.attention import MultiheadAttention  # noqa: E402
 
 __all__ += ["MultiheadAttention"]

@@ -88,7 +88,8 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
             attn_mask = (attn_mask.reshape(1, 1, tgt_len, src) if attn_mask.dim() == 2
                          else attn_mask.reshape(bsz, heads, tgt_len, src))
         if key_padding_mask is not None:
-            key_padding_mask = key_padding_mask.reshape(bsz, 1, 1, -1)
+            # explicit sizes: -1 is ambiguous for a batch of 0
+            key_padding_mask = key_padding_mask.reshape(bsz, 1, 1, key.shape[0])
         extra = []
         if self.bias_k is not None and self.bias_v is not None:
             extra.append((self.bias_k.expand(1, bsz, e), self.bias_v.expand(1, bsz, e)))
@@ -123,7 +124,7 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
         else:
             out = DF.scaled_dot_product_attention(q, k, v, mask, dropout_p, is_causal)
         out = out.permute(2, 0, 1, 3).reshape(tgt_len * bsz, e)
-        out = F.linear(out, self.out_proj.weight, self.out_proj.bias).view(tgt_len, bsz, -1)
+        out = F.linear(out, self.out_proj.weight, self.out_proj.bias).view(tgt_len, bsz, e)
         if not is_batched:
             out = out.squeeze(1)
         return out, weights

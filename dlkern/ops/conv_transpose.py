@@ -14,15 +14,40 @@ layout of the weight of the convolution it is the gradient of. No second kernel 
 Op: ``dlkern::conv_transpose(input, weight, bias, stride, padding, dilation, groups, output_size)``
 with a batched input and the spatial output size computed by dlkern._validate (output_padding is
 folded into it). ``dlkern::channel_sum(t)`` sums over every axis but 1 (bias gradients).
+
+The CPU forward has three algorithms, chosen in ``algorithm`` (override:
+``DLKERN_CONV_TRANSPOSE_ALGO`` = ``phase``, ``pixel`` or ``col2im``, used where it applies;
+``auto`` otherwise):
+
+| algorithm | how                                                            | applies when     | auto picks it when |
+| --------- | -------------------------------------------------------------- | ---------------- | ------------------ |
+| pixel     | one product per group, (N x C_in/g) @ (C_in/g x C_out/g*taps)  | 1x1(x1) input, no | it applies |
+|           | (a generator's first layer)                                      | padding, output = | |
+|           |                                                                  | kernel, dilation 1 | |
+| phase     | per output phase r (o = s*j + r on each axis) one dense, unit-  | dilation 1, not  | it applies, taps |
+|           | stride convolution of the input with the taps k = (r + p) mod s | depthwise        | overlap (k > s) on >= 2 axes, C_out/g >= 16 (1-d: col2im measured faster) |
+|           | + s*t of the flipped kernel (ceil(k/s) taps), written to the     |                  | |
+|           | interleaved output: no zero insertion, no col2im scatter-add;    |                  | |
+|           | each phase runs through conv's choice point (Winograd for the    |                  | |
+|           | stride-1 3x3 case, GEMM else)                                    |                  | |
+| col2im    | conv's input-gradient kernel (GEMM to columns, then scatter)     | always           | otherwise |
+
+The gradients are convolutions (conv's choice point): d/dx = conv(grad, w) with the stride, d/dw
+= conv's weight gradient with x as the output gradient.
 """
+import os
 from typing import Optional, Sequence
+
+import numpy as np
 
 import torch
 from torch import Tensor
 
 from dlkern import _dispatch
 from dlkern.kernels.numba import channel as numba_channel
-from dlkern.ops.conv import _backward_input_kernel, _conv_setup_context, _triton_backward_input
+from dlkern.kernels.numba import conv as numba_conv
+from dlkern.ops.conv import (_backward_input_kernel, _conv_setup_context, _forward_kernel,
+                             _is_depthwise, _triton_backward_input)
 from dlkern.ops.conv import conv as conv_op
 from dlkern.ops.conv import conv_backward_weight as conv_backward_weight_op
 from dlkern.ops.layout import as_rank3_array, output_format, rank3, rank3_view, write_rank3
@@ -43,6 +68,99 @@ def _(t):
     return t.new_empty((t.shape[1],))
 
 
+ALGORITHMS = ("auto", "phase", "pixel", "col2im")
+
+
+# Output channels per group below which the phase products (C_out/g rows) run slower than col2im's
+# (C_out/g x taps rows).
+PHASE_MIN_CHANNELS = 16
+
+
+def algorithm(w_shape, stride, dilation, groups, padding=(0, 0, 0), in_spatial=None,
+              out_spatial=None, force=None):
+    """The CPU algorithm of a transposed convolution's forward (the table in the docstring);
+    w_shape is the rank-3 transposed weight (C_in, C_out/g, KD, KH, KW), the rest rank-3 too."""
+    forced = (force or os.environ.get("DLKERN_CONV_TRANSPOSE_ALGO", "") or "auto").strip().lower()
+    if forced not in ALGORITHMS:
+        raise ValueError(f"DLKERN_CONV_TRANSPOSE_ALGO={forced!r}: expected one of "
+                         f"{', '.join(ALGORITHMS)}")
+    dense = tuple(dilation) == (1, 1, 1) and not _is_depthwise(w_shape, groups)
+    if forced == "col2im" or not dense:
+        return "col2im"
+    pixel = (in_spatial is not None and tuple(in_spatial) == (1, 1, 1)
+             and tuple(padding) == (0, 0, 0) and tuple(out_spatial) == tuple(w_shape[2:]))
+    if forced in ("phase", "pixel"):
+        return forced if forced == "phase" or pixel else "col2im"
+    if pixel:
+        return "pixel"
+    # taps overlap (kernel > stride) on two axes or more, and the phase products have enough rows
+    overlaps = sum(k > s for k, s in zip(w_shape[2:], stride))
+    return "phase" if overlaps >= 2 and w_shape[1] >= PHASE_MIN_CHANNELS else "col2im"
+
+
+def _phase_taps(kernel, stride, padding, phase):
+    """(first tap, tap count, conv padding) of output phase ``phase`` along one axis: outputs
+    o = stride*j + phase take taps k = first + stride*t, t < count, from inputs j + (first tap's
+    input offset) - t; as a correlation with the reversed taps, the padding before is count - 1 -
+    (phase + padding - first) // stride (negative: the first inputs are skipped)."""
+    first = (phase + padding) % stride
+    count = max(0, -(-(kernel - first) // stride))
+    shift = (phase + padding - first) // stride
+    return first, count, count - 1 - shift
+
+
+def _conv_weight(w, groups):
+    """The transposed weight (C_in, C_out/g, ...) as a convolution weight (C_out, C_in/g, ...)."""
+    c_in, cout_g = w.shape[:2]
+    wg = w.reshape((groups, c_in // groups, cout_g) + w.shape[2:]).swapaxes(1, 2)
+    return wg.reshape((groups * cout_g, c_in // groups) + w.shape[2:])
+
+
+def pixel_forward(x, w, bias, groups, out):
+    """out = conv_transpose(x, w) + bias for one input pixel, no padding and the output as large
+    as the kernel (a generator's first layer): per group one product (N x C_in/g) @ (C_in/g x
+    C_out/g * taps)."""
+    n_img, c_in = x.shape[:2]
+    cin_g, cout_g = c_in // groups, w.shape[1]
+    taps = w[0, 0].size
+    x2 = x.reshape(n_img, c_in)
+    flat = out.reshape(n_img, groups, cout_g * taps)
+    for g in range(groups):
+        numba_conv.product(np.ascontiguousarray(x2[:, g * cin_g:(g + 1) * cin_g]),
+                           w[g * cin_g:(g + 1) * cin_g].reshape(cin_g, cout_g * taps), flat[:, g])
+    if bias is not None:
+        numba_channel.add_channel_bias(out, bias)
+    return out
+
+
+def phase_forward(x, w, bias, stride, padding, groups, out):
+    """out = conv_transpose(x, w) + bias (dilation 1) by output phases; rank-3 arrays as in
+    numba/conv.py with w in the transposed layout (C_in, C_out/g, KD, KH, KW)."""
+    import itertools
+
+    if out.size == 0:
+        return out
+    wc = _conv_weight(w, groups)
+    for phase in itertools.product(*(range(min(s, o)) for s, o in zip(stride, out.shape[2:]))):
+        taps = [_phase_taps(k, s, p, r) for k, s, p, r in zip(w.shape[2:], stride, padding, phase)]
+        view = out[:, :, phase[0]::stride[0], phase[1]::stride[1], phase[2]::stride[2]]
+        if any(count == 0 for _, count, _ in taps):
+            view[...] = 0.0 if bias is None else bias.reshape(1, -1, 1, 1, 1)
+            continue
+        sub = wc[:, :, taps[0][0]::stride[0], taps[1][0]::stride[1], taps[2][0]::stride[2]]
+        sub = np.ascontiguousarray(sub[:, :, ::-1, ::-1, ::-1])
+        xs = x
+        crop = [max(0, -pad) for _, _, pad in taps]
+        if any(crop):
+            xs = np.ascontiguousarray(x[:, :, crop[0]:, crop[1]:, crop[2]:])
+        pad = tuple(max(0, pad) for _, _, pad in taps)
+        target = view if view.flags.c_contiguous else np.empty(view.shape, dtype=out.dtype)
+        _forward_kernel(xs, sub, bias, (1, 1, 1), pad, (1, 1, 1), groups, target)
+        if target is not view:
+            view[...] = target
+    return out
+
+
 @torch.library.custom_op("dlkern::conv_transpose", mutates_args=())
 def conv_transpose(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int],
                    padding: Sequence[int], dilation: Sequence[int], groups: int,
@@ -60,6 +178,14 @@ def conv_transpose(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride
     b = None if bias is None else bias.detach().contiguous().numpy()
 
     def write(o):
+        name = algorithm(w.shape, rank3(stride, 1), rank3(dilation, 1), groups,
+                         rank3(padding, 0), x.shape[2:], o.shape[2:])
+        if name == "pixel":
+            pixel_forward(x, w, b, groups, o)
+            return
+        if name == "phase":
+            phase_forward(x, w, b, rank3(stride, 1), rank3(padding, 0), groups, o)
+            return
         _backward_input_kernel(x, w, rank3(stride, 1), rank3(padding, 0), rank3(dilation, 1),
                                groups, o)
         if b is not None:

@@ -1,281 +1,197 @@
-"""LSTM and GRU layers and cells as torch custom ops: registration, autograd, dispatch.
+"""The recurrent family's one code path: the multi-layer, bidirectional, packed or padded driver
+and the cells, for dlkern.functional, dlkern.nn and dlkern.enable alike.
 
-Two ops in the ``dlkern`` namespace, each with a fake (meta) implementation:
+``rnn(...)`` takes torch's own calling convention of aten::lstm / gru / rnn_tanh / rnn_relu (the
+flat weight list, per layer and direction: w_ih, w_hh, [b_ih, b_hh], [w_hr]) plus dlkern's
+regularisers, and runs each layer as one ``rnn_layer.layer`` call covering every direction.
+``cell(...)`` runs one step of a cell (dlkern.functional's lstm_cell, gru_cell, rnn_tanh_cell,
+rnn_relu_cell and the cell modules). Arguments are checked by dlkern._validate before either runs.
 
-* ``dlkern::rnn_layer(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)
-  -> (y, h_n, c_n, gates, saved)``: every direction of one layer over a packed sequence
-  (shapes in dlkern.kernels.numba.rnn); ``mode`` is "lstm" or "gru" (then c0 is None and c_n is
-  empty). ``gates`` and ``saved`` are what the backward needs (not differentiable).
-* ``dlkern::rnn_layer_backward(...) -> (dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh0, dc0)``: BPTT.
+Regularisers, in training only (eval never drops), every mask drawn from torch's default generator
+(reproducible under torch.manual_seed) as Bernoulli(1 - p) / (1 - p), in this order per layer:
 
-On the triton backend (CUDA tensors, or CPU tensors under the interpreter) the same ops run
-dlkern.kernels.triton.rnn, imported on the first such call; ``gates`` and ``saved`` are then that
-backend's float32 workspaces (their shapes differ from the CPU's; the fake implementation asks the
-same dispatch). A cell step is a layer of one step and one direction. Arguments are checked by
-dlkern._validate before these functions run. Calls that need no gradient and are not being traced
-skip the custom op machinery (tens of microseconds, more than a small cell step costs) and call
-the kernel directly: the lean path. The numbers are the same either way.
+1. ``weight_dropout`` (DropConnect on W_hh, AWD-LSTM): one mask of W_hh's shape per layer and
+   direction for the whole call; the layer runs on W_hh * mask (autograd carries the gradient to
+   the unmasked parameter, which is never modified or copied into the module).
+2. ``recurrent_dropout`` (Gal and Ghahramani): one mask of (batch, P) per direction, multiplying
+   h_{t-1} where it enters W_hh h_{t-1} (every gate) at every step of the sequence. The state
+   passed on, the output and the GRU's z * h_{t-1} term are not masked. Inside the fused loop.
+3. after each layer but the last, ``dropout`` between layers: torch's per-element F.dropout (the
+   same draws as torch's own layers), or with ``dropout_mode="variational"`` one mask of
+   (batch, D*P) applied at every step.
 """
-from typing import List, Optional, Tuple
-
 import numpy as np
 import torch
-from torch import Tensor
+import torch.nn.functional as F
 
-from dlkern import _dispatch
-from dlkern.kernels.numba import rnn as numba_rnn
-
-_GATES = {"lstm": 4, "gru": 3}
-
-_dispatch.register_triton("rnn")
+from dlkern import _dispatch, _validate
+from dlkern.kernels.rnn_modes import GATES
+from dlkern.ops.rnn_layer import _np, _path, cell_precision, layer, numba_rnn, triton_kernels
 
 
-def _triton():
-    from dlkern.kernels.triton import rnn as triton_rnn
-    return triton_rnn
+def bernoulli_mask(shape, p, like):
+    """A dropout mask: Bernoulli(1 - p) / (1 - p) of ``shape`` from torch's generator (zeros for
+    p = 1), in ``like``'s dtype and device."""
+    mask = torch.empty(shape, dtype=like.dtype, device=like.device)
+    if p >= 1:
+        return mask.zero_()
+    return mask.bernoulli_(1 - p).div_(1 - p)
 
 
-def _on_triton(x):
-    return _dispatch.backend_for("rnn", x) == "triton"
+def _stacked(tensors):
+    return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
 
 
-def _layer_precision(x, batch_sizes, w_hh, w_hr):
-    """torch runs layers on cuDNN and cells as matmuls (kernels/triton/precision.py); a one-step,
-    one-direction layer without projection is how cells reach the layer op."""
-    from dlkern.kernels.triton.precision import CUDNN, MATMUL, dot_precision
+def layer_weights(params, has_biases, proj, num_dir, layer_index):
+    """(w_ih, w_hh, b_ih, b_hh, w_hr) of one layer, stacked over directions, from torch's flat
+    weight list."""
+    per_direction = 2 + 2 * bool(has_biases) + int(proj)
+    start = layer_index * num_dir * per_direction
+    groups = [params[start + d * per_direction:start + (d + 1) * per_direction]
+              for d in range(num_dir)]
 
-    cell = batch_sizes.shape[0] == 1 and w_hh.shape[0] == 1 and w_hr is None
-    return dot_precision(x, MATMUL if cell else CUDNN)
+    def stacked(i):
+        return _stacked([g[i] for g in groups])
 
-
-def _cell_precision(x):
-    from dlkern.kernels.triton.precision import MATMUL, dot_precision
-
-    return dot_precision(x, MATMUL)
-
-
-def _workspace_shapes(mode, x, w_hh, n_rows):
-    """(shape, dtype) of the ``gates`` and ``saved`` outputs for the backend that runs ``x``."""
-    n_dir, gh, proj = w_hh.shape
-    hid = gh // _GATES[mode]
-    if _on_triton(x):
-        width = 2 * hid if mode == "lstm" and proj != hid else hid
-        return ((n_rows, n_dir, gh), torch.float32), ((n_rows, n_dir, width), torch.float32)
-    return ((n_dir, n_rows, gh), x.dtype), ((n_dir, n_rows, hid), x.dtype)
+    w_ih, w_hh = stacked(0), stacked(1)
+    b_ih, b_hh = (stacked(2), stacked(3)) if has_biases else (None, None)
+    return w_ih, w_hh, b_ih, b_hh, (stacked(per_direction - 1) if proj else None)
 
 
-def _new_f32(shape, x):
-    return _dispatch.new_output(shape, x.new_empty((), dtype=torch.float32))
+def _row_batch_index(batch_sizes, n_rows, device):
+    """The batch entry of every packed row (for a per-sequence mask on packed rows)."""
+    return torch.cat([torch.arange(int(n)) for n in batch_sizes]).to(device)
 
 
-def _np(t):
-    """A C-contiguous NumPy view (or copy) of ``t``; never writes to ``t``."""
-    return t.detach().contiguous().numpy()
+def rnn(mode, data, batch_sizes, states, params, has_biases, num_layers, dropout, train,
+        bidirectional, batch_first, recurrent_dropout=0.0, dropout_mode="elementwise",
+        weight_dropout=0.0):
+    """torch's multi-layer RNN/LSTM/GRU (at::lstm and friends) on dlkern's layer op.
 
-
-def _np_or_empty(t, shape, like):
-    if t is None:
-        return np.zeros(shape, dtype=like.dtype)
-    return _np(t)
-
-
-def _shapes(mode, x, batch_sizes, w_hh, h0):
-    n_dir, gh, proj = w_hh.shape
-    hid = gh // _GATES[mode]
-    n_rows = x.shape[0]
-    return n_dir, gh, hid, proj, n_rows, h0.shape[1]
-
-
-def _forward_arrays(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
-    """Allocate the outputs and run the forward kernel; returns the five output tensors."""
-    if _on_triton(x):
-        return _triton_forward(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)
-    n_dir, gh, hid, proj, n_rows, batch = _shapes(mode, x, batch_sizes, w_hh, h0)
-    y = _dispatch.new_output((n_rows, n_dir * proj), x)
-    h_n = h0.detach().clone(memory_format=torch.contiguous_format)
-    c_n = (c0.detach().clone(memory_format=torch.contiguous_format) if mode == "lstm"
-           else x.new_empty((0,)))
-    gates = _dispatch.new_output((n_dir, n_rows, gh), x)
-    saved = _dispatch.new_output((n_dir, n_rows, hid), x)
-    xa = _np(x)
-    c_arr = c_n.numpy() if mode == "lstm" else np.zeros((n_dir, batch, hid), dtype=xa.dtype)
-    w_hr_a = np.empty((n_dir, 0, 0), dtype=xa.dtype) if w_hr is None else _np(w_hr)
-    if xa.shape[1] == 0:  # an input of width 0: the input projection is zero
-        gates.zero_()
-        xa = np.zeros((n_rows, 1), dtype=xa.dtype)
-        w_ih_a = np.zeros((n_dir, gh, 1), dtype=xa.dtype)
+    data: (T, B, I) / (B, T, I) (batch_first), or packed rows (N, I) with batch_sizes (T,) int64;
+    states: [h0] or [h0, c0], each (L*D, B, .); params: torch's flat weight list. Returns
+    (output in data's layout, h_n, c_n or None)."""
+    lstm = mode == "lstm"
+    num_dir = 2 if bidirectional else 1
+    proj = lstm and states[0].shape[2] != states[1].shape[2]  # h has the projected size
+    if batch_sizes is not None:
+        rows, steps_bs = data, batch_sizes.to(torch.int64).contiguous()
+        batch = int(steps_bs[0]) if steps_bs.numel() else 0
     else:
-        w_ih_a = _np(w_ih)
-    numba_rnn.layer_forward(mode, xa, _np(batch_sizes), w_ih_a, _np(w_hh),
-                            _np_or_empty(b_ih, (n_dir, gh), xa), _np_or_empty(b_hh, (n_dir, gh), xa),
-                            w_hr_a, _np(h0), c_arr, y.numpy(), h_n.numpy(), c_arr, gates.numpy(),
-                            saved.numpy())
-    return y, h_n, c_n, gates, saved
-
-
-def _triton_forward(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
-    n_dir, gh, hid, proj, n_rows, batch = _shapes(mode, x, batch_sizes, w_hh, h0)
-    (g_shape, _), (s_shape, _) = _workspace_shapes(mode, x, w_hh, n_rows)
-    y = _dispatch.new_output((n_rows, n_dir * proj), x)
-    h_n = _dispatch.new_output(tuple(h0.shape), x)
-    c_n = _dispatch.new_output((n_dir, batch, hid), x) if mode == "lstm" else x.new_empty((0,))
-    gates, saved = _new_f32(g_shape, x), _new_f32(s_shape, x)
-    _triton().layer_forward(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, y, h_n,
-                            c_n, gates, saved, _layer_precision(x, batch_sizes, w_hh, w_hr))
-    return y, h_n, c_n, gates, saved
-
-
-@torch.library.custom_op("dlkern::rnn_layer", mutates_args=())
-def rnn_layer_op(mode: str, x: Tensor, batch_sizes: Tensor, w_ih: Tensor, w_hh: Tensor,
-                 b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor],
-                 h0: Tensor, c0: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _forward_arrays(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)
-
-
-@rnn_layer_op.register_fake
-def _(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
-    n_dir, gh, hid, proj, n_rows, batch = _shapes(mode, x, batch_sizes, w_hh, h0)
-    c_n = x.new_empty((n_dir, batch, hid)) if mode == "lstm" else x.new_empty((0,))
-    (g_shape, g_dtype), (s_shape, s_dtype) = _workspace_shapes(mode, x, w_hh, n_rows)
-    return (x.new_empty((n_rows, n_dir * proj)), x.new_empty((n_dir, batch, proj)), c_n,
-            x.new_empty(g_shape, dtype=g_dtype), x.new_empty(s_shape, dtype=s_dtype))
-
-
-@torch.library.custom_op("dlkern::rnn_layer_backward", mutates_args=())
-def rnn_layer_backward_op(mode: str, dy: Tensor, dh_n: Tensor, dc_n: Optional[Tensor], x: Tensor,
-                          batch_sizes: Tensor, w_ih: Tensor, w_hh: Tensor, w_hr: Optional[Tensor],
-                          h0: Tensor, c0: Optional[Tensor], y: Tensor, gates: Tensor,
-                          saved: Tensor) -> List[Tensor]:
-    n_dir, gh, hid, proj, n_rows, batch = _shapes(mode, x, batch_sizes, w_hh, h0)
-    dx = _dispatch.new_output(tuple(x.shape), x)
-    dw_ih = _dispatch.new_output(tuple(w_ih.shape), x)
-    dw_hh = _dispatch.new_output(tuple(w_hh.shape), x)
-    db_ih = _dispatch.new_output((n_dir, gh), x)
-    db_hh = _dispatch.new_output((n_dir, gh), x)
-    dw_hr = _dispatch.new_output((n_dir, proj, hid) if w_hr is not None else (n_dir, 0, 0), x)
-    if _on_triton(x):
-        dh = _dispatch.new_output(tuple(h0.shape), x)
-        dc = _dispatch.new_output((n_dir, batch, hid), x) if mode == "lstm" else x.new_empty((0,))
-        _triton().layer_backward(mode, x, batch_sizes, w_ih, w_hh, w_hr, h0, c0, y, gates, saved,
-                                 dy, dh_n, dc_n, dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh, dc,
-                                 _layer_precision(x, batch_sizes, w_hh, w_hr))
-        return [dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh, dc]
-    dh = dh_n.detach().clone(memory_format=torch.contiguous_format)
-    if mode == "lstm":
-        dc = dc_n.detach().clone(memory_format=torch.contiguous_format)
-        dc_arr = dc.numpy()
+        seq = data.transpose(0, 1) if batch_first else data
+        steps, batch = seq.shape[0], seq.shape[1]
+        rows = seq.contiguous().reshape(steps * batch, seq.shape[2])
+        steps_bs = torch.full((steps,), batch, dtype=torch.int64)
+    h_all, c_all = [], []
+    row_batch = None
+    for index in range(num_layers):
+        w_ih, w_hh, b_ih, b_hh, w_hr = layer_weights(params, has_biases, proj, num_dir, index)
+        if train and weight_dropout > 0:
+            w_hh = w_hh * bernoulli_mask(w_hh.shape, weight_dropout, w_hh)
+        rmask = None
+        if train and recurrent_dropout > 0:
+            rmask = bernoulli_mask((num_dir, batch, w_hh.shape[2]), recurrent_dropout, rows)
+        sl = slice(index * num_dir, (index + 1) * num_dir)
+        y, h_n, c_n = layer(mode, rows, steps_bs, w_ih, w_hh, b_ih, b_hh, w_hr, rmask,
+                            states[0][sl], states[1][sl] if lstm else None)
+        h_all.append(h_n)
+        c_all.append(c_n)
+        if dropout > 0 and train and index < num_layers - 1:
+            if dropout_mode == "variational":
+                mask = bernoulli_mask((batch, y.shape[1]), dropout, y)
+                if batch_sizes is None:
+                    y = (y.view(-1, batch, y.shape[1]) * mask).view(y.shape)
+                else:
+                    if row_batch is None:
+                        row_batch = _row_batch_index(steps_bs, y.shape[0], y.device)
+                    y = y * mask[row_batch]
+            else:
+                y = F.dropout(y, dropout, training=True)  # at::dropout, as at::lstm calls it
+        rows = y
+    h_n = torch.cat(h_all) if len(h_all) > 1 else h_all[0]
+    c_n = (torch.cat(c_all) if len(c_all) > 1 else c_all[0]) if lstm else None
+    if batch_sizes is None:
+        output = rows.reshape(steps, batch, rows.shape[1])
+        output = output.transpose(0, 1) if batch_first else output
     else:
-        dc = x.new_empty((0,))
-        dc_arr = np.zeros((n_dir, batch, hid), dtype=dh.numpy().dtype)
-    c0_arr = _np(c0) if c0 is not None else dc_arr
-    w_hr_a = np.empty((n_dir, 0, 0), dtype=dc_arr.dtype) if w_hr is None else _np(w_hr)
-    xa, w_ih_a, dx_a, dw_ih_a = _np(x), _np(w_ih), dx.numpy(), dw_ih.numpy()
-    if x.shape[1] == 0:  # width-0 input: nothing to multiply, gradients of size 0
-        xa = np.zeros((n_rows, 1), dtype=xa.dtype)
-        w_ih_a = np.zeros((n_dir, gh, 1), dtype=xa.dtype)
-        dx_a = np.empty((n_rows, 1), dtype=xa.dtype)
-        dw_ih_a = np.empty((n_dir, gh, 1), dtype=xa.dtype)
-    numba_rnn.layer_backward(mode, xa, _np(batch_sizes), w_ih_a, _np(w_hh), w_hr_a, _np(h0),
-                             c0_arr, _np(y), _np(gates), _np(saved), _np(dy), dh.numpy(), dc_arr,
-                             dx_a, dw_ih_a, dw_hh.numpy(), db_ih.numpy(), db_hh.numpy(),
-                             dw_hr.numpy())
-    return [dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh, dc]
+        output = rows
+    return output, h_n, c_n
 
 
-@rnn_layer_backward_op.register_fake
-def _(mode, dy, dh_n, dc_n, x, batch_sizes, w_ih, w_hh, w_hr, h0, c0, y, gates, saved):
-    n_dir, gh, hid, proj, n_rows, batch = _shapes(mode, x, batch_sizes, w_hh, h0)
-    return [x.new_empty(tuple(x.shape)), x.new_empty(tuple(w_ih.shape)),
-            x.new_empty(tuple(w_hh.shape)), x.new_empty((n_dir, gh)), x.new_empty((n_dir, gh)),
-            x.new_empty((n_dir, proj, hid) if w_hr is not None else (n_dir, 0, 0)),
-            x.new_empty(tuple(h0.shape)),
-            x.new_empty((n_dir, batch, hid)) if mode == "lstm" else x.new_empty((0,))]
+# --- cells ---------------------------------------------------------------------------------------
+
+_TORCH_CELL = {"lstm": torch.lstm_cell, "gru": torch.gru_cell, "rnn_tanh": torch.rnn_tanh_cell,
+               "rnn_relu": torch.rnn_relu_cell}
 
 
-def _setup_context(ctx, inputs, output):
-    mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0 = inputs
-    y, h_n, c_n, gates, saved = output
-    ctx.mark_non_differentiable(gates, saved)
-    ctx.save_for_backward(x, batch_sizes, w_ih, w_hh, w_hr, h0, c0, y, gates, saved)
-    ctx.mode = mode
-    ctx.has_bias = (b_ih is not None, b_hh is not None)
+def numpy_weights(w_ih, w_hh, b_ih, b_hh):
+    """NumPy views of a cell's weights for the lean path, shaped as the layer loop takes them
+    (numba_rnn.cell_weights; zeros for a missing bias)."""
+    w_ih_a, w_hh_a = _np(w_ih), _np(w_hh)
+    zeros = np.zeros(w_hh_a.shape[0], dtype=w_hh_a.dtype)
+    return numba_rnn.cell_weights(w_ih_a, w_hh_a, zeros if b_ih is None else _np(b_ih),
+                                  zeros if b_hh is None else _np(b_hh))
 
 
-def _backward(ctx, dy, dh_n, dc_n, _dgates, _dsaved):
-    x, batch_sizes, w_ih, w_hh, w_hr, h0, c0, y, gates, saved = ctx.saved_tensors
-    mode = ctx.mode
-    dy = torch.zeros_like(y) if dy is None else dy
-    dh_n = torch.zeros_like(h0) if dh_n is None else dh_n
-    if mode == "lstm":
-        dc_n = torch.zeros_like(c0) if dc_n is None else dc_n
-    else:
-        dc_n = None
-    dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh0, dc0 = rnn_layer_backward_op(
-        mode, dy, dh_n, dc_n, x, batch_sizes, w_ih, w_hh, w_hr, h0, c0, y, gates, saved)
-    return (None, dx, None, dw_ih, dw_hh, db_ih if ctx.has_bias[0] else None,
-            db_hh if ctx.has_bias[1] else None, dw_hr if w_hr is not None else None, dh0,
-            dc0 if mode == "lstm" else None)
+def _np_input(t):
+    """NumPy view of a checked input of the lean path (a copy only when not C-contiguous)."""
+    t = t.detach()
+    return t.numpy() if t.is_contiguous() else t.contiguous().numpy()
 
 
-rnn_layer_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-def _needs_graph(tensors):
-    """True when the call must go through the custom op: autograd or a compiler is watching."""
-    if torch.compiler.is_compiling():
-        return True
-    if not torch.is_grad_enabled():
-        return False
-    return any(t is not None and t.requires_grad for t in tensors)
-
-
-def rnn_layer(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0):
-    """One layer (all directions) on checked arguments of a dlkern backend: (y, h_n, c_n)."""
-    tensors = (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)
-    if _needs_graph(tensors):
-        y, h_n, c_n, _, _ = rnn_layer_op(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                         h0, c0)
-    else:
-        y, h_n, c_n, _, _ = _forward_arrays(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                            h0, c0)
-    return y, h_n, c_n
-
-
-def _cell_lean(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, np_weights=None, backend=None):
-    """The lean path of one cell step: the kernel on the calling thread, no custom op.
-    ``np_weights``: NumPy views (w_ih, w_hh, b_ih, b_hh) a module keeps, else made here."""
+def _cell_lean(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, np_weights, backend):
+    """One step with no graph: the kernel on the calling thread, no custom op."""
     batch, hid = h.shape
     y = _dispatch.new_output((batch, hid), x)
     lstm = mode == "lstm"
     c_n = torch.empty_like(y) if lstm else None  # every element is written (c' = f c + i g)
-    if (backend or _dispatch.backend_for("rnn", x)) == "triton":
-        _triton().cell_forward(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, y, c_n,
-                               _cell_precision(x))
+    if backend == "triton":
+        triton_kernels().cell_forward(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, y, c_n,
+                                      cell_precision(x))
         return y, c_n
     if np_weights is None:
         np_weights = numpy_weights(w_ih, w_hh, b_ih, b_hh)
     y_a = y.numpy()
-    numba_rnn.cell_forward(mode, _np(x), _np(h), _np(c) if lstm else y_a, *np_weights, y_a,
-                           c_n.numpy() if lstm else y_a)
+    numba_rnn.cell_forward(mode, _np_input(x), _np_input(h), _np_input(c) if lstm else y_a,
+                           np_weights, y_a, c_n.numpy() if lstm else y_a)
     return y, c_n
 
 
-def numpy_weights(w_ih, w_hh, b_ih, b_hh):
-    """NumPy views of a cell's weights for the lean path (zeros for a missing bias)."""
-    w_ih_a, w_hh_a = _np(w_ih), _np(w_hh)
-    zeros = np.zeros(w_hh_a.shape[0], dtype=w_hh_a.dtype)
-    return (w_ih_a, w_hh_a, zeros if b_ih is None else _np(b_ih),
-            zeros if b_hh is None else _np(b_hh))
-
-
-def rnn_cell(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, np_weights=None, backend=None):
-    """One cell step on checked, batched (B, I) arguments: (h', c') (c' None for a GRU).
-    ``backend``: the caller's backend_for result, when it has one (saves a lookup per step)."""
-    if x.shape[1] > 0 and x.shape[0] > 0 and not _needs_graph((x, h, c, w_ih, w_hh, b_ih, b_hh)):
+def cell_step(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, backend, np_weights=None):
+    """One step on checked, batched (B, I) arguments of a dlkern backend: (h', c') (c' None
+    unless LSTM). ``np_weights``: NumPy views (w_ih, w_hh, b_ih, b_hh) a module keeps."""
+    if x.shape[1] > 0 and x.shape[0] > 0 and \
+            _path((x, h, c, w_ih, w_hh, b_ih, b_hh)) == "lean":
         return _cell_lean(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, np_weights, backend)
     batch_sizes = torch.full((1,), x.shape[0], dtype=torch.int64)
-    y, h_n, c_n, _, _ = rnn_layer_op(
+    y, h_n, c_n = layer(
         mode, x, batch_sizes, w_ih.unsqueeze(0), w_hh.unsqueeze(0),
         None if b_ih is None else b_ih.unsqueeze(0), None if b_hh is None else b_hh.unsqueeze(0),
-        None, h.unsqueeze(0), None if c is None else c.unsqueeze(0))
+        None, None, h.unsqueeze(0), None if c is None else c.unsqueeze(0))
     return y, (c_n[0] if mode == "lstm" else None)
+
+
+def cell(mode, input, hx, w_ih, w_hh, b_ih=None, b_hh=None, np_weights=None, backend=None):
+    """dlkern.functional's cells: hx is (h, c) for an LSTM, h otherwise; returns (h, c) for an
+    LSTM, h otherwise. Cases with no kernel run torch's cell (counted as fallbacks). A module
+    passes the NumPy views of its weights it keeps and the backend it looked up for input."""
+    op = f"{mode}_cell"
+    x, h, c, unbatched = _validate.rnn_cell_args(op, mode, input, hx, w_ih, w_hh, b_ih, b_hh)
+    # The checks make every tensor share x's dtype and device: x decides the backend.
+    if backend is None:
+        backend = _dispatch.backend_for("rnn", x)
+    if backend is None:
+        _dispatch.fallback("rnn", x, h, c, w_ih, w_hh, b_ih, b_hh)
+        if mode == "lstm":
+            h_new, c_new = torch.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh)
+        else:
+            h_new, c_new = _TORCH_CELL[mode](x, h, w_ih, w_hh, b_ih, b_hh), None
+    else:
+        h_new, c_new = cell_step(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, backend, np_weights)
+    if unbatched:
+        h_new = h_new.squeeze(0)
+        c_new = None if c_new is None else c_new.squeeze(0)
+    return (h_new, c_new) if mode == "lstm" else h_new
+
+
+__all__ = ["GATES", "bernoulli_mask", "cell", "cell_step", "layer_weights", "numpy_weights", "rnn"]

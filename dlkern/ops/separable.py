@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dlkern import _dispatch
+from dlkern.kernels.numba import depthwise as numba_depthwise
 from dlkern.kernels.numba import separable as numba_separable
 from dlkern.ops.layout import (as_array, as_rank3_array, output_format, rank3, rank3_view,
                               write_array, write_rank3)
@@ -45,6 +46,29 @@ def _empty_grad(like):
 
 
 # ---------------------------------------------------------------- depthwise convolution
+
+
+def depthwise_channels_last(input, weight, bias, stride, padding, dilation, out):
+    """The forward of ``dlkern::conv`` for a depthwise convolution of a channels_last input (CPU):
+    the kernel reads ``input`` and writes ``out`` (channels_last too, as torch returns it) in
+    place, through strided NumPy views; no layout copy either way."""
+    x = rank3_view(input).numpy()
+    w = as_rank3_array(weight)
+    b = None if bias is None else bias.detach().contiguous().numpy()
+    o = rank3_view(out).numpy()
+    numba_depthwise.depthwise_forward(x, w, b, rank3(stride, 1), rank3(padding, 0),
+                                      rank3(dilation, 1), o)
+    return out
+
+
+def depthwise_backward_input_channels_last(grad_output, weight, stride, padding, dilation,
+                                           grad_input):
+    """``dlkern::conv_backward_input`` of a depthwise convolution whose output gradient is
+    channels_last (CPU): read and written in place through strided NumPy views."""
+    numba_depthwise.depthwise_backward_input(
+        rank3_view(grad_output).numpy(), as_rank3_array(weight), rank3(stride, 1),
+        rank3(padding, 0), rank3(dilation, 1), rank3_view(grad_input).numpy())
+    return grad_input
 
 
 # ---------------------------------------------------------------- depthwise-separable

@@ -1,5 +1,7 @@
 """The models suite: whole models of dlkern.suites.models, torch as written vs the same model after
-``dlkern.patch`` (same parameter values), float32, random initialisation.
+``dlkern.patch`` (same parameter values), float32, random initialisation. patch runs with its
+default policy ("fastest": per call signature, whichever of dlkern and torch was measured faster
+on this machine) unless DLKERN_POLICY says otherwise (``python -m dlkern bench --policy``).
 
 Modes: ``fwd`` is inference (eval mode, no_grad; torch's models take torch's own inference fast
 paths, as a user's would); ``train`` is one training step (forward, loss, backward, SGD update) in

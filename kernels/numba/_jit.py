@@ -98,6 +98,25 @@ def jit_parallel(fn):
     return _cached(numba.njit(parallel=True, **JIT_OPTIONS)(fn))
 
 
+# FMA contraction (a*b + c in one rounding, as torch's vectorised kernels do), for kernels whose
+# multiply-adds are the bottleneck; and reassociation on top for small reduction helpers only, so
+# a sum vectorises into per-lane partial sums reduced in a fixed order (deterministic per build).
+JIT_FMA_OPTIONS = dict(JIT_OPTIONS, fastmath={"contract"})
+JIT_REDUCE_OPTIONS = dict(JIT_OPTIONS, fastmath={"contract", "reassoc"})
+
+
+def jit_fma(fn):
+    return _cached(numba.njit(**JIT_FMA_OPTIONS)(fn))
+
+
+def jit_parallel_fma(fn):
+    return _cached(numba.njit(parallel=True, **JIT_FMA_OPTIONS)(fn))
+
+
+def jit_reduce(fn):
+    return _cached(numba.njit(**JIT_REDUCE_OPTIONS)(fn))
+
+
 def _symbol(path, name):
     try:
         return ctypes.cast(getattr(ctypes.CDLL(path), name), ctypes.c_void_p).value

@@ -40,10 +40,8 @@ def _bits_as_float32(typingctx, bits):
     return sig, codegen
 
 
-BLOCK_Q = 64
-BLOCK_K = 512
-SKIP_K = 64
-LANES = 16
+BLOCK_K = 512  # most keys per chunk (rows of the score block)
+SKIP_K = 64    # keys per block of the mask table
 
 _LOG2E = np.float32(1.44269504088896341)
 _LN2_HI = np.float32(0.693359375)
@@ -113,35 +111,60 @@ def dropout_keep(seed, rows, cols, p):
     return out
 
 
+# How the mask is given (the mask_kind argument)
+MASK_NONE = 0  # no mask (no table either)
+MASK_BIAS = 1  # an additive float bias (the ``mask`` array)
+MASK_KEEP = 2  # a bool mask, 1 = attend (the ``keep`` array, uint8)
+
+# Block states of the mask table (one entry per BLOCK_Q x SKIP_K block of queries x keys)
+HIDDEN = 0   # every score of the block is masked out: the block is never computed
+VISIBLE = 1  # no score of the block is changed by the mask: computed without reading the mask
+PARTIAL = 2  # the mask is added to the block's scores
+
+
 @jit
-def _next_chunk(kb, nkb, q_last, causal, skip, sst, b, h, qb, has_skip):
-    """First live key block >= kb and the end of its run: (start block, end block), start = nkb if
-    none. skip is read at b*sst[0] + h*sst[1] + qb*sst[2] + kb*sst[3]."""
+def _state(table, tst, b, h, qb, kb, mask_kind):
+    if mask_kind == MASK_NONE:
+        return VISIBLE
+    return table[b * tst[0] + h * tst[1] + qb * tst[2] + kb * tst[3]]
+
+
+@jit
+def _next_chunk(kb, nkb, kb_stop, table, tst, b, h, qb, mask_kind):
+    """First block >= kb that is not HIDDEN and the end of its run of such blocks (at most
+    BLOCK_K keys, never past kb_stop): (start block, end block); start = kb_stop when none."""
     per_chunk = BLOCK_K // SKIP_K
-    row = b * sst[0] + h * sst[1] + qb * sst[2]
-    while kb < nkb:
-        if causal and kb * SKIP_K > q_last:
-            return nkb, nkb
-        if has_skip and skip[row + kb * sst[3]] == 0:
+    while kb < kb_stop:
+        if _state(table, tst, b, h, qb, kb, mask_kind) == HIDDEN:
             kb += 1
             continue
         end = kb + 1
-        while end < nkb and end - kb < per_chunk:
-            if causal and end * SKIP_K > q_last:
-                break
-            if has_skip and skip[row + end * sst[3]] == 0:
-                break
+        while (end < kb_stop and end - kb < per_chunk
+               and _state(table, tst, b, h, qb, end, mask_kind) != HIDDEN):
             end += 1
         return kb, end
-    return nkb, nkb
+    return kb_stop, kb_stop
 
 
 @jit
-def _scores_t(st, q, k, mask, strides, d, has_mask, causal, b, h, hk, q0, nq, j0, nk, scale):
-    """st[:nk, :nq] = scale * K[j0:j0+nk] Q[q0:q0+nq]^T (+ mask^T), causal entries set to -inf.
+def _key_limits(q_last, off, lk, causal, key_stop, kst, b, h, qb, mask_kind):
+    """(one past the last key block, one past the last key) any query of block qb may see."""
+    stop = lk
+    if mask_kind != MASK_NONE:
+        stop = min(stop, key_stop[b * kst[0] + h * kst[1] + qb * kst[2]])
+    if causal:
+        stop = min(stop, max(q_last + off + 1, 0))
+    return (stop + SKIP_K - 1) // SKIP_K, stop
 
-    q, k, mask: flat arrays read with the element strides strides[0], [1], [3] (see
-    attention_forward); d the head dimension.
+
+@jit
+def _scores_t(st, q, k, mask, keep, table, strides, d, mask_kind, causal, off, b, h, hk, qb, q0,
+              nq, j0, nk, scale):
+    """st[:nk, :nq] = scale * K[j0:j0+nk] Q[q0:q0+nq]^T, plus mask^T (or -inf where keep is 0) on
+    PARTIAL blocks, causal entries (key > query + off) set to -inf.
+
+    q, k, mask, keep: flat arrays read with the element strides strides[0], [1], [3] (see
+    attention_forward); d the head dimension; j0 a multiple of SKIP_K.
     """
     isz = q.itemsize
     qs = strides[0]
@@ -150,46 +173,79 @@ def _scores_t(st, q, k, mask, strides, d, has_mask, causal, b, h, hk, q0, nq, j0
     qa = q.ctypes.data + (b * qs[0] + h * qs[1] + q0 * qs[2]) * isz
     ka = k.ctypes.data + (b * ks[0] + hk * ks[1] + j0 * ks[2]) * isz
     gemm(isz == 8, 0, 1, nk, nq, d, scale, ka, ks[2], qa, qs[2], 0.0, st.ctypes.data,
-          st.shape[1])
-    if has_mask:
+         st.shape[1])
+    if mask_kind != MASK_NONE:
         base = b * ms[0] + h * ms[1] + q0 * ms[2]
-        for jj in range(nk):
-            at = base + (j0 + jj) * ms[3]
-            if ms[2] != 0:
-                for ii in range(nq):
-                    st[jj, ii] += mask[at + ii * ms[2]]
-            else:
-                bias = mask[at]
-                for ii in range(nq):
-                    st[jj, ii] += bias
+        for sub in range(0, nk, SKIP_K):
+            if _state(table, strides[4], b, h, qb, (j0 + sub) // SKIP_K, mask_kind) != PARTIAL:
+                continue
+            for jj in range(sub, min(sub + SKIP_K, nk)):
+                at = base + (j0 + jj) * ms[3]
+                row = st[jj]
+                if mask_kind == MASK_KEEP:
+                    if ms[2] != 0:
+                        for ii in range(nq):
+                            if keep[at + ii * ms[2]] == 0:
+                                row[ii] = -np.inf
+                    elif keep[at] == 0:
+                        row[:nq] = -np.inf
+                elif ms[2] != 0:
+                    for ii in range(nq):
+                        row[ii] += mask[at + ii * ms[2]]
+                else:
+                    bias = mask[at]
+                    for ii in range(nq):
+                        row[ii] += bias
     if causal:
         for jj in range(nk):
-            for ii in range(min(nq, j0 + jj - q0)):
-                st[jj, ii] = -np.inf
+            row = st[jj]
+            for ii in range(max(0, min(nq, j0 + jj - q0 - off))):
+                row[ii] = -np.inf
+
+
+@jit
+def _column_max(st, nk, nq, cmax):
+    """cmax[i] = max over j < nk of st[j, i] (NaN entries ignored; -inf when none is finite)."""
+    cmax[:nq] = -np.inf
+    for jj in range(nk):
+        for ii in range(nq):
+            # this form vectorises (masked stores); "cmax[ii] = x if x > cmax[ii] else cmax[ii]"
+            # stays scalar, 30x slower
+            x = st[jj, ii]
+            if x > cmax[ii]:
+                cmax[ii] = x
 
 
 @jit_parallel
-def attention_forward(q, k, v, mask, skip, strides, dims, has_mask, has_skip, causal, scale,
-                      dropout_p, seed, out, lse, st_scratch, acc_scratch, row_scratch):
+def attention_forward(q, k, v, mask, keep, table, key_stop, strides, dims, mask_kind, causal,
+                      scale, dropout_p, seed, nan_masked, out, stats, st_scratch, acc_scratch,
+                      row_scratch):
     """Blocked attention forward.
 
     Every input is a flat array read with its element strides, strides (5, 4) int64, one row per
     input (so one compiled kernel serves every layout):
     q (B, Hq, Lq, D), k (B, Hk, Lk, D), v (B, Hk, Lk, Dv): rows contiguous (stride 1 on the last
     axis), any other strides; Hq = group * Hk, query head h reads key/value head h // group.
-    mask (B, Hq, Lq, Lk) additive float bias, any strides (0 where broadcast), read if has_mask.
-    skip (B, Hq, nqb, nkb) uint8, 0 = no key of SKIP_K-block kb is visible to any query of
-    BLOCK_Q-block qb (any strides), read if has_skip.
-    dims = (B, Hq, Hk, Lq, Lk, D, Dv).
-    out (B, Hq, Lq, Dv) and lse (B, Hq, Lq) contiguous, written (lse = -inf on fully masked rows,
-    whose output is 0). Scratch, per thread t: st_scratch[t] (BLOCK_K, BLOCK_Q),
-    acc_scratch[t] (BLOCK_Q, Dv), row_scratch[t] (4, BLOCK_Q).
+    The mask, (B, Hq, Lq, Lk) with any strides (0 where broadcast), is an additive float bias
+    (``mask``, mask_kind MASK_BIAS) or a uint8 keep mask (``keep``, 1 = attend, MASK_KEEP), read
+    only on PARTIAL blocks of table (B, Hq, nqb, nkb) uint8 (any strides; nqb query blocks of the
+    scratch's width, nkb key blocks of SKIP_K); the unused one is a dummy array. key_stop
+    (B, Hq, nqb) int64, any strides (strides[5]): no query of the block sees a key past it (the
+    exact end of a key-padding mask, below the table's SKIP_K granularity).
+    dims = (B, Hq, Hk, Lq, Lk, D, Dv, causal offset): with causal, query i sees key j <= i + offset.
+    nan_masked: a row whose scores are all NaN or -inf gives zeros (torch's CPU kernel, short rows).
+    out (B, Hq, Lq, Dv) and stats (B, Hq, 2, Lq) contiguous, written: stats[.., 0, i] the shift m
+    and stats[.., 1, i] 1 / l of row i (p = exp(s - m) / l), +inf and 0 for a row that sees no key
+    (its output is 0). Scratch, per thread t: st_scratch[t] (BLOCK_K, BQ), acc_scratch[t]
+    (BQ, Dv), row_scratch[t] (4, BQ); BQ is the query block.
     """
     nb, hq, nhk, lq, lk, d, dv = dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6]
+    off = dims[7]
+    block_q = st_scratch.shape[2]
     group = hq // nhk
     isz = q.itemsize
     vs = strides[2]
-    nqb = (lq + BLOCK_Q - 1) // BLOCK_Q
+    nqb = (lq + block_q - 1) // block_q
     nkb = (lk + SKIP_K - 1) // SKIP_K
     inv_keep = 1.0 / (1.0 - dropout_p) if dropout_p < 1.0 else 0.0
     for item in prange(nb * hq * nqb):
@@ -205,31 +261,33 @@ def attention_forward(q, k, v, mask, skip, strides, dims, has_mask, has_skip, ca
         h = (item // nqb) % hq
         qb = item % nqb
         hk = h // group
-        q0 = qb * BLOCK_Q
-        nq = min(BLOCK_Q, lq - q0)
+        q0 = qb * block_q
+        nq = min(block_q, lq - q0)
         q_last = q0 + nq - 1
         acc[:nq, :] = 0.0
         m_run[:] = -np.inf
+        m_use[:] = 0.0
         l_run[:] = 0.0
         va = v.ctypes.data + (b * vs[0] + hk * vs[1]) * isz
+        kb_stop, lk_stop = _key_limits(q_last, off, lk, causal, key_stop, strides[5], b, h, qb,
+                                       mask_kind)
         kb = 0
         while True:
-            kb, kb_end = _next_chunk(kb, nkb, q_last, causal, skip, strides[4], b, h, qb,
-                                     has_skip)
-            if kb >= nkb:
+            kb, kb_end = _next_chunk(kb, nkb, kb_stop, table, strides[4], b, h, qb, mask_kind)
+            if kb >= kb_stop:
                 break
             j0 = kb * SKIP_K
-            nk = min(kb_end * SKIP_K, lk) - j0
-            if causal:
-                nk = min(nk, q_last + 1 - j0)
+            nk = min(kb_end * SKIP_K, lk_stop) - j0
             kb = kb_end
-            _scores_t(st, q, k, mask, strides, d, has_mask, causal, b, h, hk, q0, nq, j0, nk,
-                      scale)
-            cmax[:nq] = -np.inf
-            for jj in range(nk):
+            _scores_t(st, q, k, mask, keep, table, strides, d, mask_kind, causal, off, b, h, hk,
+                      qb, q0, nq, j0, nk, scale)
+            _column_max(st, nk, nq, cmax)
+            if nan_masked:
+                # the whole row is one chunk here (short rows only): all NaN/-inf = masked
                 for ii in range(nq):
-                    x = st[jj, ii]
-                    cmax[ii] = x if x > cmax[ii] else cmax[ii]
+                    if cmax[ii] == -np.inf:
+                        for jj in range(nk):
+                            st[jj, ii] = -np.inf
             for ii in range(nq):
                 m_new = max(m_run[ii], cmax[ii])
                 mu = m_new if m_new > -np.inf else 0.0
@@ -237,8 +295,9 @@ def attention_forward(q, k, v, mask, skip, strides, dims, has_mask, has_skip, ca
                 m_run[ii] = m_new
                 m_use[ii] = mu
                 l_run[ii] *= alpha
-                for c in range(dv):
-                    acc[ii, c] *= alpha
+                if alpha != 1.0:
+                    for c in range(dv):
+                        acc[ii, c] *= alpha
             for jj in range(nk):
                 row = st[jj]
                 _exp_row(row, m_use, nq, l_run)
@@ -247,238 +306,100 @@ def attention_forward(q, k, v, mask, skip, strides, dims, has_mask, has_skip, ca
                     for ii in range(nq):
                         row[ii] *= _keep_factor(seed, base + ii, j0 + jj, dropout_p, inv_keep)
             gemm(isz == 8, 1, 0, nq, dv, nk, 1.0, st.ctypes.data, st.shape[1],
-                  va + j0 * vs[2] * isz, vs[2], 1.0, acc.ctypes.data, dv)
+                 va + j0 * vs[2] * isz, vs[2], 1.0, acc.ctypes.data, dv)
         for ii in range(nq):
             l = l_run[ii]
             inv = 1.0 / l if l > 0.0 else 0.0
             for c in range(dv):
                 out[b, h, q0 + ii, c] = acc[ii, c] * inv
-            lse[b, h, q0 + ii] = m_use[ii] + math.log(l) if l > 0.0 else -np.inf
-        blas_set_local_threads(0)
-
-
-@jit_parallel
-def attention_backward(q, k, v, mask, skip, strides, dims, has_mask, has_skip, causal, scale,
-                       dropout_p, seed, out, grad_out, lse, grad_q, grad_k, grad_v, grad_mask,
-                       want_grad_mask, st_scratch, dp_scratch, pd_scratch, row_scratch):
-    """Blocked attention backward, recomputing each score block from the saved log-sum-exp.
-
-    Arrays as in attention_forward; out and grad_out (B, Hq, Lq, Dv) contiguous;
-    grad_q (B, Hq, Lq, D), grad_k (B, Hk, Lk, D), grad_v (B, Hk, Lk, Dv) contiguous, written
-    entirely; grad_mask (B, Hq, Lq, Lk) contiguous and zero-filled by the caller, written where
-    want_grad_mask. One work item per (batch, key/value head): it owns grad_k and grad_v of that
-    head and grad_q of its group of query heads, so no two threads write one element.
-    Scratch per thread t: st/dp/pd_scratch[t] (BLOCK_K, BLOCK_Q), row_scratch[t] (3, BLOCK_Q).
-    """
-    nb, hq, nhk, lq, lk, d, dv = dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6]
-    group = hq // nhk
-    isz = q.itemsize
-    is_double = isz == 8
-    nqb = (lq + BLOCK_Q - 1) // BLOCK_Q
-    nkb = (lk + SKIP_K - 1) // SKIP_K
-    inv_keep = 1.0 / (1.0 - dropout_p) if dropout_p < 1.0 else 0.0
-    qs = strides[0]
-    ks = strides[1]
-    vs = strides[2]
-    for item in prange(nb * nhk):
-        blas_set_local_threads(1)
-        tid = numba.get_thread_id()
-        st = st_scratch[tid]
-        dp = dp_scratch[tid]
-        pd = pd_scratch[tid]
-        shift = row_scratch[tid, 0]
-        delta = row_scratch[tid, 1]
-        unused = row_scratch[tid, 2]
-        b = item // nhk
-        hk = item % nhk
-        grad_k[b, hk] = 0.0
-        grad_v[b, hk] = 0.0
-        ka = k.ctypes.data + (b * ks[0] + hk * ks[1]) * isz
-        va = v.ctypes.data + (b * vs[0] + hk * vs[1]) * isz
-        dka = grad_k.ctypes.data + (b * nhk + hk) * lk * d * isz
-        dva = grad_v.ctypes.data + (b * nhk + hk) * lk * dv * isz
-        for h in range(hk * group, (hk + 1) * group):
-            qa = q.ctypes.data + (b * qs[0] + h * qs[1]) * isz
-            doa = grad_out.ctypes.data + (b * hq + h) * lq * dv * isz
-            dqa = grad_q.ctypes.data + (b * hq + h) * lq * d * isz
-            for qb in range(nqb):
-                q0 = qb * BLOCK_Q
-                nq = min(BLOCK_Q, lq - q0)
-                q_last = q0 + nq - 1
-                grad_q[b, h, q0:q0 + nq, :] = 0.0
-                for ii in range(nq):
-                    s = 0.0
-                    for c in range(dv):
-                        s += grad_out[b, h, q0 + ii, c] * out[b, h, q0 + ii, c]
-                    delta[ii] = s
-                    x = lse[b, h, q0 + ii]
-                    shift[ii] = x if x > -np.inf else np.inf
-                kb = 0
-                while True:
-                    kb, kb_end = _next_chunk(kb, nkb, q_last, causal, skip, strides[4], b, h,
-                                             qb, has_skip)
-                    if kb >= nkb:
-                        break
-                    j0 = kb * SKIP_K
-                    nk = min(kb_end * SKIP_K, lk) - j0
-                    if causal:
-                        nk = min(nk, q_last + 1 - j0)
-                    kb = kb_end
-                    _scores_t(st, q, k, mask, strides, d, has_mask, causal, b, h, hk, q0, nq, j0,
-                              nk, scale)
-                    for jj in range(nk):
-                        _exp_row(st[jj], shift, nq, unused)
-                    p_used = st
-                    if dropout_p > 0.0:
-                        base = (b * hq + h) * lq + q0
-                        for jj in range(nk):
-                            for ii in range(nq):
-                                pd[jj, ii] = st[jj, ii] * _keep_factor(
-                                    seed, base + ii, j0 + jj, dropout_p, inv_keep)
-                        p_used = pd
-                    # dV += P_dropped^T dO; dP = V dO^T (transposed: dp[key, query])
-                    gemm(is_double, 0, 0, nk, dv, nq, 1.0, p_used.ctypes.data, p_used.shape[1],
-                          doa + q0 * dv * isz, dv, 1.0, dva + j0 * dv * isz, dv)
-                    gemm(is_double, 0, 1, nk, nq, dv, 1.0, va + j0 * vs[2] * isz, vs[2],
-                          doa + q0 * dv * isz, dv, 0.0, dp.ctypes.data, dp.shape[1])
-                    if dropout_p > 0.0:
-                        base = (b * hq + h) * lq + q0
-                        for jj in range(nk):
-                            for ii in range(nq):
-                                dp[jj, ii] *= _keep_factor(seed, base + ii, j0 + jj, dropout_p,
-                                                           inv_keep)
-                    for jj in range(nk):
-                        for ii in range(nq):
-                            dp[jj, ii] = st[jj, ii] * (dp[jj, ii] - delta[ii])
-                    if want_grad_mask:
-                        for jj in range(nk):
-                            for ii in range(nq):
-                                grad_mask[b, h, q0 + ii, j0 + jj] = dp[jj, ii]
-                    # dK += scale dS^T Q; dQ += scale dS K
-                    gemm(is_double, 0, 0, nk, d, nq, scale, dp.ctypes.data, dp.shape[1],
-                          qa + q0 * qs[2] * isz, qs[2], 1.0, dka + j0 * d * isz, d)
-                    gemm(is_double, 1, 0, nq, d, nk, scale, dp.ctypes.data, dp.shape[1],
-                          ka + j0 * ks[2] * isz, ks[2], 1.0, dqa + q0 * d * isz, d)
+            stats[b, h, 0, q0 + ii] = m_use[ii] if l > 0.0 else np.inf
+            stats[b, h, 1, q0 + ii] = inv
         blas_set_local_threads(0)
 
 
 @jit
-def _row_max(x, keep, has_mask, n, lanes):
-    """max of x[j], j < n, over the j with keep[j] != 0 (all j without a mask); -inf if none.
-
-    Sixteen running maxima, one per lane: scalar, but with no chain of dependent comparisons.
-    """
-    lanes[:] = -np.inf
-    n16 = n - n % LANES
-    if has_mask:
-        for j0 in range(0, n16, LANES):
-            for t in range(LANES):
-                v = x[j0 + t] if keep[j0 + t] != 0 else -np.inf
-                lanes[t] = v if v > lanes[t] else lanes[t]
-    else:
-        for j0 in range(0, n16, LANES):
-            for t in range(LANES):
-                v = x[j0 + t]
-                lanes[t] = v if v > lanes[t] else lanes[t]
-    for j in range(n16, n):
-        v = x[j]
-        if has_mask:
-            v = v if keep[j] != 0 else -np.inf
-        lanes[0] = v if v > lanes[0] else lanes[0]
-    m = lanes[0]
-    for t in range(1, LANES):
-        m = lanes[t] if lanes[t] > m else m
-    return m
-
-
-@jit
-def _lane_sum(y, n, lanes):
-    lanes[:] = 0.0
-    n16 = n - n % LANES
-    for j0 in range(0, n16, LANES):
-        for t in range(LANES):
-            lanes[t] += y[j0 + t]
-    s = 0.0
-    for j in range(n16, n):
-        s += y[j]
-    for t in range(LANES):
-        s += lanes[t]
-    return s
-
-
-@jit
-def _softmax_row(x, y, keep, has_mask, lanes):
-    """y = softmax of x over the entries keep[j] != 0 (every entry without a mask); zeros if none.
-
-    x, y (N,) one dtype; keep (N,) uint8, contiguous (indexed by the loop counter alone, so the
-    loads vectorise). Masked entries become -inf in y first: exp then gives them 0 with no mask.
-    """
-    n = x.shape[0]
-    if has_mask:
-        for j in range(n):
-            y[j] = x[j] if keep[j] != 0 else -np.inf
-        m = _row_max(y, keep, False, n, lanes)
-        if m == -np.inf:
-            y[:] = 0.0
-            return
-    else:
-        y[:] = x
-        m = _row_max(y, keep, False, n, lanes)
-    if x.itemsize == 4:
-        for j in range(n):
-            y[j] = _exp32(y[j] - m)
-    else:
-        for j in range(n):
-            y[j] = math.exp(y[j] - m)
-    inv = 1.0 / _lane_sum(y, n, lanes)
-    for j in range(n):
-        y[j] *= inv
-
-
-@jit_parallel
-def masked_softmax_forward(x, mask, mask_row_offset, mask_col_stride, has_mask, out, lane_scratch,
-                           mask_scratch):
-    """Softmax of each row of x (R, N) over the entries its mask keeps; out (R, N) contiguous.
-
-    mask: flat uint8 (1 = keep) read at mask_row_offset[r] + j * mask_col_stride, if has_mask.
-    A row with nothing kept is all zeros. Scratch per thread t: lane_scratch[t] (LANES,) x's dtype,
-    mask_scratch[t] (N,) uint8 (a contiguous copy of a row's mask when mask_col_stride != 1).
-    """
-    rows, n = x.shape
-    for r in prange(rows):
-        tid = numba.get_thread_id()
-        lanes = lane_scratch[tid]
-        if not has_mask:
-            _softmax_row(x[r], out[r], mask, False, lanes)
-            continue
-        moff = mask_row_offset[r]
-        if mask_col_stride == 1:
-            _softmax_row(x[r], out[r], mask[moff:moff + n], True, lanes)
-        elif mask_col_stride == 0:
-            if mask[moff] != 0:
-                _softmax_row(x[r], out[r], mask, False, lanes)
+def _mask_table_items(mask, keep, mask_strides, shape, block_rows, block_cols, mask_kind, table,
+                      key_stop, counts, first, last):
+    """mask_table for the work items [first, last) (item = (b, h, qb)); counts (2, nkb) int64."""
+    nh, mq, mk = shape[1], shape[2], shape[3]
+    nqb = table.shape[2]
+    nkb = table.shape[3]
+    cs = mask_strides[3]
+    for item in range(first, last):
+        live = counts[0]
+        zero = counts[1]
+        b = item // (nh * nqb)
+        h = (item // nqb) % nh
+        qb = item % nqb
+        live[:] = 0
+        zero[:] = 0
+        stop = 0
+        r0 = qb * block_rows
+        rows = min(block_rows, mq - r0)
+        for r in range(r0, r0 + rows):
+            at = b * mask_strides[0] + h * mask_strides[1] + r * mask_strides[2]
+            for kb in range(nkb):
+                c0 = kb * block_cols
+                n_live = 0
+                n_zero = 0
+                c1 = min(c0 + block_cols, mk)
+                if mask_kind == MASK_KEEP:
+                    if cs == 1:  # the common layout: a loop LLVM vectorises (bytes are 0/1)
+                        for c in range(at + c0, at + c1):
+                            n_live += keep[c]
+                    else:
+                        for c in range(c0, c1):
+                            n_live += np.int64(keep[at + c * cs] != 0)
+                    n_zero = n_live
+                elif cs == 1:
+                    for c in range(at + c0, at + c1):
+                        x = mask[c]
+                        n_live += np.int64(x != -np.inf)
+                        n_zero += np.int64(x == 0.0)
+                else:
+                    for c in range(c0, c1):
+                        x = mask[at + c * cs]
+                        n_live += np.int64(x != -np.inf)
+                        n_zero += np.int64(x == 0.0)
+                live[kb] += n_live
+                zero[kb] += n_zero
+                if n_live > 0 and c1 > stop:  # the last kept column of this row and block
+                    for c in range(c1 - 1, max(c0, stop) - 1, -1):
+                        x = keep[at + c * cs] if mask_kind == MASK_KEEP else mask[at + c * cs]
+                        if (x != 0) if mask_kind == MASK_KEEP else (x != -np.inf):
+                            stop = c + 1
+                            break
+        key_stop[b, h, qb] = stop
+        for kb in range(nkb):
+            size = rows * (min(kb * block_cols + block_cols, mk) - kb * block_cols)
+            if live[kb] == 0:
+                table[b, h, qb, kb] = HIDDEN
+            elif zero[kb] == size:
+                table[b, h, qb, kb] = VISIBLE
             else:
-                out[r, :] = 0.0
-        else:
-            row_mask = mask_scratch[tid]
-            for j in range(n):
-                row_mask[j] = mask[moff + j * mask_col_stride]
-            _softmax_row(x[r], out[r], row_mask, True, lanes)
+                table[b, h, qb, kb] = PARTIAL
+
+
+@jit
+def mask_table(mask, keep, mask_strides, shape, block_rows, block_cols, mask_kind, table,
+               key_stop, counts):
+    """The block table of a stored mask (see attention_forward): table[b, h, qb, kb] = HIDDEN,
+    VISIBLE or PARTIAL for the block_rows x block_cols block (qb, kb) of the mask, whose stored
+    shape is ``shape`` (B', H', Mq, Mk; read with mask_strides from ``mask``, a float bias, or
+    ``keep``, uint8, as mask_kind says); table (B', H', nqb, nkb) contiguous; key_stop
+    (B', H', nqb) int64 contiguous: one past the last column any row of the block keeps (0 if
+    none). One pass over the mask, row by row, on the calling thread (a small mask, such as a
+    key-padding one, is not worth a parallel region: under load each region costs a scheduler
+    time slice). Scratch: counts (2, nkb) int64."""
+    _mask_table_items(mask, keep, mask_strides, shape, block_rows, block_cols, mask_kind, table,
+                      key_stop, counts, 0, table.shape[0] * table.shape[1] * table.shape[2])
 
 
 @jit_parallel
-def masked_softmax_backward(y, grad_y, grad_x, lane_scratch, product_scratch):
-    """grad_x = y * (grad_y - sum(grad_y * y)) per row; y, grad_y, grad_x (R, N) contiguous.
-
-    Masked entries have y = 0, so their gradient is 0 with no mask needed. Scratch per thread t:
-    lane_scratch[t] (LANES,), product_scratch[t] (N,), y's dtype.
-    """
-    rows, n = y.shape
-    for r in prange(rows):
-        tid = numba.get_thread_id()
-        prod = product_scratch[tid]
-        for j in range(n):
-            prod[j] = grad_y[r, j] * y[r, j]
-        s = _lane_sum(prod, n, lane_scratch[tid])
-        for j in range(n):
-            grad_x[r, j] = y[r, j] * (grad_y[r, j] - s)
+def mask_table_parallel(mask, keep, mask_strides, shape, block_rows, block_cols, mask_kind,
+                        table, key_stop, count_scratch):
+    """mask_table over the threads, for large masks; count_scratch[t] (2, nkb) per thread t."""
+    items = table.shape[0] * table.shape[1] * table.shape[2]
+    for item in prange(items):
+        _mask_table_items(mask, keep, mask_strides, shape, block_rows, block_cols, mask_kind,
+                          table, key_stop, count_scratch[numba.get_thread_id()], item, item + 1)

@@ -12,7 +12,8 @@ asymmetric 'same' padding is expressed).
 
 The method is a tiled implicit GEMM. A work item is (image, group, tile of output pixels[, block
 of channels]). It packs the input patches of its tile into a per-thread column buffer
-``cols[K, tile]`` (K = C_in/groups * KD*KH*KW) that stays in the core's L2 cache, and multiplies
+``cols[K, tile]`` (K = C_in/groups * KD*KH*KW) sized to half of the core's L2 cache (read at
+run time by kernels/machine.py) so that it stays there, and multiplies
 it by the group's weight matrix with BLAS on the calling thread (``gemm``), writing straight into
 the strided output tile. Packing is copy-bound, so it is done as long vectorised copies
 (``_patches``): when output rows are as wide as input rows and the strides in H and W are 1 (the
@@ -32,10 +33,20 @@ single-threaded inside each item (blas_set_local_threads) and is handed back aft
 import numba
 import numpy as np
 
+from .. import machine
 from ._jit import blas_set_local_threads, gemm, jit, jit_parallel
 
-# Bytes of one thread's column buffer: half of the 2 MiB L2 of one core.
-_COLUMN_BUFFER_BYTES = 1 << 20
+
+
+def _column_buffer_bytes():
+    """Bytes of one thread's column buffer: half of this core's L2 (read at run time), so the
+    columns and the product's other operands stay in it."""
+    return machine.cache_bytes()["l2"] // 2
+
+# Columns of a product below which BLAS runs well below its speed: tiles have at least this many
+# pixels (the column buffer outgrows half of L2 when K is long), and images smaller than this go
+# several to a product (_forward_images_item).
+_MIN_PRODUCT_COLUMNS = 128
 # m*n*k of the column blocks of a product with a small weight block (see _gemm_blocked).
 _SMALL_GEMM_VOLUME = 450_000
 
@@ -120,10 +131,10 @@ def _edge_zero(cols, row, a, b, width, e_lo, e_hi):
 
 @jit
 def _patches(x, n, c0, cin, kd_n, kh_n, kw_n, od_n, oh_n, ow_n, sd, sh, sw, pd, ph, pw, dd, dh, dw,
-             p0, pt, cols, adjoint):
+             p0, pt, ld, cols, adjoint):
     """im2col of the output pixels [p0, p0 + pt) of image n, channels [c0, c0 + cin); or its adjoint.
 
-    cols is 1-d, holding the (K, pt) column matrix row after row, K = cin*KD*KH*KW, rows r =
+    cols is 1-d, holding the (K, pt) column matrix with rows ld apart, K = cin*KD*KH*KW, rows r =
     (c, kd, kh, kw). adjoint False: cols[r, j] = x[n, c0 + c, i_d, i_h, i_w] for output pixel
     p0 + j, 0 where the patch reaches into the padding. adjoint True: x[n, c0 + c, i_d, i_h, i_w]
     += cols[r, j] over the same pairs (x is then dx; cols is clobbered).
@@ -160,7 +171,7 @@ def _patches(x, n, c0, cin, kd_n, kh_n, kw_n, od_n, oh_n, ow_n, sd, sh, sw, pd, 
                             # clamp to the input plane: what is cut off is in the edge columns
                             a2 = min(max(a, -shift), b)
                             b2 = max(min(b, plane_in - shift), a2)
-                            row = r * pt + j - q0
+                            row = r * ld + j - q0
                             r += 1
                             # edge columns: ow + e outside [0, w_in)
                             e_lo = min(max(-e, 0), ow_n)
@@ -191,7 +202,7 @@ def _patches(x, n, c0, cin, kd_n, kh_n, kw_n, od_n, oh_n, ow_n, sd, sh, sw, pd, 
                     inside = 0 <= i_d < d_in and 0 <= i_h < h_in
                     base = (((n * x.shape[1] + c0 + c) * d_in + i_d) * h_in + i_h) * w_in
                     for kw in range(kw_n):
-                        row = r * pt + j
+                        row = r * ld + j
                         r += 1
                         e = kw * dw - pw
                         lo, hi = _valid_range(e, sw, w_in, ow_n)
@@ -265,7 +276,7 @@ def _forward_item(item, x, w, bias, has_bias, out, sd, sh, sw, pd, ph, pw, dd, d
     else:
         cols = scratch[numba.get_thread_id()]
         _patches(x, n, g * cin_g, cin_g, kd_n, kh_n, kw_n, od_n, oh_n, ow_n,
-                 sd, sh, sw, pd, ph, pw, dd, dh, dw, p0, pt, cols, False)
+                 sd, sh, sw, pd, ph, pw, dd, dh, dw, p0, pt, pt, cols, False)
         b_addr = cols.ctypes.data
         ldb = pt
     out_addr = out.ctypes.data + ((n * c_out + co0) * pixels + p0) * item_size
@@ -288,6 +299,67 @@ def _forward_kernel(x, w, bias, has_bias, out, sd, sh, sw, pd, ph, pw, dd, dh, d
         blas_set_local_threads(1)
         _forward_item(item, x, w, bias, has_bias, out, sd, sh, sw, pd, ph, pw, dd, dh, dw, groups,
                       tile, co_blocks, direct, scratch, is_double)
+        blas_set_local_threads(0)
+
+
+@jit
+def _forward_images_item(item, x, w, bias, has_bias, out, sd, sh, sw, pd, ph, pw, dd, dh, dw,
+                         groups, images, co_blocks, direct, scratch, products, is_double):
+    """One work item of the forward over whole small images: ``images`` images of one group
+    packed side by side into one column matrix (K, images*pixels), so that the product has
+    enough columns for BLAS to run at speed; the product goes to a per-thread buffer and is
+    copied to each image's output (plus the bias)."""
+    n_img, c_in, _, _, _ = x.shape
+    c_out, cin_g, kd_n, kh_n, kw_n = w.shape
+    _, _, od_n, oh_n, ow_n = out.shape
+    pixels = od_n * oh_n * ow_n
+    k_len = cin_g * kd_n * kh_n * kw_n
+    cout_g = c_out // groups
+    co_step = (cout_g + co_blocks - 1) // co_blocks
+    item_size = out.itemsize
+    cb = item % co_blocks
+    rest = item // co_blocks
+    g = rest % groups
+    n0 = (rest // groups) * images
+    nb = min(images, n_img - n0)
+    co0 = g * cout_g + cb * co_step
+    co_n = min(co_step, cout_g - cb * co_step)
+    if co_n <= 0:
+        return
+    ld = nb * pixels
+    tid = numba.get_thread_id()
+    cols = scratch[tid]
+    for i in range(nb):
+        if direct:
+            for c in range(cin_g):
+                src = x[n0 + i, g * cin_g + c].reshape(pixels)
+                dst = cols[c * ld + i * pixels:c * ld + (i + 1) * pixels]
+                for j in range(pixels):
+                    dst[j] = src[j]
+        else:
+            _patches(x, n0 + i, g * cin_g, cin_g, kd_n, kh_n, kw_n, od_n, oh_n, ow_n,
+                     sd, sh, sw, pd, ph, pw, dd, dh, dw, 0, pixels, ld, cols[i * pixels:], False)
+    prod = products[tid]
+    gemm(is_double, 0, 0, co_n, ld, k_len, 1.0, w.ctypes.data + co0 * k_len * item_size, k_len,
+         cols.ctypes.data, ld, 0.0, prod.ctypes.data, ld)
+    for i in range(nb):
+        flat = out[n0 + i].reshape((c_out, pixels))
+        for co in range(co_n):
+            b = bias[co0 + co] if has_bias else 0.0
+            src = prod[co * ld + i * pixels:co * ld + (i + 1) * pixels]
+            dst = flat[co0 + co]
+            for j in range(pixels):
+                dst[j] = src[j] + b
+
+
+@jit_parallel
+def _forward_images_kernel(x, w, bias, has_bias, out, sd, sh, sw, pd, ph, pw, dd, dh, dw, groups,
+                           images, co_blocks, direct, scratch, products, is_double):
+    n_blocks = (x.shape[0] + images - 1) // images
+    for item in numba.prange(n_blocks * groups * co_blocks):
+        blas_set_local_threads(1)
+        _forward_images_item(item, x, w, bias, has_bias, out, sd, sh, sw, pd, ph, pw, dd, dh, dw,
+                             groups, images, co_blocks, direct, scratch, products, is_double)
         blas_set_local_threads(0)
 
 
@@ -332,7 +404,7 @@ def _backward_input_item(item, dy, w, dx, sd, sh, sw, pd, ph, pw, dd, dh, dw, gr
         _gemm_blocked(is_double, 1, ci_n * kvol, pt, cout_g, w_addr, k_len,
                       dy_base + p0 * item_size, pixels, cols.ctypes.data, pt, item_size)
         _patches(dx, n, c0, ci_n, kd_n, kh_n, kw_n, od_n, oh_n, ow_n,
-                 sd, sh, sw, pd, ph, pw, dd, dh, dw, p0, pt, cols, True)
+                 sd, sh, sw, pd, ph, pw, dd, dh, dw, p0, pt, pt, cols, True)
 
 
 @jit_parallel
@@ -371,7 +443,7 @@ def _backward_weight_item(item, x, dy, dw_parts, db_parts, want_bias, sd, sh, sw
     else:
         cols = scratch[tid]
         _patches(x, n, g * cin_g, cin_g, kd_n, kh_n, kw_n, od_n, oh_n, ow_n,
-                 sd, sh, sw, pd, ph, pw, dd, dh, dw, p0, pt, cols, False)
+                 sd, sh, sw, pd, ph, pw, dd, dh, dw, p0, pt, pt, cols, False)
         b_addr = cols.ctypes.data
         ldb = pt
     dy_addr = dy.ctypes.data + ((n * c_out + g * cout_g) * pixels + p0) * item_size
@@ -407,7 +479,7 @@ def _is_direct(w_shape, stride, padding, in_spatial, out_spatial):
 def _tile_for(k_len, pixels, item_size, threads, images_x_groups):
     """Pixels per tile: as many as the column buffer holds, in a number of tiles that gives every
     thread the same number of work items (or at least 4 items per thread to even out)."""
-    tile = min(pixels, max(16, _COLUMN_BUFFER_BYTES // max(1, k_len * item_size)))
+    tile = min(pixels, max(_MIN_PRODUCT_COLUMNS, _column_buffer_bytes() // max(1, k_len * item_size)))
     n_tiles = -(-pixels // tile)
     while (images_x_groups * n_tiles) % threads and images_x_groups * n_tiles < 4 * threads \
             and n_tiles < pixels:
@@ -428,6 +500,23 @@ def conv_forward(x, w, bias, stride, padding, dilation, groups, out):
         out[...] = 0.0 if bias is None else bias.reshape(1, -1, 1, 1, 1)
         return out
     direct = _is_direct(w.shape, stride, padding, x.shape[2:], out.shape[2:])
+    has_bias = bias is not None
+    if bias is None:
+        bias = np.zeros(1, dtype=x.dtype)
+    if pixels < _MIN_PRODUCT_COLUMNS and n_img > 1:
+        # small images: several per product (see _forward_images_item)
+        images = min(n_img, -(-_MIN_PRODUCT_COLUMNS // pixels))
+        cout_g = w.shape[0] // groups
+        blocks = -(-n_img // images) * groups
+        co_blocks = 1
+        while blocks * co_blocks < 2 * threads and co_blocks < cout_g and cout_g // co_blocks >= 32:
+            co_blocks *= 2
+        columns = images * pixels
+        scratch = np.empty((threads, k_len * columns), dtype=x.dtype)
+        products = np.empty((threads, -(-cout_g // co_blocks) * columns), dtype=x.dtype)
+        _forward_images_kernel(x, w, bias, has_bias, out, *stride, *padding, *dilation, groups,
+                               images, co_blocks, direct, scratch, products, x.dtype == np.float64)
+        return out
     tile = _tile_for(k_len, pixels, x.itemsize, threads, n_img * groups)
     n_tiles = -(-pixels // tile)
     co_blocks = 1
@@ -436,9 +525,6 @@ def conv_forward(x, w, bias, stride, padding, dilation, groups, out):
         co_blocks *= 2
     co_blocks = min(co_blocks, cout_g)
     scratch = np.empty((threads, 0 if direct else k_len * tile), dtype=x.dtype)
-    has_bias = bias is not None
-    if bias is None:
-        bias = np.zeros(1, dtype=x.dtype)
     _forward_kernel(x, w, bias, has_bias, out, *stride, *padding, *dilation, groups,
                     tile, co_blocks, direct, scratch, x.dtype == np.float64)
     return out
@@ -462,7 +548,7 @@ def conv_backward_input(dy, w, stride, padding, dilation, groups, dx):
         ci_blocks *= 2
     ci_blocks = min(ci_blocks, cin_g)
     rows = (-(-cin_g // ci_blocks)) * kvol
-    tile = min(pixels, max(16, _COLUMN_BUFFER_BYTES // max(1, rows * dy.itemsize)))
+    tile = min(pixels, max(16, _column_buffer_bytes() // max(1, rows * dy.itemsize)))
     scratch = np.empty((threads, 0 if direct else rows * tile), dtype=dy.dtype)
     _backward_input_kernel(dy, w, dx, *stride, *padding, *dilation, groups, tile, ci_blocks,
                            direct, scratch, dy.dtype == np.float64)
@@ -488,3 +574,16 @@ def conv_backward_weight(x, dy, w_shape, stride, padding, dilation, groups, want
     dw = dw_parts.sum(axis=0) if threads > 1 else dw_parts[0]
     db = (db_parts.sum(axis=0) if threads > 1 else db_parts[0]) if want_bias else None
     return dw, db
+
+
+@jit
+def _product(a, b, out, is_double):
+    gemm(is_double, 0, 0, a.shape[0], b.shape[1], a.shape[1], 1.0, a.ctypes.data, a.shape[1],
+         b.ctypes.data, b.shape[1], 0.0, out.ctypes.data, out.strides[0] // out.itemsize)
+
+
+def product(a, b, out):
+    """out = a @ b through the kernels' BLAS (a, b C-contiguous 2-d; out rows contiguous)."""
+    if out.size:
+        _product(a, b, out, a.dtype == np.float64)
+    return out

@@ -1,6 +1,7 @@
-"""Depthwise convolution kernels for the CPU (groups == C_in, any channel multiplier m).
+"""Depthwise convolution on the CPU (groups == C_in, any channel multiplier m): forward, input
+gradient and weight gradient, for every stride, dilation, kernel size and rank.
 
-Rank-3 canonical form, C-contiguous NumPy arrays:
+Rank-3 canonical form, C-contiguous NumPy arrays (NCDHW):
 
     x    (N, C, D, H, W)              input; 1-d and 2-d convolutions have D = H = 1 (and W for 1-d)
     w    (C*m, 1, KD, KH, KW)         output channel c*m + j reads input channel c
@@ -8,326 +9,46 @@ Rank-3 canonical form, C-contiguous NumPy arrays:
 
 ``padding`` is the padding before the first element of each axis.
 
-A depthwise convolution does KD*KH*KW multiply-adds per output element and reads each input once:
-it is memory-bound, so the kernels are direct loops that touch DRAM once per element, and the
-work per element must stay small enough to hide behind the memory traffic. The trick that keeps
-the inner loops long and vectorised: with unit strides, output and input planes flattened differ
-by a constant shift per kernel tap, so a band of output rows is one ``_taps_pass``
-(``acc[q] = bias + sum_t w[t] * src[q + shift_t]``, nine taps per pass, in tap order) instead of
-one short loop per row and tap.
+x, out (and dy, dx) may also be channels_last views of those shapes (channels innermost).
 
-* forward, unit strides, output rows as wide as input rows ('same'): straight from the input
-  plane (``_direct_rows``); the few columns within the padding width of a row edge, where the
-  flat shift reads across the edge, are recomputed exactly afterwards.
-* forward, otherwise: the rows a tile needs are copied into a per-thread zero-padded buffer
-  (the "slab", in L1/L2) so that no loop checks borders; unit strides then take one flat pass
-  over the slab's row width (the columns past the output width are dropped), other strides row
-  loops.
-* gradient of the input: prange over (image, input channel); the item owns its input plane (no
-  two threads write one element). With m == 1 and a 'same' convolution it is the forward kernel
-  on the flipped kernel; with unit strides a gather (the forward of the padded gradient planes of
-  the m output channels with the flipped kernel, one _taps_pass); otherwise a scatter into a
-  padded plane buffer whose interior is copied out.
-* gradient of weight (and bias): prange over output channels. A dot product does not vectorise
-  without fastmath (its sum is one serial chain), so each tap accumulates element-wise into 256
-  running sums per tap (``_tap_accumulate``), reduced in float64 once per channel.
+A depthwise convolution does KD*KH*KW multiply-adds per output element and reads each input
+once: it is memory-bound, and the kernels are built so that each input and output element
+crosses DRAM once while the arithmetic runs as long FMA streams. forward_algorithm picks the
+forward (its docstring holds the table):
 
-prange runs over the outermost independent items only; per-thread scratch is allocated by the
-Python wrappers and indexed by numba.get_thread_id(). fastmath is off (_jit.JIT_OPTIONS), so the
-multiply-adds compile to separate vmulps/vaddps on ymm registers, not FMAs.
+* 'row_stream' (depthwise_core): item (image, input channel, band of output rows); the band's
+  input window is copied once into a phase slab, which makes every stride and dilation contiguous
+  streams. The band is as tall as fits a share of L2 (machine.cache_bytes), short enough that
+  there are several items per thread.
+* 'same' (stride 1, output volume = input volume, 2-d/3-d): item (image, output channel); one
+  masked pass over the whole plane read in place (depthwise_core.masked_pass).
+* 'channel_vector': channels_last tensors (depthwise_nhwc: a whole output row per pass, a weight
+  vector per tap) and, for NCHW, planes with rows of a few elements (depthwise_cl tiles).
 
-``_forward_tile`` computes a tile of output rows of one channel into any flat destination; the
-fused depthwise-separable kernels (separable.py) call it for their cache-resident tiles.
+Gradients:
+
+* input: item (image, input channel, band of input rows), which owns its rows of dx, in the
+  transposed-stride form (depthwise_core.backward_input_band). channels_last dy/dx with stride 1
+  and multiplier 1: the channels_last forward of dy with the flipped kernel, in place.
+* weight: an input channel (its m output channels) over every image, per-lane partial sums per
+  band (dot4) accumulated in float64 in a fixed order; channels_last: per-lane running sums per
+  (image, band) item, the items summed in order (depthwise_nhwc.weight_kernel). Results do not
+  depend on the thread count.
 """
+import functools
+
 import numba
 import numpy as np
 
-from ._jit import jit, jit_parallel
+from .. import machine
+from . import depthwise_cl, depthwise_nhwc
+from ._jit import jit_parallel_fma
+from .depthwise_core import (backward_input_band, backward_input_scratch_sizes,
+                             band_scratch_sizes, forward_band, masked_band, total, weight_band)
 
 
-@jit
-def _copy_row(dst, d0, src, s0, n):
-    """dst[d0:d0 + n] = src[s0:s0 + n] (1-d arrays); the slices let LLVM drop index checks."""
-    if n <= 0:
-        return
-    d = dst[d0:d0 + n]
-    s = src[s0:s0 + n]
-    for i in range(n):
-        d[i] = s[i]
-
-
-@jit
-def _zero_row(dst, d0, n):
-    if n < 8:
-        # the padding columns: a few elements, not worth a vector loop's set-up
-        for i in range(n):
-            dst[d0 + i] = 0.0
-        return
-    d = dst[d0:d0 + n]
-    for i in range(n):
-        d[i] = 0.0
-
-
-@jit
-def _fill(src, s0, h_in, w_in, row0, col0, rows, width, buf, b0):
-    """buf[b0 + r*width + s] = src[s0 + (row0 + r)*w_in + col0 + s], or 0 outside the h_in x w_in
-    plane.
-
-    src and buf are 1-d; r < rows, s < width.
-    """
-    c_lo = min(max(-col0, 0), width)
-    c_hi = max(min(w_in - col0, width), c_lo)
-    for r in range(rows):
-        d0 = b0 + r * width
-        ih = row0 + r
-        if ih < 0 or ih >= h_in:
-            _zero_row(buf, d0, width)
-            continue
-        _zero_row(buf, d0, c_lo)
-        _copy_row(buf, d0 + c_lo, src, s0 + ih * w_in + col0 + c_lo, c_hi - c_lo)
-        _zero_row(buf, d0 + c_hi, width - c_hi)
-
-
-@jit
-def _taps_pass(acc, n, bias, slab, offs, wts, ntaps):
-    """acc[q] = bias + sum_t wts[t] * slab[offs[t] + q] for q < n, summed in tap order.
-
-    Taps go nine (or four) to a pass, so acc is loaded and stored once per nine taps (the loop is
-    bound by loads and stores, not arithmetic); the order of the additions is that of one tap per
-    pass.
-    """
-    a = acc[0:n]
-    for q in range(n):
-        a[q] = bias
-    t = 0
-    while t + 9 <= ntaps:
-        # a 3x3 kernel in one pass: nine input streams, acc stored once
-        w0, w1, w2, w3, w4 = wts[t], wts[t + 1], wts[t + 2], wts[t + 3], wts[t + 4]
-        w5, w6, w7, w8 = wts[t + 5], wts[t + 6], wts[t + 7], wts[t + 8]
-        s0 = slab[offs[t]:offs[t] + n]
-        s1 = slab[offs[t + 1]:offs[t + 1] + n]
-        s2 = slab[offs[t + 2]:offs[t + 2] + n]
-        s3 = slab[offs[t + 3]:offs[t + 3] + n]
-        s4 = slab[offs[t + 4]:offs[t + 4] + n]
-        s5 = slab[offs[t + 5]:offs[t + 5] + n]
-        s6 = slab[offs[t + 6]:offs[t + 6] + n]
-        s7 = slab[offs[t + 7]:offs[t + 7] + n]
-        s8 = slab[offs[t + 8]:offs[t + 8] + n]
-        for q in range(n):
-            v = (((a[q] + w0 * s0[q]) + w1 * s1[q]) + w2 * s2[q]) + w3 * s3[q]
-            v = (((v + w4 * s4[q]) + w5 * s5[q]) + w6 * s6[q]) + w7 * s7[q]
-            a[q] = v + w8 * s8[q]
-        t += 9
-    while t + 4 <= ntaps:
-        w0, w1, w2, w3 = wts[t], wts[t + 1], wts[t + 2], wts[t + 3]
-        s0 = slab[offs[t]:offs[t] + n]
-        s1 = slab[offs[t + 1]:offs[t + 1] + n]
-        s2 = slab[offs[t + 2]:offs[t + 2] + n]
-        s3 = slab[offs[t + 3]:offs[t + 3] + n]
-        for q in range(n):
-            a[q] = (((a[q] + w0 * s0[q]) + w1 * s1[q]) + w2 * s2[q]) + w3 * s3[q]
-        t += 4
-    while t + 2 <= ntaps:
-        w0, w1 = wts[t], wts[t + 1]
-        s0 = slab[offs[t]:offs[t] + n]
-        s1 = slab[offs[t + 1]:offs[t + 1] + n]
-        for q in range(n):
-            a[q] = (a[q] + w0 * s0[q]) + w1 * s1[q]
-        t += 2
-    if t < ntaps:
-        w0 = wts[t]
-        s0 = slab[offs[t]:offs[t] + n]
-        for q in range(n):
-            a[q] += w0 * s0[q]
-
-
-# Lanes of the running sums of the weight gradient: one chunk of a plane per pass, in L1.
-_LANES = 256
-
-
-@jit
-def _tap_accumulate(g, src, offs, ntaps, n, part, p0):
-    """part[p0 + t*_LANES + l] += sum over q = l (mod _LANES), q < n, of g[q] * src[offs[t] + q].
-
-    Dot products without fastmath do not vectorise (the sum is one serial chain); running sums
-    in _LANES lanes do (an element-wise loop), reduced once per channel by _lanes_sum.
-    """
-    for q0 in range(0, n, _LANES):
-        cn = min(_LANES, n - q0)
-        gs = g[q0:q0 + cn]
-        for t in range(ntaps):
-            xs = src[offs[t] + q0:offs[t] + q0 + cn]
-            pt = part[p0 + t * _LANES:p0 + t * _LANES + cn]
-            for lane in range(cn):
-                pt[lane] += gs[lane] * xs[lane]
-
-
-@jit
-def _lanes_sum(part, p0):
-    s = 0.0
-    for lane in range(_LANES):
-        s += part[p0 + lane]
-    return s
-
-
-@jit
-def _direct_rows(xf, x_chan, d_in, h_in, w_in, wf, co, kd_n, kh_n, kw_n, b, od, oh0, oh1,
-                 sd, pd, ph, pw, dd, dh, dw, dst, d0, offs, wts):
-    """Unit strides and output rows as wide as input rows ('same' padding): output rows [oh0, oh1)
-    of output channel co straight from the input, no padded copy. dst[d0 + (oh - oh0)*w_in + ow].
-
-    Over a band of rows where the same kernel rows are inside the input, output and input planes
-    flattened differ by a constant shift per tap: one _taps_pass per band. Its first and last
-    columns would read across a row edge (where the padding is), so the columns within the
-    padding width of an edge are recomputed: the few input columns they read are copied
-    transposed (a column becomes a contiguous vector), which makes each edge column one
-    _taps_pass down the rows.
-    """
-    kvol = kd_n * kh_n * kw_n
-    plane = h_in * w_in
-    left = min(pw, w_in)
-    right = min(max(0, (kw_n - 1) * dw - pw), w_in)
-    if left + right >= w_in:
-        # narrow rows: every column is an edge column
-        left = w_in
-        right = 0
-    # input columns the edge columns read: [0, n_lo) and [w_in - n_hi, w_in)
-    n_lo = min(w_in, max(0, left - pw + (kw_n - 1) * dw))
-    n_hi = min(w_in, max(0, right + pw))
-    slots = n_lo + n_hi
-    ih_lo = max(0, oh0 - ph)
-    ih_hi = max(ih_lo, min(h_in, oh1 - ph + (kh_n - 1) * dh))
-    rows_t = ih_hi - ih_lo
-    cols = np.empty(kd_n * slots * rows_t + (oh1 - oh0), dtype=wf.dtype)
-    colbuf = cols[kd_n * slots * rows_t:]
-    for kd in range(kd_n):
-        i_d = od * sd - pd + kd * dd
-        if i_d < 0 or i_d >= d_in:
-            continue
-        for slot in range(slots):
-            iw = slot if slot < n_lo else w_in - n_hi + slot - n_lo
-            src = x_chan + (i_d * h_in + ih_lo) * w_in + iw
-            base = (kd * slots + slot) * rows_t
-            for r in range(rows_t):
-                cols[base + r] = xf[src + r * w_in]
-    oh = oh0
-    while oh < oh1:
-        band_end = oh1
-        for kh in range(kh_n):
-            for edge in (ph - kh * dh, h_in + ph - kh * dh):
-                if oh < edge < band_end:
-                    band_end = edge
-        rows = band_end - oh
-        row0 = d0 + (oh - oh0) * w_in
-        n = rows * w_in - right - left
-        if n > 0:
-            ntaps = 0
-            for kd in range(kd_n):
-                i_d = od * sd - pd + kd * dd
-                if i_d < 0 or i_d >= d_in:
-                    continue
-                for kh in range(kh_n):
-                    ih = oh - ph + kh * dh
-                    if ih < 0 or ih >= h_in:
-                        continue
-                    for kw in range(kw_n):
-                        offs[ntaps] = x_chan + i_d * plane + ih * w_in + kw * dw - pw + left
-                        wts[ntaps] = wf[co * kvol + (kd * kh_n + kh) * kw_n + kw]
-                        ntaps += 1
-            _taps_pass(dst[row0 + left:row0 + left + n], n, b, xf, offs, wts, ntaps)
-        for ow in range(w_in):
-            if left <= ow < w_in - right:
-                continue
-            ntaps = 0
-            for kd in range(kd_n):
-                i_d = od * sd - pd + kd * dd
-                if i_d < 0 or i_d >= d_in:
-                    continue
-                for kh in range(kh_n):
-                    ih = oh - ph + kh * dh
-                    if ih < 0 or ih >= h_in:
-                        continue
-                    for kw in range(kw_n):
-                        iw = ow - pw + kw * dw
-                        if iw < 0 or iw >= w_in:
-                            continue
-                        slot = iw if iw < n_lo else n_lo + iw - (w_in - n_hi)
-                        offs[ntaps] = (kd * slots + slot) * rows_t + ih - ih_lo
-                        wts[ntaps] = wf[co * kvol + (kd * kh_n + kh) * kw_n + kw]
-                        ntaps += 1
-            _taps_pass(colbuf, rows, b, cols, offs, wts, ntaps)
-            for r in range(rows):
-                dst[row0 + r * w_in + ow] = colbuf[r]
-        oh = band_end
-
-
-@jit
-def _forward_tile(xf, x_chan, d_in, h_in, w_in, wf, co0, m, kd_n, kh_n, kw_n, bias, has_bias,
-                  od, oh0, oh1, ow_n, sd, sh, sw, pd, ph, pw, dd, dh, dw, slab, acc,
-                  dst, dst_off, dst_stride):
-    """Output rows [oh0, oh1) at output depth od of the m output channels co0..co0+m-1 of one input
-    channel (which starts at xf[x_chan], a (d_in, h_in, w_in) block of the flat input xf).
-
-    wf: the flat weight (C*m, 1, KD, KH, KW). Writes dst[dst_off + j*dst_stride + (oh - oh0)*ow_n
-    + ow] for j < m (every element). slab: scratch of KD*rows_in*wp; acc: scratch of rows*wp.
-    """
-    rows_out = oh1 - oh0
-    rows_in = (rows_out - 1) * sh + (kh_n - 1) * dh + 1
-    wp = (ow_n - 1) * sw + (kw_n - 1) * dw + 1
-    slab_size = rows_in * wp
-    kvol = kd_n * kh_n * kw_n
-    plane = h_in * w_in
-    offs = np.empty(kvol, dtype=np.int64)
-    wts = np.empty_like(wf[0:kvol])
-    if sh == 1 and sw == 1 and ow_n == w_in:
-        for j in range(m):
-            _direct_rows(xf, x_chan, d_in, h_in, w_in, wf, co0 + j, kd_n, kh_n, kw_n,
-                         bias[co0 + j] if has_bias else 0.0, od, oh0, oh1, sd, pd, ph, pw, dd,
-                         dh, dw, dst, dst_off + j * dst_stride, offs, wts)
-        return
-    for kd in range(kd_n):
-        i_d = od * sd - pd + kd * dd
-        if 0 <= i_d < d_in:
-            _fill(xf, x_chan + i_d * plane, h_in, w_in, oh0 * sh - ph, -pw, rows_in, wp,
-                  slab, kd * slab_size)
-    flat_n = (rows_out - 1) * wp + ow_n
-    for j in range(m):
-        co = co0 + j
-        b = bias[co] if has_bias else 0.0
-        if sh == 1 and sw == 1:
-            ntaps = 0
-            for kd in range(kd_n):
-                i_d = od * sd - pd + kd * dd
-                if i_d < 0 or i_d >= d_in:
-                    continue
-                for kh in range(kh_n):
-                    for kw in range(kw_n):
-                        offs[ntaps] = kd * slab_size + kh * dh * wp + kw * dw
-                        wts[ntaps] = wf[co * kvol + (kd * kh_n + kh) * kw_n + kw]
-                        ntaps += 1
-            _taps_pass(acc, flat_n, b, slab, offs, wts, ntaps)
-        else:
-            a = acc[0:flat_n]
-            for q in range(flat_n):
-                a[q] = b
-            for kd in range(kd_n):
-                i_d = od * sd - pd + kd * dd
-                if i_d < 0 or i_d >= d_in:
-                    continue
-                for kh in range(kh_n):
-                    for kw in range(kw_n):
-                        wv = wf[co * kvol + (kd * kh_n + kh) * kw_n + kw]
-                        for r in range(rows_out):
-                            base = kd * slab_size + (r * sh + kh * dh) * wp + kw * dw
-                            ar = acc[r * wp:r * wp + ow_n]
-                            for ow in range(ow_n):
-                                ar[ow] += wv * slab[base + ow * sw]
-        for r in range(rows_out):
-            _copy_row(dst, dst_off + j * dst_stride + r * ow_n, acc, r * wp, ow_n)
-
-
-@jit_parallel
-def _forward_kernel(x, w, bias, has_bias, out, sd, sh, sw, pd, ph, pw, dd, dh, dw, slabs, accs):
+@jit_parallel_fma
+def _forward_kernel(x, w, bias, has_bias, out, cp, band_rows, slabs, accs, offss, kidxs, wtss):
     n_img, c_in, d_in, h_in, w_in = x.shape
     c_out, _, kd_n, kh_n, kw_n = w.shape
     _, _, od_n, oh_n, ow_n = out.shape
@@ -337,75 +58,100 @@ def _forward_kernel(x, w, bias, has_bias, out, sd, sh, sw, pd, ph, pw, dd, dh, d
     of = out.reshape(out.size)
     vol_in = d_in * h_in * w_in
     vol_out = od_n * oh_n * ow_n
-    for item in numba.prange(n_img * c_in):
+    n_bands = (oh_n + band_rows - 1) // band_rows
+    for item in numba.prange(n_img * c_in * n_bands):
         tid = numba.get_thread_id()
-        n = item // c_in
-        c = item - n * c_in
+        band = item % n_bands
+        nc = item // n_bands
+        n = nc // c_in
+        c = nc - n * c_in
+        oh0 = band * band_rows
+        oh1 = min(oh_n, oh0 + band_rows)
         for od in range(od_n):
-            _forward_tile(xf, item * vol_in, d_in, h_in, w_in, wf, c * m, m, kd_n, kh_n, kw_n,
-                          bias, has_bias, od, 0, oh_n, ow_n, sd, sh, sw, pd, ph, pw, dd, dh, dw,
-                          slabs[tid], accs[tid],
-                          of, (n * c_out + c * m) * vol_out + od * oh_n * ow_n, vol_out)
+            forward_band(xf, nc * vol_in, (d_in, h_in, w_in), wf, c * m, m, (kd_n, kh_n, kw_n),
+                         bias, has_bias, od, oh0, oh1, ow_n, band_rows, cp, slabs[tid], accs[tid],
+                         offss[tid], kidxs[tid], wtss[tid], of,
+                         (n * c_out + c * m) * vol_out + (od * oh_n + oh0) * ow_n, vol_out)
 
 
-@jit
-def _backward_input_plane(dyf, dy_chan, wf, co0, m, kd_n, kh_n, kw_n, od_n, oh_n, ow_n,
-                          h_in, w_in, i_d, sd, sh, sw, pd, ph, pw, dd, dh, dw, rows, width,
-                          slab, acc):
-    """The gradient of input plane i_d of one channel from its m output channels co0.. (whose
-    gradients start at dyf[dy_chan + j*od_n*oh_n*ow_n]), left in acc as rows of ``width``: input
-    element (ih, iw) at acc[(ih + ph)*width + iw + pw] for strided kernels, at acc[ih*width + iw]
-    for unit strides (then a gather: a forward convolution of the zero-padded gradient with the
-    flipped kernel). slab: scratch of m*KD*rows*width (unit strides) or rows*width."""
-    kvol = kd_n * kh_n * kw_n
-    vol_out = od_n * oh_n * ow_n
-    plane_out = oh_n * ow_n
-    if sh == 1 and sw == 1:
-        plane_b = rows * width
-        offs = np.empty(m * kvol, dtype=np.int64)
-        wts = np.empty_like(wf[0:m * kvol])
-        ntaps = 0
-        for kd in range(kd_n):
-            t = i_d + pd - kd * dd
-            if t < 0 or t % sd != 0 or t // sd >= od_n:
-                continue
-            od = t // sd
-            for j in range(m):
-                co = co0 + j
-                s0 = (j * kd_n + kd) * plane_b
-                _fill(dyf, dy_chan + j * vol_out + od * plane_out, oh_n, ow_n,
-                      ph - (kh_n - 1) * dh, pw - (kw_n - 1) * dw, rows, width, slab, s0)
-                for kh in range(kh_n):
-                    for kw in range(kw_n):
-                        offs[ntaps] = s0 + (kh_n - 1 - kh) * dh * width + (kw_n - 1 - kw) * dw
-                        wts[ntaps] = wf[co * kvol + (kd * kh_n + kh) * kw_n + kw]
-                        ntaps += 1
-        _taps_pass(acc, (h_in - 1) * width + w_in, 0.0, slab, offs, wts, ntaps)
-        return
-    d = acc[0:rows * width]
-    for q in range(rows * width):
-        d[q] = 0.0
+@jit_parallel_fma
+def _same_forward_kernel(x, w, bias, has_bias, out, shifts, kidx, masks, lo, hi, bufs, wtss):
+    """Stride-1 'same' convolution (output volume = input volume): one masked pass per output
+    channel volume, read in place (masked_band)."""
+    n_img, c_in, d_in, h_in, w_in = x.shape
+    c_out = w.shape[0]
+    m = c_out // c_in
+    kvol = w.shape[2] * w.shape[3] * w.shape[4]
+    vol = d_in * h_in * w_in
+    xf = x.reshape(x.size)
+    wf = w.reshape(w.size)
+    of = out.reshape(out.size)
+    ntaps = shifts.size
+    for item in numba.prange(n_img * c_out):
+        tid = numba.get_thread_id()
+        wts = wtss[tid]
+        n = item // c_out
+        co = item - n * c_out
+        for t in range(ntaps):
+            wts[t] = wf[co * kvol + kidx[t]]
+        masked_band(of[item * vol:(item + 1) * vol], vol, bias[co] if has_bias else 0.0, xf,
+                    (n * c_in + co // m) * vol, 0, lo, hi, shifts, wts, masks, ntaps, bufs[tid])
+
+
+@functools.lru_cache(maxsize=64)
+def same_taps(k_shape, cp, spatial):
+    """(shifts, kidx, masks): the flat shift, kernel index and validity mask (uint8, one row of
+    D*H*W per tap) of every tap of a stride-1 'same' convolution that reads the input at all."""
+    d_in, h_in, w_in = spatial
+    pd, ph, pw, dd, dh, dw = cp[3:]
+    kd_n, kh_n, kw_n = k_shape
+    grid = np.indices(spatial).reshape(3, -1)
+    shifts, kidx, masks = [], [], []
     for kd in range(kd_n):
-        t = i_d + pd - kd * dd
-        if t < 0 or t % sd != 0 or t // sd >= od_n:
-            continue
-        od = t // sd
-        for j in range(m):
-            co = co0 + j
-            src = dy_chan + j * vol_out + od * plane_out
-            for kh in range(kh_n):
-                for kw in range(kw_n):
-                    wv = wf[co * kvol + (kd * kh_n + kh) * kw_n + kw]
-                    for oh in range(oh_n):
-                        base = (oh * sh + kh * dh) * width + kw * dw
-                        srow = dyf[src + oh * ow_n:src + (oh + 1) * ow_n]
-                        for ow in range(ow_n):
-                            acc[base + ow * sw] += wv * srow[ow]
+        for kh in range(kh_n):
+            for kw in range(kw_n):
+                off = (kd * dd - pd, kh * dh - ph, kw * dw - pw)
+                valid = np.ones(grid.shape[1], dtype=bool)
+                for axis, size in enumerate(spatial):
+                    pos = grid[axis] + off[axis]
+                    valid &= (pos >= 0) & (pos < size)
+                if not valid.any():
+                    continue
+                shifts.append((off[0] * h_in + off[1]) * w_in + off[2])
+                kidx.append((kd * kh_n + kh) * kw_n + kw)
+                masks.append(valid)
+    if not shifts:
+        return (np.zeros(0, np.int64), np.zeros(0, np.int64),
+                np.zeros((0, d_in * h_in * w_in), np.uint8))
+    result = (np.array(shifts, dtype=np.int64), np.array(kidx, dtype=np.int64),
+              np.ascontiguousarray(np.array(masks, dtype=np.uint8)))
+    for a in result:
+        a.flags.writeable = False  # cached: shared by every call of this geometry
+    return result
 
 
-@jit_parallel
-def _backward_input_kernel(dy, w, dx, sd, sh, sw, pd, ph, pw, dd, dh, dw, rows, width, slabs,
-                           accs):
+def same_taps_reach(shifts):
+    """(lo, hi): how far before and after an element the taps of _same_taps read."""
+    if not shifts.size:
+        return 0, 0
+    return int(max(0, -shifts.min())), int(max(0, shifts.max()))
+
+
+def _same_forward(x, w, bias, cp, out):
+    threads = numba.get_num_threads()
+    shifts, kidx, masks = same_taps(tuple(w.shape[2:]), cp, tuple(x.shape[2:]))
+    lo, hi = same_taps_reach(shifts)
+    vol = int(np.prod(x.shape[2:]))
+    bufs = np.empty((threads, lo + vol + hi), dtype=x.dtype)
+    has_bias = bias is not None
+    b = bias if has_bias else np.zeros(1, dtype=x.dtype)
+    _same_forward_kernel(x, w, b, has_bias, out, shifts, kidx, masks, lo, hi, bufs,
+                         np.empty((threads, max(1, shifts.size)), dtype=x.dtype))
+    return out
+
+
+@jit_parallel_fma
+def _backward_input_kernel(dy, w, dx, cp, band_rows, slabs, accs, offss, wtss):
     n_img, c_out, od_n, oh_n, ow_n = dy.shape
     _, _, kd_n, kh_n, kw_n = w.shape
     _, c_in, d_in, h_in, w_in = dx.shape
@@ -413,184 +159,371 @@ def _backward_input_kernel(dy, w, dx, sd, sh, sw, pd, ph, pw, dd, dh, dw, rows, 
     dyf = dy.reshape(dy.size)
     wf = w.reshape(w.size)
     dxf = dx.reshape(dx.size)
+    vol_in = d_in * h_in * w_in
     vol_out = od_n * oh_n * ow_n
-    unit = sh == 1 and sw == 1
-    r0 = 0 if unit else ph
-    c0 = 0 if unit else pw
-    for item in numba.prange(n_img * c_in):
+    n_bands = (h_in + band_rows - 1) // band_rows
+    for item in numba.prange(n_img * c_in * n_bands):
         tid = numba.get_thread_id()
-        n = item // c_in
-        c = item - n * c_in
-        acc = accs[tid]
+        band = item % n_bands
+        nc = item // n_bands
+        n = nc // c_in
+        c = nc - n * c_in
+        ih0 = band * band_rows
+        ih1 = min(h_in, ih0 + band_rows)
         for i_d in range(d_in):
-            _backward_input_plane(dyf, (n * c_out + c * m) * vol_out, wf, c * m, m, kd_n, kh_n,
-                                  kw_n, od_n, oh_n, ow_n, h_in, w_in, i_d, sd, sh, sw, pd, ph, pw,
-                                  dd, dh, dw, rows, width, slabs[tid], acc)
-            for ih in range(h_in):
-                _copy_row(dxf, ((item * d_in + i_d) * h_in + ih) * w_in, acc,
-                          (ih + r0) * width + c0, w_in)
+            backward_input_band(dyf, (n * c_out + c * m) * vol_out, (od_n, oh_n, ow_n), wf,
+                                c * m, m, (kd_n, kh_n, kw_n), (d_in, h_in, w_in), i_d, ih0, ih1,
+                                band_rows, cp, slabs[tid], accs[tid], offss[tid], wtss[tid], dxf,
+                                nc * vol_in + (i_d * h_in + ih0) * w_in)
 
 
-@jit
-def _weight_lanes(xf, x_chan, d_in, h_in, w_in, dyf, dy_chan, od_n, oh_n, ow_n, kd_n, kh_n, kw_n,
-                  sd, sh, sw, pd, ph, pw, dd, dh, dw, hp, wp, xp, dyw, offs, zero, part):
-    """Adds to the running sums of the weight gradient of one output channel (part[k*_LANES:],
-    tap k) the contribution of one image: its input channel starts at xf[x_chan] (d_in, h_in,
-    w_in) and its output gradient at dyf[dy_chan] (od_n, oh_n, ow_n). offs[kh*kw_n + kw] =
-    kh*dh*wp + kw*dw; zero = [0]; xp: scratch of hp*wp; dyw: scratch of oh_n*wp."""
-    plane_in = h_in * w_in
-    plane_out = oh_n * ow_n
-    flat_n = (oh_n - 1) * wp + ow_n
-    unit = sh == 1 and sw == 1
-    khw = kh_n * kw_n
-    for od in range(od_n):
-        src = dy_chan + od * plane_out
-        g = dyf[src:src + plane_out]
-        if unit:
-            # the gradient plane with the padded plane's row length (zeros past ow_n)
-            _fill(dyf, src, oh_n, ow_n, 0, 0, oh_n, wp, dyw, 0)
-        for kd in range(kd_n):
-            i_d = od * sd - pd + kd * dd
-            if i_d < 0 or i_d >= d_in:
-                continue
-            _fill(xf, x_chan + i_d * plane_in, h_in, w_in, -ph, -pw, hp, wp, xp, 0)
-            p0 = kd * khw * _LANES
-            if unit:
-                _tap_accumulate(dyw, xp, offs, khw, flat_n, part, p0)
-                continue
-            for kh in range(kh_n):
-                for kw in range(kw_n):
-                    # gather the tap's input samples into a dense plane, then accumulate
-                    for oh in range(oh_n):
-                        base = (oh * sh + kh * dh) * wp + kw * dw
-                        row = dyw[oh * ow_n:(oh + 1) * ow_n]
-                        for ow in range(ow_n):
-                            row[ow] = xp[base + ow * sw]
-                    _tap_accumulate(g, dyw, zero, 1, plane_out, part,
-                                    p0 + (kh * kw_n + kw) * _LANES)
-
-
-@jit
-def tap_offsets(kh_n, kw_n, dh, dw, wp):
-    """offs[kh*kw_n + kw] = kh*dh*wp + kw*dw: where tap (kh, kw) reads in a plane of row length wp."""
-    offs = np.empty(kh_n * kw_n, dtype=np.int64)
-    for kh in range(kh_n):
-        for kw in range(kw_n):
-            offs[kh * kw_n + kw] = kh * dh * wp + kw * dw
-    return offs
-
-
-@jit_parallel
-def _backward_weight_kernel(x, dy, dw_out, db_out, want_bias, sd, sh, sw, pd, ph, pw, dd, dh, dw,
-                            hp, wp, xps, dyws, parts, ones):
+@jit_parallel_fma
+def _backward_weight_kernel(x, dy, dw_out, db_out, want_bias, cp, band_rows, slabs, dyws, offss,
+                            kidxs, parts):
     n_img, c_in, d_in, h_in, w_in = x.shape
     _, c_out, od_n, oh_n, ow_n = dy.shape
     _, kd_n, kh_n, kw_n = dw_out.shape
     m = c_out // c_in
+    kvol = kd_n * kh_n * kw_n
     xf = x.reshape(x.size)
     dyf = dy.reshape(dy.size)
     dwf = dw_out.reshape(dw_out.size)
     vol_in = d_in * h_in * w_in
     vol_out = od_n * oh_n * ow_n
-    kvol = kd_n * kh_n * kw_n
-    for co in numba.prange(c_out):
+    n_bands = (oh_n + band_rows - 1) // band_rows
+    for c in numba.prange(c_in):
         tid = numba.get_thread_id()
         part = parts[tid]
-        c = co // m
-        offs = tap_offsets(kh_n, kw_n, dh, dw, wp)
-        zero = np.zeros(1, dtype=np.int64)
-        for i in range((kvol + 1) * _LANES):
+        for i in range(m * kvol):
             part[i] = 0.0
         for n in range(n_img):
-            dy_chan = (n * c_out + co) * vol_out
+            dy_chan = (n * c_out + c * m) * vol_out
             if want_bias:
-                _tap_accumulate(dyf[dy_chan:dy_chan + vol_out], ones, zero, 1, vol_out, part,
-                                kvol * _LANES)
-            _weight_lanes(xf, (n * c_in + c) * vol_in, d_in, h_in, w_in, dyf, dy_chan, od_n, oh_n,
-                          ow_n, kd_n, kh_n, kw_n, sd, sh, sw, pd, ph, pw, dd, dh, dw, hp, wp,
-                          xps[tid], dyws[tid], offs, zero, part)
-        for k in range(kvol):
-            dwf[co * kvol + k] = _lanes_sum(part, k * _LANES)
-        db_out[co] = _lanes_sum(part, kvol * _LANES)
+                for j in range(m):
+                    db_out[c * m + j] += total(dyf, dy_chan + j * vol_out, vol_out)
+            for od in range(od_n):
+                for band in range(n_bands):
+                    oh0 = band * band_rows
+                    weight_band(xf, (n * c_in + c) * vol_in, (d_in, h_in, w_in), dyf, dy_chan,
+                                (od_n, oh_n, ow_n), m, (kd_n, kh_n, kw_n), od, oh0,
+                                min(oh_n, oh0 + band_rows), band_rows, cp, slabs[tid], dyws[tid],
+                                offss[tid], kidxs[tid], part)
+        for i in range(m * kvol):
+            dwf[c * m * kvol + i] = part[i]
 
 
-def _padded_size(out_n, k_n, stride, dilation):
-    """Extent of the padded input that out_n outputs of a k_n tap kernel read."""
-    return (out_n - 1) * stride + (k_n - 1) * dilation + 1
+def _scratch_budget(itemsize):
+    """Elements of per-thread slab scratch: a quarter of this core's L2 (the rest holds the
+    streams' lines and the output), never less than a few KiB."""
+    return max(4096, machine.cache_bytes()["l2"] // 4) // itemsize
 
 
-def forward_scratch(w_shape, stride, dilation, rows_out, ow_n, dtype, threads):
-    """(slabs, accs): per-thread scratch of _forward_tile for tiles of up to rows_out rows."""
-    rows_in = _padded_size(rows_out, w_shape[3], stride[1], dilation[1])
-    wp = _padded_size(ow_n, w_shape[4], stride[2], dilation[2])
-    slabs = np.empty((threads, w_shape[2] * rows_in * wp), dtype=dtype)
-    accs = np.empty((threads, rows_out * wp), dtype=dtype)
-    return slabs, accs
+def _rows_per_band(rows_total, items, threads, slab_of_rows, budget):
+    """Rows per band: as many as keep slab_of_rows(rows) within budget, halved while there are
+    fewer than four items per thread."""
+    rows = max(1, rows_total)
+    while rows > 1 and slab_of_rows(rows) > budget:
+        rows = (rows + 1) // 2
+    while rows > 1 and items * (-(-rows_total // rows)) < 4 * threads:
+        rows = (rows + 1) // 2
+    return rows
 
 
-def depthwise_forward(x, w, bias, stride, padding, dilation, out):
-    """out = depthwise conv(x, w) + bias (bias (C*m,) or None). Shapes: module docstring."""
-    if out.size == 0:
-        return out
+def conv_params(stride, padding, dilation):
+    """The cp tuple of depthwise_core: (sd, sh, sw, pd, ph, pw, dd, dh, dw) as Python ints."""
+    return tuple(int(v) for v in (*stride, *padding, *dilation))
+
+
+def forward_scratch(k_shape, cp, band_rows, ow_n, dtype, threads):
+    """Per-thread scratch of depthwise_core.forward_band: (slabs, accs, offss, kidxs, wtss)."""
+    slab, acc = band_scratch_sizes(k_shape, cp, band_rows, ow_n)
+    kvol = int(np.prod(k_shape))
+    # the slab zeroed: its padding columns are never written (depthwise_core.fill_phases)
+    return (np.zeros((threads, slab), dtype=dtype), np.empty((threads, acc), dtype=dtype),
+            np.empty((threads, kvol), dtype=np.int64), np.empty((threads, kvol), dtype=np.int64),
+            np.empty((threads, kvol), dtype=dtype))
+
+
+def forward_band_rows(k_shape, cp, oh_n, ow_n, items, itemsize, threads):
+    """Rows per forward band (see _rows_per_band)."""
+    return _rows_per_band(oh_n, items, threads,
+                          lambda r: band_scratch_sizes(k_shape, cp, r, ow_n)[0],
+                          _scratch_budget(itemsize))
+
+
+def dense_flat(a):
+    """(flat, strides): the 1-d storage of an array whose elements fill a dense block in some axis
+    order (C-contiguous, channels_last, ...) and its element strides, or None for other arrays."""
+    order = sorted(range(a.ndim), key=lambda i: -a.strides[i])
+    dense = a.transpose(order)
+    if not dense.flags.c_contiguous:
+        return None
+    return dense.reshape(-1), tuple(int(st) // a.itemsize for st in a.strides)
+
+
+def is_channels_last(a):
+    """Channels (axis 1) are the innermost axis of a's storage, and there is more than one."""
+    return a.shape[1] > 1 and a.strides[1] == a.itemsize and not a.flags.c_contiguous
+
+
+def blocked_weight(w, bias, chunk):
+    """(wrep (blocks, KD*KH*KW, chunk), brep (blocks, chunk)): per block of CB output channels,
+    each tap's CB-lane weight vector (lanes past C*m zero) repeated to chunk lanes, and the
+    bias likewise (depthwise_cl)."""
+    cb = depthwise_cl.CB
+    c_out = w.shape[0]
+    kvol = w.size // max(1, c_out)
+    blocks = -(-c_out // cb)
+    wpad = np.zeros((blocks * cb, kvol), dtype=w.dtype)
+    wpad[:c_out] = w.reshape(c_out, kvol)
+    bpad = np.zeros(blocks * cb, dtype=w.dtype)
+    if bias is not None:
+        bpad[:c_out] = bias
+    wblk = wpad.reshape(blocks, cb, kvol).transpose(0, 2, 1)
+    reps = chunk // cb
+    return (np.ascontiguousarray(np.tile(wblk, (1, 1, reps))),
+            np.ascontiguousarray(np.tile(bpad.reshape(blocks, cb), (1, reps))))
+
+
+def _channel_vector_forward(x, w, bias, cp, out):
     threads = numba.get_num_threads()
-    slabs, accs = forward_scratch(w.shape, stride, dilation, out.shape[3], out.shape[4], x.dtype,
-                                  threads)
-    has_bias = bias is not None
-    b = bias if has_bias else np.zeros(1, dtype=x.dtype)
-    _forward_kernel(x, w, b, has_bias, out, *stride, *padding, *dilation, slabs, accs)
+    cb = depthwise_cl.CB
+    k_shape = tuple(w.shape[2:])
+    kvol = int(np.prod(k_shape))
+    c_out = w.shape[0]
+    oh_n, ow_n = out.shape[3], out.shape[4]
+    xf, x_strides = dense_flat(x)
+    of, o_strides = dense_flat(out)
+    sh, sw = cp[1], cp[2]
+    cq = -(-((ow_n - 1) * sw + (k_shape[2] - 1) * cp[8] + 1) // sw)
+
+    def tile_size(rows):
+        rq = -(-((rows - 1) * sh + (k_shape[1] - 1) * cp[7] + 1) // sh)
+        return k_shape[0] * sh * sw * rq * cq * cb
+
+    band_rows = _rows_per_band(oh_n, x.shape[0] * -(-c_out // cb), threads, tile_size,
+                               _scratch_budget(x.itemsize))
+    # the repeated weight vectors of every tap fill at most a quarter of L1
+    l1 = machine.cache_bytes()["l1d"] // (4 * x.itemsize)
+    chunk = cb * max(1, min(16, l1 // max(1, (kvol + 1) * cb)))
+    wrep, brep = blocked_weight(w, bias, chunk)
+    depthwise_cl.forward_kernel(
+        xf, x_strides, x.shape, wrep, brep, chunk, of, o_strides, out.shape, c_out // x.shape[1],
+        k_shape, cp, band_rows, np.zeros((threads, tile_size(band_rows)), dtype=x.dtype),
+        np.empty((threads, band_rows * cq * cb), dtype=x.dtype),
+        np.empty((threads, kvol), dtype=np.int64),
+        np.empty((threads, kvol * chunk), dtype=x.dtype))
     return out
 
 
+def _channels_last_forward(x, w, bias, cp, out):
+    """depthwise_nhwc on channels_last x and out (x_strides / o_strides from dense_flat)."""
+    threads = numba.get_num_threads()
+    k_shape = tuple(w.shape[2:])
+    kvol = int(np.prod(k_shape))
+    c_out = w.shape[0]
+    oh_n, ow_n = out.shape[3], out.shape[4]
+    xf, x_strides = dense_flat(x)
+    of, o_strides = dense_flat(out)
+    sh, sw = cp[1], cp[2]
+    cq = -(-((ow_n - 1) * sw + (k_shape[2] - 1) * cp[8] + 1) // sw)
+
+    def slab_size(rows):
+        return k_shape[0] * ((rows - 1) * sh + (k_shape[1] - 1) * cp[7] + 1) * sw * cq * c_out
+
+    band_rows = _rows_per_band(oh_n, x.shape[0] * out.shape[2], threads, slab_size,
+                               _scratch_budget(x.itemsize))
+    # weight vectors repeated over whole pixels, about 256 lanes (a few vectors per tap)
+    chunk = c_out * max(1, -(-256 // c_out))
+    wmat = w.reshape(c_out, kvol).T
+    wrep = np.ascontiguousarray(np.tile(wmat, (1, chunk // c_out)))
+    brep = np.tile(bias if bias is not None else np.zeros(c_out, dtype=x.dtype), chunk // c_out)
+    depthwise_nhwc.forward_kernel(
+        xf, x_strides, x.shape, wrep, np.ascontiguousarray(brep, dtype=x.dtype), chunk, of,
+        o_strides, out.shape, c_out // x.shape[1], k_shape, cp, band_rows,
+        np.zeros((threads, slab_size(band_rows)), dtype=x.dtype),
+        np.empty((threads, kvol), dtype=np.int64), np.empty((threads, kvol * chunk), x.dtype))
+    return out
+
+
+# Output rows shorter than this many elements go to the channel-vectorised kernels even for NCHW
+# tensors: the row streams' per-row set-up then outweighs their work.
+SHORT_ROW = 8
+
+
+def forward_algorithm(x, out, k_shape, stride):
+    """The forward algorithm, chosen from the layout and the shape (single-core timings here):
+
+    =====================================  ================================================
+    channels_last x                        'channel_vector' (depthwise_nhwc; depthwise_cl
+                                           for C == 1)
+    2-d/3-d, stride 1, output volume =     'same' (masked in-place streams over whole
+    input's, and <= 9 taps or rows < 32    planes: no padded copy, no copy-out; two
+                                           operations per tap, so long rows with many taps
+                                           go to the row streams)
+    output rows < 8                        'channel_vector' (depthwise_cl: CB-channel tiles)
+    otherwise (and every 1-d conv)         'row_stream' (depthwise_core phase slab)
+    =====================================  ================================================
+
+    DLKERN_DEPTHWISE_ALGO=same|row_stream|channel_vector forces one (tests run each); 'same'
+    falls back to 'row_stream' where it does not apply.
+    """
+    import os
+
+    forced = os.environ.get("DLKERN_DEPTHWISE_ALGO")
+    same = tuple(stride) == (1, 1, 1) and tuple(out.shape[2:]) == tuple(x.shape[2:])
+    if forced in ("channel_vector", "row_stream"):
+        return forced
+    if forced == "same":
+        return "same" if same else "row_stream"
+    if is_channels_last(x):
+        return "channel_vector"
+    planar = x.shape[2] > 1 or x.shape[3] > 1
+    if same and planar and (int(np.prod(k_shape)) <= 9 or out.shape[4] < 32):
+        return "same"
+    if out.shape[4] < SHORT_ROW:
+        return "channel_vector"
+    return "row_stream"
+
+
+def depthwise_forward(x, w, bias, stride, padding, dilation, out):
+    """out = depthwise conv(x, w) + bias (bias (C*m,) or None). Shapes: module docstring; x and out
+    may also be channels_last (dense, channels innermost) views of that shape."""
+    if out.size == 0:
+        return out
+    cp = conv_params(stride, padding, dilation)
+    algorithm = forward_algorithm(x, out, w.shape[2:], stride)
+    x_dense = dense_flat(x) is not None
+    out_flat = dense_flat(out)
+    if (algorithm == "channel_vector" and x_dense and out_flat is not None
+            and is_channels_last(x) and out_flat[1][1] == 1 and out_flat[1][4] == out.shape[1]):
+        return _channels_last_forward(x, w, bias, cp, out)
+    if algorithm == "channel_vector" and x_dense and out_flat is not None:
+        return _channel_vector_forward(x, w, bias, cp, out)
+    x = np.ascontiguousarray(x)
+    if not out.flags.c_contiguous:
+        result = np.empty(out.shape, dtype=out.dtype)
+        depthwise_forward(x, w, bias, stride, padding, dilation, result)
+        out[...] = result
+        return out
+    if algorithm == "same":
+        return _same_forward(x, w, bias, cp, out)
+    threads = numba.get_num_threads()
+    k_shape = tuple(w.shape[2:])
+    oh_n, ow_n = out.shape[3], out.shape[4]
+    band_rows = forward_band_rows(k_shape, cp, oh_n, ow_n, x.shape[0] * x.shape[1], x.itemsize,
+                                  threads)
+    scratch = forward_scratch(k_shape, cp, band_rows, ow_n, x.dtype, threads)
+    has_bias = bias is not None
+    b = bias if has_bias else np.zeros(1, dtype=x.dtype)
+    _forward_kernel(x, w, b, has_bias, out, cp, band_rows, *scratch)
+    return out
+
+
+def _flipped(w):
+    return np.ascontiguousarray(w[:, :, ::-1, ::-1, ::-1])
+
+
 def depthwise_backward_input(dy, w, stride, padding, dilation, dx):
-    """dx = the gradient of depthwise conv(x, w) w.r.t. x, given dy, its output's gradient."""
+    """dx = the gradient of depthwise conv(x, w) w.r.t. x, given dy, its output's gradient. dy and
+    dx may be channels_last views; with stride 1 and no channel multiplier the gradient is the
+    forward 'same'-style correlation of dy with the flipped kernel (padding (K-1)*d - p), which
+    the channels_last forward computes in place."""
     if dx.size == 0:
         return dx
     if dy.size == 0:
         dx[...] = 0.0
         return dx
-    threads = numba.get_num_threads()
     m = w.shape[0] // dx.shape[1]
-    kd_n, kh_n, kw_n = w.shape[2:]
+    pad_t = tuple((k - 1) * d - p for k, d, p in zip(w.shape[2:], dilation, padding))
+    if (is_channels_last(dy) and is_channels_last(dx) and m == 1 and tuple(stride) == (1, 1, 1)
+            and min(pad_t) >= 0 and dense_flat(dy) is not None and dense_flat(dx) is not None):
+        return _channels_last_forward(dy, _flipped(w), None, conv_params(stride, pad_t, dilation),
+                                      dx)
+    dy = np.ascontiguousarray(dy)
+    if not dx.flags.c_contiguous:
+        result = np.empty(dx.shape, dtype=dx.dtype)
+        _backward_input(dy, w, stride, padding, dilation, result)
+        dx[...] = result
+        return dx
+    return _backward_input(dy, w, stride, padding, dilation, dx)
+
+
+def _backward_input(dy, w, stride, padding, dilation, dx):
+    threads = numba.get_num_threads()
+    cp = conv_params(stride, padding, dilation)
+    k_shape = tuple(w.shape[2:])
+    m = w.shape[0] // dx.shape[1]
     h_in, w_in = dx.shape[3], dx.shape[4]
-    if m == 1 and tuple(stride) == (1, 1, 1) and dy.shape[2:] == dx.shape[2:]:
-        # 'same' convolution: its input gradient is the 'same' convolution of dy with the flipped
-        # kernel (padding before = the padding after of the forward), i.e. the forward kernel.
-        flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1, ::-1])
-        pad = tuple((k - 1) * d - p for k, d, p in zip(w.shape[2:], dilation, padding))
-        return depthwise_forward(dy, flipped, None, stride, pad, dilation, dx)
-    if stride[1] == 1 and stride[2] == 1:
-        # gather form: the gradient planes padded by the dilated kernel extent minus the padding
-        rows = h_in + (kh_n - 1) * dilation[1]
-        width = w_in + (kw_n - 1) * dilation[2]
-        slab = m * kd_n * rows * width
-    else:
-        # scatter form into the zero-padded input plane
-        rows = max(_padded_size(dy.shape[3], kh_n, stride[1], dilation[1]), padding[1] + h_in)
-        width = max(_padded_size(dy.shape[4], kw_n, stride[2], dilation[2]), padding[2] + w_in)
-        slab = 0
-    slabs = np.empty((threads, slab), dtype=dy.dtype)
-    accs = np.empty((threads, rows * width), dtype=dy.dtype)
-    _backward_input_kernel(dy, w, dx, *stride, *padding, *dilation, rows, width, slabs, accs)
+    band_rows = _rows_per_band(
+        h_in, dx.shape[0] * dx.shape[1], threads,
+        lambda r: backward_input_scratch_sizes(k_shape, cp, m, r, w_in)[0],
+        _scratch_budget(dx.itemsize))
+    slab, acc = backward_input_scratch_sizes(k_shape, cp, m, band_rows, w_in)
+    taps = m * int(np.prod(k_shape))
+    _backward_input_kernel(dy, w, dx, cp, band_rows, np.zeros((threads, slab), dtype=dy.dtype),
+                           np.empty((threads, acc), dtype=dy.dtype),
+                           np.empty((threads, taps), dtype=np.int64),
+                           np.empty((threads, taps), dtype=dy.dtype))
     return dx
+
+
+def _channels_last_backward_weight(x, dy, k_shape, cp):
+    """dw (C, KD*KH*KW) float64 of a multiplier-1 depthwise conv on channels_last x and dy."""
+    threads = numba.get_num_threads()
+    c = x.shape[1]
+    kvol = int(np.prod(k_shape))
+    od_n, oh_n, ow_n = dy.shape[2:]
+    xf, x_strides = dense_flat(x)
+    gf, g_strides = dense_flat(dy)
+    sh, sw = cp[1], cp[2]
+    cq = -(-((ow_n - 1) * sw + (k_shape[2] - 1) * cp[8] + 1) // sw)
+
+    def slab_size(rows):
+        return k_shape[0] * ((rows - 1) * sh + (k_shape[1] - 1) * cp[7] + 1) * sw * cq * c
+
+    band_rows = _rows_per_band(oh_n, x.shape[0] * od_n, threads, slab_size,
+                               _scratch_budget(x.itemsize))
+    chunk = c * max(1, -(-256 // c))
+    items = x.shape[0] * od_n * -(-oh_n // band_rows)
+    result = np.zeros((items, c, kvol), dtype=np.float64)
+    depthwise_nhwc.weight_kernel(
+        xf, x_strides, x.shape, gf, g_strides, dy.shape, k_shape, cp, band_rows, chunk,
+        np.zeros((threads, slab_size(band_rows)), dtype=x.dtype),
+        np.empty((threads, kvol), dtype=np.int64), np.empty((threads, kvol), dtype=np.int64),
+        np.empty((threads, kvol * chunk), dtype=x.dtype), result)
+    return result.sum(axis=0)
 
 
 def depthwise_backward_weight(x, dy, w_shape, stride, padding, dilation, want_bias):
     """(dw, db): gradients of depthwise conv(x, w) + bias with respect to w (shape w_shape) and
     bias ((C*m,), or None when not wanted)."""
     c_out = w_shape[0]
+    k_shape = tuple(w_shape[2:])
     oh_n, ow_n = dy.shape[3], dy.shape[4]
-    dw64 = np.zeros((c_out,) + tuple(w_shape[2:]), dtype=np.float64)
+    if (c_out == x.shape[1] and dy.size > 0 and x.size > 0 and is_channels_last(x)
+            and is_channels_last(dy) and dense_flat(x) is not None
+            and dense_flat(dy) is not None):
+        dw64 = _channels_last_backward_weight(x, dy, k_shape,
+                                              conv_params(stride, padding, dilation))
+        dw = dw64.astype(x.dtype).reshape(tuple(w_shape))
+        db = dy.sum(axis=(0, 2, 3, 4), dtype=np.float64).astype(x.dtype) if want_bias else None
+        return dw, db
+    x = np.ascontiguousarray(x)
+    dy = np.ascontiguousarray(dy)
+    dw64 = np.zeros((c_out,) + k_shape, dtype=np.float64)
     db64 = np.zeros(c_out, dtype=np.float64)
     if dy.size > 0 and x.size > 0:
         threads = numba.get_num_threads()
-        hp = _padded_size(oh_n, w_shape[3], stride[1], dilation[1])
-        wp = _padded_size(ow_n, w_shape[4], stride[2], dilation[2])
-        xps = np.empty((threads, hp * wp), dtype=x.dtype)
-        dyws = np.empty((threads, oh_n * wp), dtype=x.dtype)
-        kvol = w_shape[2] * w_shape[3] * w_shape[4]
-        parts = np.empty((threads, (kvol + 1) * _LANES), dtype=x.dtype)
-        ones = np.ones(dy.shape[2] * oh_n * ow_n, dtype=x.dtype)
-        _backward_weight_kernel(x, dy, dw64, db64, want_bias, *stride, *padding, *dilation, hp,
-                                wp, xps, dyws, parts, ones)
+        cp = conv_params(stride, padding, dilation)
+        m = c_out // x.shape[1]
+        band_rows = _rows_per_band(oh_n, 1 << 30, threads,
+                                   lambda r: band_scratch_sizes(k_shape, cp, r, ow_n)[0],
+                                   _scratch_budget(x.itemsize))
+        slabs, dyws, offss, kidxs, _ = forward_scratch(k_shape, cp, band_rows, ow_n, x.dtype,
+                                                       threads)
+        parts = np.empty((threads, m * int(np.prod(k_shape))), dtype=np.float64)
+        _backward_weight_kernel(x, dy, dw64, db64, want_bias, cp, band_rows, slabs, dyws, offss,
+                                kidxs, parts)
     dw = dw64.astype(x.dtype).reshape(tuple(w_shape))
     return dw, (db64.astype(x.dtype) if want_bias else None)

@@ -1,5 +1,6 @@
-"""LSTM and GRU kernels for the GPU (Triton): whole layers (every direction, every time step), their
-BPTT, and fused cells. The same layer layout as ``kernels/numba/rnn.py`` (a packed sequence):
+"""Recurrent kernels for the GPU (Triton), forward: whole LSTM, GRU and vanilla RNN layers (every
+direction, every time step) and fused cells; BPTT in ``rnn_backward.py``, the pieces both share
+in ``rnn_common.py``. The same layer layout as ``kernels/numba/rnn.py`` (a packed sequence):
 
     x            (N, I)          rows of every step, step after step; N = sum(batch_sizes)
     batch_sizes  (T,)            rows of step t, non-increasing (a padded batch: all equal to B)
@@ -7,6 +8,7 @@ BPTT, and fused cells. The same layer layout as ``kernels/numba/rnn.py`` (a pack
     w_hh         (D, G*H, P)     P = proj_size (LSTM) or H;   w_hr (D, P, H)
     h0 (D, B, P), c0 (D, B, H);  y (N, D*P): direction d writes columns [d*P, (d+1)*P)
     h_n, c_n     like h0, c0     the state of each row after its own last step
+    rmask        (D, B, P)       recurrent dropout mask or None: h_{t-1} * rmask enters W_hh
 
 Workspaces differ from the CPU's (they are the backend's business): float32, row-major by packed
 row then direction, so both directions' input projections are one GEMM:
@@ -15,7 +17,7 @@ row then direction, so both directions' input projections are one GEMM:
                           inside r * (W_hn h + b_hn))
     gates  (N, D, G*H)   activated gates (saved for the backward)
     saved  (N, D, S)     LSTM: cell state c (S = H), then o * tanh(c) (S = 2H with a projection);
-                          GRU: W_hn h + b_hn (S = H)
+                          GRU: W_hn h + b_hn (S = H); vanilla: nothing (S = 0), its gate is h
 
 **Forward**: one GEMM ``matmul_kernel`` for gx, then one launch runs the whole time loop of every
 direction: program (d, batch tile) owns BLOCK_B rows of the batch and *all* hidden units. Rows of a
@@ -27,8 +29,8 @@ or h0, c_{t-1} from ``saved`` or c0: each value has a single writer, so the kern
 (the autotuner may run it repeatedly) and needs only a CTA barrier between steps. With a
 projection the block loop writes o * tanh(c) first, then a second loop multiplies it by W_hr.
 
-**Backward** (``rnn_backward.py``) mirrors it, t = last..first in each direction's order: the gradient reaching h_t and
-c_t is carried between steps in float32 ping-pong buffers (D, B, .), the gate pre-activation
+**Backward** (``rnn_backward.py``) mirrors it, t = last..first in each direction's order: the
+gradient reaching h_t and c_t is carried between steps in float32 ping-pong buffers (D, B, .), the gate pre-activation
 gradients (float32, (N, D, G*H)) are written for every step, and after the loop the weight
 gradients are a few GEMMs over all steps at once (dW_ih = dg^T x, dW_hh = dg^T h_prev, dx = dg W_ih,
 dW_hr = dh^T (o tanh c)), bias gradients column sums: deterministic, no atomics.
@@ -41,7 +43,7 @@ for a float16 LSTM of H = 256) cannot stay in one SM and is streamed from L2 at 
 **Cells**: ``cell_forward_kernel`` fuses both products and the gates of one step: program (batch
 tile, unit block), no time loop. Its backward is the layer backward with T = 1.
 
-Small problems (``_TUNE_LOOP``, ``_TUNE_GEMM``) launch the first configuration untuned.
+Small problems (``TUNE_LOOP``, ``TUNE_GEMM``) launch the first configuration untuned.
 
 float16 / bfloat16 multiply on tensor cores and keep the cell state, gates, accumulators and
 gradients in float32; h is an output (y) in the data type and the recurrent product reads it back
@@ -52,156 +54,29 @@ import torch
 import triton
 import triton.language as tl
 
+from ..rnn_modes import GATES
 from ._autotune import autotune
 from .configs import RNN
-
-
-def _prune_tiles(configs, named_args):
-    """Drop configurations whose batch tile is larger than the batch needs (the first, smallest,
-    always stays)."""
-    batch = max(16, triton.next_power_of_2(int(named_args["B"])))
-    kept = [c for c in configs if c.kwargs["BLOCK_B"] <= batch]
-    return kept or configs[:1]
-
-
-# Problems below these sizes run the first configuration untuned: tuning compiles every
-# configuration (about a second each) and times even a lone one, which small problems never repay.
-_TUNE_LOOP = 1 << 20    # B * H * P of a time loop
-_TUNE_GEMM = 1 << 26    # M * N * K of a product
-
-
-def _launch(kernel, grid, tune, *args, **kwargs):
-    """``kernel[grid](*args, **kwargs)`` through its autotuner, or with its first configuration
-    when ``tune`` is false."""
-    if tune:
-        return kernel[grid](*args, **kwargs)
-    cfg = kernel.configs[0]
-    grid = grid(cfg.kwargs) if callable(grid) else grid
-    return kernel.fn[grid](*args, **kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-                           **cfg.kwargs)
-
-
-# --------------------------------------------------------------------------------------------- #
-# Building blocks                                                                                #
-# --------------------------------------------------------------------------------------------- #
-
-@triton.jit
-def _tanh(x):
-    # exp overflows to inf for very negative 2x: sigmoid gives 0 and tanh -1, never NaN.
-    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
-
-
-@triton.jit
-def _step(t, T, batch_sizes, offsets, B, PACKED: tl.constexpr):
-    """(rows, first packed row) of step t; 0 rows when t is outside [0, T)."""
-    inside = (t >= 0) & (t < T)
-    tc = tl.minimum(tl.maximum(t, 0), T - 1)
-    if PACKED:
-        n = tl.load(batch_sizes + tc)
-        off = tl.load(offsets + tc)
-    else:
-        n = B
-        off = tc * B
-    return tl.where(inside, n, 0), off
-
-
-@triton.jit
-def _load_state(prev, prev_stride, prev_col, init, init_row, init_stride, rows, row_p, has_prev,
-                fresh, cols, cmask):
-    """The state before this step at (rows, cols): the previous step's row ``row_p`` of ``prev``
-    (written by this program: read through L2, ``.cg``) where the row has one, else its initial
-    state ``init[init_row + rows]``; in ``prev``'s dtype."""
-    a = tl.load(prev + row_p[:, None] * prev_stride + prev_col + cols[None, :],
-                mask=has_prev[:, None] & cmask[None, :], other=0.0, cache_modifier=".cg")
-    b = tl.load(init + (init_row + rows)[:, None] * init_stride + cols[None, :],
-                mask=fresh[:, None] & cmask[None, :], other=0.0)
-    return tl.where(has_prev[:, None], a, b.to(a.dtype))
-
-
-@triton.jit
-def _load_carry(carry, dfinal, idx, has_next, first, mask):
-    """A gradient carried from the step after this one, or the final state's gradient (float32)."""
-    a = tl.load(carry + idx, mask=has_next[:, None] & mask, other=0.0, cache_modifier=".cg")
-    b = tl.load(dfinal + idx, mask=first[:, None] & mask, other=0.0)
-    return tl.where(has_next[:, None], a, b.to(tl.float32))
-
-
-# --------------------------------------------------------------------------------------------- #
-# GEMM and column sums                                                                           #
-# --------------------------------------------------------------------------------------------- #
-
-@autotune(RNN["matmul"], key=["M", "N", "K"])
-@triton.jit
-def matmul_kernel(a, b, c, bias, M, N, K,
-                  stride_ab, stride_am, stride_ak, stride_bb, stride_bk, stride_bn,
-                  stride_cb, stride_cm, stride_cn, stride_biasb,
-                  HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                  GROUP_M: tl.constexpr):
-    """c[z] = a[z] @ b[z] (+ bias[z] per column) for z = program_id(1); any strides. A tiles are
-    cast to B's dtype before the product (float32 workspaces times data-typed operands), the
-    accumulator is float32."""
-    pid = tl.program_id(0)
-    z = tl.program_id(1)
-    grid_m = tl.cdiv(M, BLOCK_M)
-    grid_n = tl.cdiv(N, BLOCK_N)
-    # Groups of GROUP_M row tiles walk the columns together: their B tiles stay in L2.
-    width = GROUP_M * grid_n
-    first_m = (pid // width) * GROUP_M
-    group_m = tl.minimum(grid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % group_m
-    pid_n = (pid % width) // group_m
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    a_ptrs = (a + z * stride_ab + offs_m[:, None].to(tl.int64) * stride_am
-              + offs_k[None, :] * stride_ak)
-    b_ptrs = (b + z * stride_bb + offs_k[:, None].to(tl.int64) * stride_bk
-              + offs_n[None, :] * stride_bn)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        kmask = (k0 + offs_k) < K
-        a_t = tl.load(a_ptrs, mask=(offs_m[:, None] < M) & kmask[None, :], other=0.0)
-        b_t = tl.load(b_ptrs, mask=kmask[:, None] & (offs_n[None, :] < N), other=0.0)
-        acc = tl.dot(a_t.to(b_t.dtype), b_t, acc, input_precision=PRECISION)
-        a_ptrs += BLOCK_K * stride_ak
-        b_ptrs += BLOCK_K * stride_bk
-    if HAS_BIAS:
-        acc += tl.load(bias + z * stride_biasb + offs_n, mask=offs_n < N, other=0.0)[None, :]
-    c_ptrs = (c + z * stride_cb + offs_m[:, None].to(tl.int64) * stride_cm
-              + offs_n[None, :] * stride_cn)
-    tl.store(c_ptrs, acc.to(c.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
-
-
-@triton.jit
-def column_sums_kernel(g, out, R, C, stride_gz, stride_gr, stride_oz,
-                       BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """out[z, j] = sum over r of g[z*stride_gz + r*stride_gr + j] (float32 sums, fixed order)."""
-    z = tl.program_id(1)
-    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
-    for r0 in range(0, R, BLOCK_R):
-        r = r0 + tl.arange(0, BLOCK_R)
-        acc += tl.load(g + z * stride_gz + r[:, None].to(tl.int64) * stride_gr + cols[None, :],
-                       mask=(r[:, None] < R) & (cols[None, :] < C), other=0.0).to(tl.float32)
-    tl.store(out + z * stride_oz + cols, tl.sum(acc, axis=0).to(out.dtype.element_ty),
-             mask=cols < C)
+from . import rnn_common
+from .rnn_common import (cdiv, input_bias, launch, load_state, masked, matmul, prune_tiles,
+                         rows_view, step, step_tables, tanh)
 
 
 # --------------------------------------------------------------------------------------------- #
 # Forward time loops                                                                             #
 # --------------------------------------------------------------------------------------------- #
 
-@autotune(RNN["lstm_forward"], key=["B", "H", "P"], prune=_prune_tiles)
+@autotune(RNN["lstm_forward"], key=["B", "H", "P"], prune=prune_tiles)
 @triton.jit
-def lstm_forward_kernel(gx, w_hh, w_hr, h0, c0, batch_sizes, offsets, y, h_n, c_n, gates, saved,
-                        T, B, H, P, D,
+def lstm_forward_kernel(gx, w_hh, w_hr, rmask, h0, c0, batch_sizes, offsets, y, h_n, c_n, gates,
+                        saved, T, B, H, P, D,
                         HAS_PROJ: tl.constexpr, PACKED: tl.constexpr, PRECISION: tl.constexpr,
-                        RESIDENT: tl.constexpr,
+                        RESIDENT: tl.constexpr, HAS_RMASK: tl.constexpr,
                         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
     """Every step of BLOCK_B batch rows of direction d = program_id(0); shapes in the docstring.
     RESIDENT (H <= BLOCK_H, P <= BLOCK_K): W_hh is loaded once, before the time loop, and stays
-    on chip; otherwise it is streamed from L2 tile by tile at every step."""
+    on chip; otherwise it is streamed from L2 tile by tile at every step. HAS_RMASK: the state
+    enters W_hh times rmask (D, B, P)."""
     d = tl.program_id(0)
     rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
     G = 4 * H
@@ -220,8 +95,8 @@ def lstm_forward_kernel(gx, w_hh, w_hr, h0, c0, batch_sizes, offsets, y, h_n, c_
         w_o = tl.load(r_ptr + 3 * H * P, mask=r_mask, other=0.0)
     for s in range(T):
         t = s + d * (T - 1 - 2 * s)
-        n_t, off_t = _step(t, T, batch_sizes, offsets, B, PACKED)
-        n_p, off_p = _step(t - 1 + 2 * d, T, batch_sizes, offsets, B, PACKED)
+        n_t, off_t = step(t, T, batch_sizes, offsets, B, PACKED)
+        n_p, off_p = step(t - 1 + 2 * d, T, batch_sizes, offsets, B, PACKED)
         active = rows < n_t
         has_prev = active & (rows < n_p)
         fresh = active & (rows >= n_p)
@@ -235,8 +110,9 @@ def lstm_forward_kernel(gx, w_hh, w_hr, h0, c0, batch_sizes, offsets, y, h_n, c_
             acc_g = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
             acc_o = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
             if RESIDENT:  # one unit block, one K tile
-                hk = _load_state(y, D * P, d * P, h0, d * B, P, rows, row_p, has_prev, fresh,
-                                 r_ks, r_ks < P)
+                hk = load_state(y, D * P, d * P, h0, d * B, P, rows, row_p, has_prev, fresh,
+                                r_ks, r_ks < P)
+                hk = masked(hk, rmask, d * B, P, rows, r_ks, active, r_ks < P, HAS_RMASK)
                 acc_i = tl.dot(hk, w_i, acc_i, input_precision=PRECISION)
                 acc_f = tl.dot(hk, w_f, acc_f, input_precision=PRECISION)
                 acc_g = tl.dot(hk, w_g, acc_g, input_precision=PRECISION)
@@ -245,8 +121,9 @@ def lstm_forward_kernel(gx, w_hh, w_hr, h0, c0, batch_sizes, offsets, y, h_n, c_
                 for k0 in range(0, P, BLOCK_K):
                     ks = k0 + tl.arange(0, BLOCK_K)
                     kmask = ks < P
-                    hk = _load_state(y, D * P, d * P, h0, d * B, P, rows, row_p, has_prev,
-                                     fresh, ks, kmask)
+                    hk = load_state(y, D * P, d * P, h0, d * B, P, rows, row_p, has_prev,
+                                    fresh, ks, kmask)
+                    hk = masked(hk, rmask, d * B, P, rows, ks, active, kmask, HAS_RMASK)
                     w_ptr = w_d + units[None, :] * P + ks[:, None]
                     wmask = kmask[:, None] & umask[None, :]
                     acc_i = tl.dot(hk, tl.load(w_ptr, mask=wmask, other=0.0), acc_i,
@@ -261,20 +138,20 @@ def lstm_forward_kernel(gx, w_hh, w_hr, h0, c0, batch_sizes, offsets, y, h_n, c_
             g_idx = row_t[:, None] * (D * G) + d * G + units[None, :]
             i = tl.sigmoid(acc_i + tl.load(gx + g_idx, mask=m2, other=0.0))
             f = tl.sigmoid(acc_f + tl.load(gx + g_idx + H, mask=m2, other=0.0))
-            g = _tanh(acc_g + tl.load(gx + g_idx + 2 * H, mask=m2, other=0.0))
+            g = tanh(acc_g + tl.load(gx + g_idx + 2 * H, mask=m2, other=0.0))
             o = tl.sigmoid(acc_o + tl.load(gx + g_idx + 3 * H, mask=m2, other=0.0))
             tl.store(gates + g_idx, i, mask=m2)
             tl.store(gates + g_idx + H, f, mask=m2)
             tl.store(gates + g_idx + 2 * H, g, mask=m2)
             tl.store(gates + g_idx + 3 * H, o, mask=m2)
-            c_prev = _load_state(saved, D * S, d * S, c0, d * B, H, rows, row_p, has_prev, fresh,
-                                 units, umask)
+            c_prev = load_state(saved, D * S, d * S, c0, d * B, H, rows, row_p, has_prev, fresh,
+                                units, umask)
             c = f * c_prev + i * g
             s_idx = row_t[:, None] * (D * S) + d * S + units[None, :]
             tl.store(saved + s_idx, c, mask=m2)
             tl.store(c_n + (d * B + rows)[:, None] * H + units[None, :],
                      c.to(c_n.dtype.element_ty), mask=m2)
-            h = o * _tanh(c)
+            h = o * tanh(c)
             if HAS_PROJ:
                 tl.store(saved + s_idx + H, h, mask=m2)
             else:
@@ -305,12 +182,12 @@ def lstm_forward_kernel(gx, w_hh, w_hr, h0, c0, batch_sizes, offsets, y, h_n, c_
         tl.debug_barrier()  # this step's rows are written before the next step reads them
 
 
-@autotune(RNN["gru_forward"], key=["B", "H"], prune=_prune_tiles)
+@autotune(RNN["gru_forward"], key=["B", "H"], prune=prune_tiles)
 @triton.jit
-def gru_forward_kernel(gx, w_hh, b_hn, h0, batch_sizes, offsets, y, h_n, gates, saved,
+def gru_forward_kernel(gx, w_hh, b_hn, rmask, h0, batch_sizes, offsets, y, h_n, gates, saved,
                        T, B, H, D,
                        HAS_BIAS: tl.constexpr, PACKED: tl.constexpr, PRECISION: tl.constexpr,
-                       RESIDENT: tl.constexpr,
+                       RESIDENT: tl.constexpr, HAS_RMASK: tl.constexpr,
                        BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
     """The GRU time loop (see lstm_forward_kernel); b_hn (D, H) float32."""
     d = tl.program_id(0)
@@ -326,8 +203,8 @@ def gru_forward_kernel(gx, w_hh, b_hn, h0, batch_sizes, offsets, y, h_n, gates, 
         w_n = tl.load(r_ptr + 2 * H * H, mask=r_mask, other=0.0)
     for s in range(T):
         t = s + d * (T - 1 - 2 * s)
-        n_t, off_t = _step(t, T, batch_sizes, offsets, B, PACKED)
-        n_p, off_p = _step(t - 1 + 2 * d, T, batch_sizes, offsets, B, PACKED)
+        n_t, off_t = step(t, T, batch_sizes, offsets, B, PACKED)
+        n_p, off_p = step(t - 1 + 2 * d, T, batch_sizes, offsets, B, PACKED)
         active = rows < n_t
         has_prev = active & (rows < n_p)
         fresh = active & (rows >= n_p)
@@ -340,8 +217,9 @@ def gru_forward_kernel(gx, w_hh, b_hn, h0, batch_sizes, offsets, y, h_n, gates, 
             acc_z = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
             acc_n = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
             if RESIDENT:  # one unit block, one K tile
-                hk = _load_state(y, D * H, d * H, h0, d * B, H, rows, row_p, has_prev, fresh,
-                                 r_ks, r_ks < H)
+                hk = load_state(y, D * H, d * H, h0, d * B, H, rows, row_p, has_prev, fresh,
+                                r_ks, r_ks < H)
+                hk = masked(hk, rmask, d * B, H, rows, r_ks, active, r_ks < H, HAS_RMASK)
                 acc_r = tl.dot(hk, w_r, acc_r, input_precision=PRECISION)
                 acc_z = tl.dot(hk, w_z, acc_z, input_precision=PRECISION)
                 acc_n = tl.dot(hk, w_n, acc_n, input_precision=PRECISION)
@@ -349,8 +227,9 @@ def gru_forward_kernel(gx, w_hh, b_hn, h0, batch_sizes, offsets, y, h_n, gates, 
                 for k0 in range(0, H, BLOCK_K):
                     ks = k0 + tl.arange(0, BLOCK_K)
                     kmask = ks < H
-                    hk = _load_state(y, D * H, d * H, h0, d * B, H, rows, row_p, has_prev,
-                                     fresh, ks, kmask)
+                    hk = load_state(y, D * H, d * H, h0, d * B, H, rows, row_p, has_prev,
+                                    fresh, ks, kmask)
+                    hk = masked(hk, rmask, d * B, H, rows, ks, active, kmask, HAS_RMASK)
                     w_ptr = w_d + units[None, :] * H + ks[:, None]
                     wmask = kmask[:, None] & umask[None, :]
                     acc_r = tl.dot(hk, tl.load(w_ptr, mask=wmask, other=0.0), acc_r,
@@ -365,9 +244,9 @@ def gru_forward_kernel(gx, w_hh, b_hn, h0, batch_sizes, offsets, y, h_n, gates, 
             g_idx = row_t[:, None] * (D * G) + d * G + units[None, :]
             r = tl.sigmoid(acc_r + tl.load(gx + g_idx, mask=m2, other=0.0))
             z = tl.sigmoid(acc_z + tl.load(gx + g_idx + H, mask=m2, other=0.0))
-            n = _tanh(tl.load(gx + g_idx + 2 * H, mask=m2, other=0.0) + r * acc_n)
-            h_prev = _load_state(y, D * H, d * H, h0, d * B, H, rows, row_p, has_prev, fresh,
-                                 units, umask).to(tl.float32)
+            n = tanh(tl.load(gx + g_idx + 2 * H, mask=m2, other=0.0) + r * acc_n)
+            h_prev = load_state(y, D * H, d * H, h0, d * B, H, rows, row_p, has_prev, fresh,
+                                units, umask).to(tl.float32)
             h = (1.0 - z) * n + z * h_prev
             tl.store(gates + g_idx, r, mask=m2)
             tl.store(gates + g_idx + H, z, mask=m2)
@@ -380,10 +259,59 @@ def gru_forward_kernel(gx, w_hh, b_hn, h0, batch_sizes, offsets, y, h_n, gates, 
         tl.debug_barrier()  # this step's rows are written before the next step reads them
 
 
+# The vanilla RNN's loop tiles like the GRU's (one gate instead of three): the same configurations.
+@autotune(RNN["gru_forward"], key=["B", "H"], prune=prune_tiles)
+@triton.jit
+def vanilla_forward_kernel(gx, w_hh, rmask, h0, batch_sizes, offsets, y, h_n, gates,
+                           T, B, H, D,
+                           RELU: tl.constexpr, PACKED: tl.constexpr, PRECISION: tl.constexpr,
+                           HAS_RMASK: tl.constexpr,
+                           BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The vanilla RNN time loop (see lstm_forward_kernel): h' = tanh or relu of gx + W_hh h;
+    gates (N, D, H) float32 receives h'."""
+    d = tl.program_id(0)
+    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    w_d = w_hh + d * H * H
+    for s in range(T):
+        t = s + d * (T - 1 - 2 * s)
+        n_t, off_t = step(t, T, batch_sizes, offsets, B, PACKED)
+        n_p, off_p = step(t - 1 + 2 * d, T, batch_sizes, offsets, B, PACKED)
+        active = rows < n_t
+        has_prev = active & (rows < n_p)
+        fresh = active & (rows >= n_p)
+        row_t = (off_t + rows).to(tl.int64)
+        row_p = (off_p + rows).to(tl.int64)
+        for j0 in range(0, H, BLOCK_H):
+            units = j0 + tl.arange(0, BLOCK_H)
+            umask = units < H
+            acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+            for k0 in range(0, H, BLOCK_K):
+                ks = k0 + tl.arange(0, BLOCK_K)
+                kmask = ks < H
+                hk = load_state(y, D * H, d * H, h0, d * B, H, rows, row_p, has_prev, fresh, ks,
+                                kmask)
+                hk = masked(hk, rmask, d * B, H, rows, ks, active, kmask, HAS_RMASK)
+                w = tl.load(w_d + units[None, :] * H + ks[:, None],
+                            mask=kmask[:, None] & umask[None, :], other=0.0)
+                acc = tl.dot(hk, w, acc, input_precision=PRECISION)
+            m2 = active[:, None] & umask[None, :]
+            g_idx = row_t[:, None] * (D * H) + d * H + units[None, :]
+            pre = acc + tl.load(gx + g_idx, mask=m2, other=0.0)
+            if RELU:
+                h = tl.where(pre < 0.0, 0.0, pre)  # NaN stays NaN, as torch.relu
+            else:
+                h = tanh(pre)
+            tl.store(gates + g_idx, h, mask=m2)
+            tl.store(y + g_idx, h.to(y.dtype.element_ty), mask=m2)
+            tl.store(h_n + (d * B + rows)[:, None] * H + units[None, :],
+                     h.to(h_n.dtype.element_ty), mask=m2)
+        tl.debug_barrier()  # this step's rows are written before the next step reads them
+
+
 def _prune_resident(configs, named_args):
     """Resident launches need the whole W_hh in one tile: BLOCK_H >= H, BLOCK_K >= P."""
     width = max(int(named_args["H"]), int(named_args.get("P", named_args["H"])))
-    kept = [c for c in _prune_tiles(configs, named_args)
+    kept = [c for c in prune_tiles(configs, named_args)
             if c.kwargs["BLOCK_H"] >= width and c.kwargs["BLOCK_K"] >= width]
     return kept or configs[:1]  # the first covers every resident width
 
@@ -479,12 +407,12 @@ def cell_forward_kernel(x, h, c, w_ih, w_hh, b_ih, b_hh, h_out, h_out2, c_out, g
     if IS_LSTM:
         i = tl.sigmoid(acc0)
         f = tl.sigmoid(acc1)
-        g = _tanh(acc2)
+        g = tanh(acc2)
         o = tl.sigmoid(acc3)
         c_prev = tl.load(c + rows[:, None] * stride_c + units[None, :], mask=m2,
                          other=0.0).to(tl.float32)
         c_new = f * c_prev + i * g
-        h_new = o * _tanh(c_new)
+        h_new = o * tanh(c_new)
         tl.store(c_out + out_idx, c_new.to(c_out.dtype.element_ty), mask=m2)
         if SAVE:
             tl.store(gates + g_idx, i, mask=m2)
@@ -495,7 +423,7 @@ def cell_forward_kernel(x, h, c, w_ih, w_hh, b_ih, b_hh, h_out, h_out2, c_out, g
     else:
         r = tl.sigmoid(acc0)
         z = tl.sigmoid(acc1)
-        n = _tanh(acc_in + r * acc3)
+        n = tanh(acc_in + r * acc3)
         h_prev = tl.load(h + rows[:, None] * stride_h + units[None, :], mask=m2,
                          other=0.0).to(tl.float32)
         h_new = (1.0 - z) * n + z * h_prev
@@ -512,76 +440,27 @@ def cell_forward_kernel(x, h, c, w_ih, w_hh, b_ih, b_hh, h_out, h_out2, c_out, g
 # Launchers (torch tensors in, outputs preallocated by the caller)                               #
 # --------------------------------------------------------------------------------------------- #
 
-_GATES = {"lstm": 4, "gru": 3}
+
+def workspace_shapes(mode, n_rows, n_dir, hid, proj):
+    """(shape, dtype) of the layer's ``gates`` and ``saved`` workspaces (module docstring)."""
+    f32 = torch.float32
+    if mode == "lstm":
+        width = hid if proj == hid else 2 * hid
+        return ((n_rows, n_dir, 4 * hid), f32), ((n_rows, n_dir, width), f32)
+    if mode == "gru":
+        return ((n_rows, n_dir, 3 * hid), f32), ((n_rows, n_dir, hid), f32)
+    return ((n_rows, n_dir, hid), f32), ((n_rows, n_dir, 0), f32)
 
 
-def _cdiv(a, b):
-    return -(-a // b)  # triton.cdiv is a jit function: calling it from Python costs microseconds
-
-
-def matmul(a, b, c, bias=None, precision="ieee"):
-    """c[z] = a[z] @ b[z] (+ bias[z]) for 3-d views with any strides: a (Z, M, K), b (Z, K, N),
-    c (Z, M, N), bias (Z, N) or None. a is cast to b's dtype tile by tile."""
-    zs, m, k = a.shape
-    n = b.shape[2]
-    if zs == 0 or m == 0 or n == 0:
-        return
-
-    def grid(meta):
-        return (_cdiv(m, meta["BLOCK_M"]) * _cdiv(n, meta["BLOCK_N"]), zs)
-    _launch(matmul_kernel, grid, m * n * max(k, 1) >= _TUNE_GEMM, a, b, c,
-            c if bias is None else bias, m, n, k, *a.stride(), *b.stride(), *c.stride(),
-            0 if bias is None else bias.stride(0), HAS_BIAS=bias is not None, PRECISION=precision)
-
-
-def column_sums(g, out):
-    """out (Z, C) = g (R, Z, C) summed over R; g's last axis contiguous."""
-    rows, zs, cols = g.shape
-    if zs == 0 or cols == 0:
-        return
-    if rows == 0:
-        out.zero_()
-        return
-    cfg = RNN["column_sums"][0]
-    grid = (_cdiv(cols, cfg.kwargs["BLOCK_C"]), zs)
-    column_sums_kernel[grid](g, out, rows, cols, g.stride(1), g.stride(0), out.stride(0),
-                             num_warps=cfg.num_warps, **cfg.kwargs)
-
-
-def _steps(batch_sizes, batch, device):
-    """(packed, batch_sizes, offsets) for the kernels: a padded batch (every step B rows) needs no
-    tables; a packed one gets int32 tables on the device."""
-    steps = batch_sizes.shape[0]
-    sizes = batch_sizes.to("cpu", torch.int64)
-    if steps == 0 or int(sizes[0]) == int(sizes[-1]):
-        dummy = torch.empty(1, dtype=torch.int32, device=device)
-        return False, dummy, dummy
-    offsets = torch.zeros_like(sizes)
-    torch.cumsum(sizes[:-1], 0, out=offsets[1:])
-    table = torch.stack([sizes, offsets]).to(torch.int32).to(device)
-    return True, table[0], table[1]
-
-
-def _input_bias(mode, b_ih, b_hh, n_dir, gh):
-    """The biases added to the input projection, float32 (D*G*H,): all of an LSTM's; a GRU's
-    b_ih and the r, z part of b_hh (b_hn multiplies with r inside the loop)."""
-    if b_ih is None and b_hh is None:
-        return None
-    device = (b_ih if b_ih is not None else b_hh).device
-    bias = torch.zeros((n_dir, gh), dtype=torch.float32, device=device)
-    if b_ih is not None:
-        bias += b_ih
-    if b_hh is not None:
-        if mode == "lstm":
-            bias += b_hh
-        else:
-            bias[:, :2 * gh // 3] += b_hh[:, :2 * gh // 3]
-    return bias.reshape(-1)
-
-
-def _rows_view(t):
-    """t itself when its last axis is contiguous, else a contiguous copy."""
-    return t if t.stride(-1) == 1 else t.contiguous()
+def _vanilla_cell(mode, x, h, w_ih, w_hh, b_ih, b_hh, h_out, precision):
+    """One vanilla RNN step: the layer kernel over one step."""
+    batch, hid = h.shape
+    f32 = dict(dtype=torch.float32, device=x.device)
+    h_n = torch.empty((1, batch, hid), dtype=x.dtype, device=x.device)
+    gates, saved = torch.empty((batch, 1, hid), **f32), torch.empty((batch, 1, 0), **f32)
+    layer_forward(mode, x, torch.full((1,), batch, dtype=torch.int64), w_ih[None], w_hh[None],
+                  None if b_ih is None else b_ih[None], None if b_hh is None else b_hh[None], None,
+                  None, h[None], None, h_out, h_n, None, gates, saved, precision)
 
 
 def cell_forward(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, h_out, c_out, precision,
@@ -593,9 +472,12 @@ def cell_forward(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, h_out, c_out, precision,
     hid = h.shape[1]
     if batch == 0 or hid == 0:
         return
+    if mode not in ("lstm", "gru"):
+        _vanilla_cell(mode, x, h, w_ih, w_hh, b_ih, b_hh, h_out, precision)
+        return
     lstm = mode == "lstm"
-    x, h = _rows_view(x), _rows_view(h)
-    c = _rows_view(c) if lstm else h
+    x, h = rows_view(x), rows_view(h)
+    c = rows_view(c) if lstm else h
     w_ih, w_hh = w_ih.contiguous(), w_hh.contiguous()
     has_bias = b_ih is not None
     if has_bias and b_hh is None:
@@ -604,7 +486,7 @@ def cell_forward(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, h_out, c_out, precision,
         b_ih, has_bias = torch.zeros_like(b_hh), True
     save = gates is not None
     cfg = RNN["cell"][0]
-    grid = (_cdiv(batch, cfg.kwargs["BLOCK_B"]), _cdiv(hid, cfg.kwargs["BLOCK_H"]))
+    grid = (cdiv(batch, cfg.kwargs["BLOCK_B"]), cdiv(hid, cfg.kwargs["BLOCK_H"]))
     cell_forward_kernel[grid](
         x, h, c, w_ih, w_hh, b_ih if has_bias else w_ih, b_hh if has_bias else w_ih, h_out,
         h_out if h_out2 is None else h_out2, c_out if lstm else h_out, gates if save else h_out,
@@ -613,14 +495,15 @@ def cell_forward(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, h_out, c_out, precision,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.kwargs)
 
 
-def layer_forward(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, y, h_n, c_n, gates,
-                  saved, precision):
+def layer_forward(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, rmask, h0, c0, y, h_n, c_n,
+                  gates, saved, precision):
     """Every direction of one layer (shapes in the module docstring). batch_sizes: int64 (T,) on
-    any device. Writes y, h_n, c_n (LSTM), gates (N, D, G*H) and saved (N, D, S) float32."""
+    any device; rmask (D, B, P) or None. Writes y, h_n, c_n (LSTM), gates and saved (float32,
+    workspace_shapes)."""
     lstm = mode == "lstm"
     n_rows, n_in = x.shape
     n_dir, gh, proj = w_hh.shape
-    hid = gh // _GATES[mode]
+    hid = gh // GATES[mode]
     steps, batch = batch_sizes.shape[0], h0.shape[1]
     if n_rows == 0:
         h_n.copy_(h0)
@@ -629,7 +512,10 @@ def layer_forward(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, y,
         return
     w_ih, w_hh, h0 = w_ih.contiguous(), w_hh.contiguous(), h0.contiguous()
     has_proj = w_hr is not None
-    if steps == 1 and n_dir == 1 and not has_proj:  # a cell step: one fused kernel
+    has_rmask = rmask is not None
+    rmask = rmask.contiguous() if has_rmask else h0
+    if steps == 1 and n_dir == 1 and not (has_proj or has_rmask) and mode in ("lstm", "gru"):
+        # a cell step: one fused kernel
         cell_forward(mode, x, h0[0], c0[0] if lstm else None, w_ih[0], w_hh[0],
                      None if b_ih is None else b_ih[0], None if b_hh is None else b_hh[0],
                      y, c_n[0] if lstm else None, precision, h_out2=h_n[0],
@@ -637,26 +523,26 @@ def layer_forward(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, y,
         return
     gx = torch.empty((n_rows, n_dir, gh), dtype=torch.float32, device=x.device)
     matmul(x.unsqueeze(0), w_ih.view(n_dir * gh, n_in).t().unsqueeze(0),
-           gx.view(1, n_rows, n_dir * gh), _input_bias(mode, b_ih, b_hh, n_dir, gh), precision)
-    packed, sizes, offsets = _steps(batch_sizes, batch, x.device)
+           gx.view(1, n_rows, n_dir * gh), input_bias(mode, b_ih, b_hh, n_dir, gh), precision)
+    packed, sizes, offsets = step_tables(batch_sizes, batch, x.device)
 
     def grid(meta):
-        return (n_dir, _cdiv(batch, meta["BLOCK_B"]))
+        return (n_dir, cdiv(batch, meta["BLOCK_B"]))
     resident = max(hid, proj) <= RESIDENT_UNITS
-    tune = batch * hid * proj >= _TUNE_LOOP
+    tune = batch * hid * proj >= rnn_common.TUNE_LOOP
     if lstm:
         kernel = lstm_forward_resident if resident else lstm_forward_kernel
-        _launch(kernel, grid, tune, gx, w_hh, w_hr.contiguous() if has_proj else w_hh, h0,
-                c0.contiguous(), sizes, offsets, y, h_n, c_n, gates, saved, steps, batch, hid,
-                proj, n_dir, HAS_PROJ=has_proj, PACKED=packed, PRECISION=precision,
-                RESIDENT=resident)
-    else:
+        launch(kernel, grid, tune, gx, w_hh, w_hr.contiguous() if has_proj else w_hh, rmask, h0,
+               c0.contiguous(), sizes, offsets, y, h_n, c_n, gates, saved, steps, batch, hid,
+               proj, n_dir, HAS_PROJ=has_proj, PACKED=packed, PRECISION=precision,
+               RESIDENT=resident, HAS_RMASK=has_rmask)
+    elif mode == "gru":
         b_hn = None if b_hh is None else b_hh[:, 2 * hid:].to(torch.float32).contiguous()
         kernel = gru_forward_resident if resident else gru_forward_kernel
-        _launch(kernel, grid, tune, gx, w_hh, gx if b_hn is None else b_hn, h0, sizes, offsets,
-                y, h_n, gates, saved, steps, batch, hid, n_dir, HAS_BIAS=b_hn is not None,
-                PACKED=packed, PRECISION=precision, RESIDENT=resident)
-
-
-# The backward through time lives in rnn_backward.py (it imports this module's helpers).
-from .rnn_backward import layer_backward  # noqa: E402,F401
+        launch(kernel, grid, tune, gx, w_hh, gx if b_hn is None else b_hn, rmask, h0, sizes,
+               offsets, y, h_n, gates, saved, steps, batch, hid, n_dir, HAS_BIAS=b_hn is not None,
+               PACKED=packed, PRECISION=precision, RESIDENT=resident, HAS_RMASK=has_rmask)
+    else:
+        launch(vanilla_forward_kernel, grid, tune, gx, w_hh, rmask, h0, sizes, offsets, y, h_n,
+               gates, steps, batch, hid, n_dir, RELU=mode == "rnn_relu", PACKED=packed,
+               PRECISION=precision, HAS_RMASK=has_rmask)

@@ -1,31 +1,36 @@
-"""Backward through time of the Triton LSTM/GRU layers (the forward, the layer layout and the
-workspaces are described in ``rnn.py``; ``rnn.layer_backward`` is this module's launcher).
+"""Backward through time of the Triton LSTM, GRU and vanilla RNN layers (the forward, the layer
+layout and the workspaces are described in ``rnn.py``; ``layer_backward`` is the launcher).
 
 Per layer, one launch per direction set walks t = last..first: program (d, batch tile) carries the
 gradient reaching h_t and c_t in float32 ping-pong buffers, writes the gate pre-activation
 gradients of every step (float32), and after the loop the weight gradients are a few GEMMs over all
-steps at once; bias gradients are column sums. Deterministic: no atomics.
+steps at once; bias gradients are column sums. Deterministic: no atomics. With recurrent dropout
+the state saved for dW_hh is the masked one that entered W_hh, and the gradient carried to
+h_{t-1} through the recurrent product is multiplied by the same mask (the GRU's direct z * h_{t-1}
+term carries its share unmasked).
 """
 import torch
 import triton
 import triton.language as tl
 
-from . import rnn as _fwd
+from ..rnn_modes import GATES
+from . import rnn_common
 from ._autotune import autotune
 from .configs import RNN
-from .rnn import (_GATES, _cdiv, _launch, _load_carry, _load_state, _prune_tiles, _step, _steps,
-                  _tanh, column_sums, matmul)
+from .rnn_common import (cdiv, column_sums, launch, load_carry, load_state, masked, matmul,
+                         prune_tiles, step, step_tables, tanh)
 
 # --------------------------------------------------------------------------------------------- #
 # Backward time loops                                                                            #
 # --------------------------------------------------------------------------------------------- #
 
-@autotune(RNN["lstm_backward"], key=["B", "H", "P"], prune=_prune_tiles)
+@autotune(RNN["lstm_backward"], key=["B", "H", "P"], prune=prune_tiles)
 @triton.jit
-def lstm_backward_kernel(w_hh, w_hr, h0, c0, batch_sizes, offsets, y, gates, saved, dy, dh_n, dc_n,
-                         dgates, hprev, dhtot, dh_carry, dc_carry, dh0, dc0,
+def lstm_backward_kernel(w_hh, w_hr, rmask, h0, c0, batch_sizes, offsets, y, gates, saved, dy,
+                         dh_n, dc_n, dgates, hprev, dhtot, dh_carry, dc_carry, dh0, dc0,
                          T, B, H, P, D,
                          HAS_PROJ: tl.constexpr, PACKED: tl.constexpr, PRECISION: tl.constexpr,
+                         HAS_RMASK: tl.constexpr,
                          BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
     """BPTT of BLOCK_B rows of direction d. Writes dgates (N, D, 4H) float32 (gradient of the gate
     pre-activations), hprev (N, D, P) (the state each step started from), with a projection dhtot
@@ -40,9 +45,9 @@ def lstm_backward_kernel(w_hh, w_hr, h0, c0, batch_sizes, offsets, y, gates, sav
         S = H
     for s in range(T):
         t = (T - 1 - s) + d * (2 * s - T + 1)
-        n_t, off_t = _step(t, T, batch_sizes, offsets, B, PACKED)
-        n_p, off_p = _step(t - 1 + 2 * d, T, batch_sizes, offsets, B, PACKED)
-        n_n, _off_n = _step(t + 1 - 2 * d, T, batch_sizes, offsets, B, PACKED)
+        n_t, off_t = step(t, T, batch_sizes, offsets, B, PACKED)
+        n_p, off_p = step(t - 1 + 2 * d, T, batch_sizes, offsets, B, PACKED)
+        n_n, _off_n = step(t + 1 - 2 * d, T, batch_sizes, offsets, B, PACKED)
         active = rows < n_t
         has_prev = active & (rows < n_p)
         fresh = active & (rows >= n_p)
@@ -56,11 +61,12 @@ def lstm_backward_kernel(w_hh, w_hr, h0, c0, batch_sizes, offsets, y, gates, sav
             outs = p0 + tl.arange(0, BLOCK_H)
             omask = outs < P
             m2 = active[:, None] & omask[None, :]
-            hp = _load_state(y, D * P, d * P, h0, d * B, P, rows, row_p, has_prev, fresh, outs,
-                             omask)
+            hp = load_state(y, D * P, d * P, h0, d * B, P, rows, row_p, has_prev, fresh, outs,
+                            omask)
+            hp = masked(hp, rmask, d * B, P, rows, outs, active, omask, HAS_RMASK)
             tl.store(hprev + row_t[:, None] * (D * P) + d * P + outs[None, :], hp, mask=m2)
             if HAS_PROJ:
-                dh = _load_carry(dh_carry + rd * P, dh_n,
+                dh = load_carry(dh_carry + rd * P, dh_n,
                                  (d * B + rows)[:, None] * P + outs[None, :], has_next, first,
                                  omask[None, :])
                 dh += tl.load(dy + row_t[:, None] * (D * P) + d * P + outs[None, :], mask=m2,
@@ -84,7 +90,7 @@ def lstm_backward_kernel(w_hh, w_hr, h0, c0, batch_sizes, offsets, y, gates, sav
                                 mask=kmask[:, None] & umask[None, :], other=0.0)
                     dh = tl.dot(a.to(w.dtype), w, dh, input_precision=PRECISION)
             else:
-                dh = _load_carry(dh_carry + rd * P, dh_n,
+                dh = load_carry(dh_carry + rd * P, dh_n,
                                  (d * B + rows)[:, None] * P + units[None, :], has_next, first,
                                  umask[None, :])
                 dh += tl.load(dy + row_t[:, None] * (D * P) + d * P + units[None, :], mask=m2,
@@ -96,11 +102,11 @@ def lstm_backward_kernel(w_hh, w_hr, h0, c0, batch_sizes, offsets, y, gates, sav
             o = tl.load(gates + g_idx + 3 * H, mask=m2, other=0.0)
             c = tl.load(saved + row_t[:, None] * (D * S) + d * S + units[None, :], mask=m2,
                         other=0.0)
-            c_prev = _load_state(saved, D * S, d * S, c0, d * B, H, rows, row_p, has_prev, fresh,
-                                 units, umask)
+            c_prev = load_state(saved, D * S, d * S, c0, d * B, H, rows, row_p, has_prev, fresh,
+                                units, umask)
             c_idx = (d * B + rows)[:, None] * H + units[None, :]
-            dc = _load_carry(dc_carry + rd * H, dc_n, c_idx, has_next, first, umask[None, :])
-            tc = _tanh(c)
+            dc = load_carry(dc_carry + rd * H, dc_n, c_idx, has_next, first, umask[None, :])
+            tc = tanh(c)
             dc += dh * o * (1.0 - tc * tc)
             tl.store(dgates + g_idx, dc * g * i * (1.0 - i), mask=m2)
             tl.store(dgates + g_idx + H, dc * c_prev * f * (1.0 - f), mask=m2)
@@ -122,18 +128,19 @@ def lstm_backward_kernel(w_hh, w_hr, h0, c0, batch_sizes, offsets, y, gates, sav
                 w = tl.load(w_hh + d * G * P + ks[:, None] * P + outs[None, :],
                             mask=kmask[:, None] & omask[None, :], other=0.0)
                 acc = tl.dot(a.to(w.dtype), w, acc, input_precision=PRECISION)
+            acc = masked(acc, rmask, d * B, P, rows, outs, active, omask, HAS_RMASK)
             idx = (d * B + rows)[:, None] * P + outs[None, :]
             tl.store(dh_carry + wr * P + idx, acc, mask=has_prev[:, None] & omask[None, :])
             tl.store(dh0 + idx, acc.to(dh0.dtype.element_ty), mask=fresh[:, None] & omask[None, :])
         tl.debug_barrier()  # the carries are written before the next step reads them
 
 
-@autotune(RNN["gru_backward"], key=["B", "H"], prune=_prune_tiles)
+@autotune(RNN["gru_backward"], key=["B", "H"], prune=prune_tiles)
 @triton.jit
-def gru_backward_kernel(w_hh, h0, batch_sizes, offsets, y, gates, saved, dy, dh_n,
+def gru_backward_kernel(w_hh, rmask, h0, batch_sizes, offsets, y, gates, saved, dy, dh_n,
                         dgi, dgh, hprev, dhz, dh_carry, dh0,
                         T, B, H, D,
-                        PACKED: tl.constexpr, PRECISION: tl.constexpr,
+                        PACKED: tl.constexpr, PRECISION: tl.constexpr, HAS_RMASK: tl.constexpr,
                         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
     """GRU BPTT (see lstm_backward_kernel): dgi / dgh (N, D, 3H) float32 are the gradients of the
     input-side and hidden-side gate pre-activations (they differ in n: dgh_n = dgi_n * r); dhz
@@ -143,9 +150,9 @@ def gru_backward_kernel(w_hh, h0, batch_sizes, offsets, y, gates, saved, dy, dh_
     G = 3 * H
     for s in range(T):
         t = (T - 1 - s) + d * (2 * s - T + 1)
-        n_t, off_t = _step(t, T, batch_sizes, offsets, B, PACKED)
-        n_p, off_p = _step(t - 1 + 2 * d, T, batch_sizes, offsets, B, PACKED)
-        n_n, _off_n = _step(t + 1 - 2 * d, T, batch_sizes, offsets, B, PACKED)
+        n_t, off_t = step(t, T, batch_sizes, offsets, B, PACKED)
+        n_p, off_p = step(t - 1 + 2 * d, T, batch_sizes, offsets, B, PACKED)
+        n_n, _off_n = step(t + 1 - 2 * d, T, batch_sizes, offsets, B, PACKED)
         active = rows < n_t
         has_prev = active & (rows < n_p)
         fresh = active & (rows >= n_p)
@@ -160,7 +167,7 @@ def gru_backward_kernel(w_hh, h0, batch_sizes, offsets, y, gates, saved, dy, dh_
             umask = units < H
             m2 = active[:, None] & umask[None, :]
             c_idx = (d * B + rows)[:, None] * H + units[None, :]
-            dh = _load_carry(dh_carry + rd, dh_n, c_idx, has_next, first, umask[None, :])
+            dh = load_carry(dh_carry + rd, dh_n, c_idx, has_next, first, umask[None, :])
             dh += tl.load(dy + row_t[:, None] * (D * H) + d * H + units[None, :], mask=m2,
                           other=0.0).to(tl.float32)
             g_idx = row_t[:, None] * (D * G) + d * G + units[None, :]
@@ -169,9 +176,10 @@ def gru_backward_kernel(w_hh, h0, batch_sizes, offsets, y, gates, saved, dy, dh_
             n = tl.load(gates + g_idx + 2 * H, mask=m2, other=0.0)
             hn = tl.load(saved + row_t[:, None] * (D * H) + d * H + units[None, :], mask=m2,
                          other=0.0)
-            hp = _load_state(y, D * H, d * H, h0, d * B, H, rows, row_p, has_prev, fresh, units,
-                             umask)
-            tl.store(hprev + row_t[:, None] * (D * H) + d * H + units[None, :], hp, mask=m2)
+            hp = load_state(y, D * H, d * H, h0, d * B, H, rows, row_p, has_prev, fresh, units,
+                            umask)
+            tl.store(hprev + row_t[:, None] * (D * H) + d * H + units[None, :],
+                     masked(hp, rmask, d * B, H, rows, units, active, umask, HAS_RMASK), mask=m2)
             dn = dh * (1.0 - z) * (1.0 - n * n)
             dr = dn * hn * r * (1.0 - r)
             dz = dh * (hp.to(tl.float32) - n) * z * (1.0 - z)
@@ -187,8 +195,7 @@ def gru_backward_kernel(w_hh, h0, batch_sizes, offsets, y, gates, saved, dy, dh_
             outs = p0 + tl.arange(0, BLOCK_H)
             omask = outs < H
             idx = (d * B + rows)[:, None] * H + outs[None, :]
-            acc = tl.load(dhz + idx, mask=active[:, None] & omask[None, :], other=0.0,
-                          cache_modifier=".cg")
+            acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
             for k0 in range(0, G, BLOCK_K):
                 ks = k0 + tl.arange(0, BLOCK_K)
                 kmask = ks < G
@@ -197,6 +204,74 @@ def gru_backward_kernel(w_hh, h0, batch_sizes, offsets, y, gates, saved, dy, dh_
                 w = tl.load(w_hh + d * G * H + ks[:, None] * H + outs[None, :],
                             mask=kmask[:, None] & omask[None, :], other=0.0)
                 acc = tl.dot(a.to(w.dtype), w, acc, input_precision=PRECISION)
+            acc = masked(acc, rmask, d * B, H, rows, outs, active, omask, HAS_RMASK)
+            acc += tl.load(dhz + idx, mask=active[:, None] & omask[None, :], other=0.0,
+                           cache_modifier=".cg")
+            tl.store(dh_carry + wr + idx, acc, mask=has_prev[:, None] & omask[None, :])
+            tl.store(dh0 + idx, acc.to(dh0.dtype.element_ty), mask=fresh[:, None] & omask[None, :])
+        tl.debug_barrier()
+
+
+# The vanilla RNN's loop tiles like the GRU's (one gate instead of three): the same configurations.
+@autotune(RNN["gru_backward"], key=["B", "H"], prune=prune_tiles)
+@triton.jit
+def vanilla_backward_kernel(w_hh, rmask, h0, batch_sizes, offsets, y, gates, dy, dh_n,
+                            dg, hprev, dh_carry, dh0,
+                            T, B, H, D,
+                            RELU: tl.constexpr, PACKED: tl.constexpr, PRECISION: tl.constexpr,
+                            HAS_RMASK: tl.constexpr,
+                            BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Vanilla RNN BPTT (see lstm_backward_kernel): dg (N, D, H) float32, the gradient of the
+    pre-activation (gates holds each step's h)."""
+    d = tl.program_id(0)
+    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    for s in range(T):
+        t = (T - 1 - s) + d * (2 * s - T + 1)
+        n_t, off_t = step(t, T, batch_sizes, offsets, B, PACKED)
+        n_p, off_p = step(t - 1 + 2 * d, T, batch_sizes, offsets, B, PACKED)
+        n_n, _off_n = step(t + 1 - 2 * d, T, batch_sizes, offsets, B, PACKED)
+        active = rows < n_t
+        has_prev = active & (rows < n_p)
+        fresh = active & (rows >= n_p)
+        has_next = active & (rows < n_n)
+        first = active & (rows >= n_n)
+        row_t = (off_t + rows).to(tl.int64)
+        row_p = (off_p + rows).to(tl.int64)
+        rd = (s % 2) * D * B * H
+        wr = D * B * H - rd
+        for j0 in range(0, H, BLOCK_H):
+            units = j0 + tl.arange(0, BLOCK_H)
+            umask = units < H
+            m2 = active[:, None] & umask[None, :]
+            c_idx = (d * B + rows)[:, None] * H + units[None, :]
+            g_idx = row_t[:, None] * (D * H) + d * H + units[None, :]
+            dh = load_carry(dh_carry + rd, dh_n, c_idx, has_next, first, umask[None, :])
+            dh += tl.load(dy + g_idx, mask=m2, other=0.0).to(tl.float32)
+            h = tl.load(gates + g_idx, mask=m2, other=0.0)
+            if RELU:
+                dpre = tl.where(h > 0.0, dh, 0.0)
+            else:
+                dpre = dh * (1.0 - h * h)
+            tl.store(dg + g_idx, dpre, mask=m2)
+            hp = load_state(y, D * H, d * H, h0, d * B, H, rows, row_p, has_prev, fresh, units,
+                            umask)
+            tl.store(hprev + g_idx,
+                     masked(hp, rmask, d * B, H, rows, units, active, umask, HAS_RMASK), mask=m2)
+        tl.debug_barrier()  # every pre-activation gradient of the step is written
+        for p0 in range(0, H, BLOCK_H):
+            outs = p0 + tl.arange(0, BLOCK_H)
+            omask = outs < H
+            acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+            for k0 in range(0, H, BLOCK_K):
+                ks = k0 + tl.arange(0, BLOCK_K)
+                kmask = ks < H
+                a = tl.load(dg + row_t[:, None] * (D * H) + d * H + ks[None, :],
+                            mask=active[:, None] & kmask[None, :], other=0.0, cache_modifier=".cg")
+                w = tl.load(w_hh + d * H * H + ks[:, None] * H + outs[None, :],
+                            mask=kmask[:, None] & omask[None, :], other=0.0)
+                acc = tl.dot(a.to(w.dtype), w, acc, input_precision=PRECISION)
+            acc = masked(acc, rmask, d * B, H, rows, outs, active, omask, HAS_RMASK)
+            idx = (d * B + rows)[:, None] * H + outs[None, :]
             tl.store(dh_carry + wr + idx, acc, mask=has_prev[:, None] & omask[None, :])
             tl.store(dh0 + idx, acc.to(dh0.dtype.element_ty), mask=fresh[:, None] & omask[None, :])
         tl.debug_barrier()
@@ -206,14 +281,14 @@ def gru_backward_kernel(w_hh, h0, batch_sizes, offsets, y, gates, saved, dy, dh_
 # Launcher                                                                                      #
 # --------------------------------------------------------------------------------------------- #
 
-def layer_backward(mode, x, batch_sizes, w_ih, w_hh, w_hr, h0, c0, y, gates, saved, dy, dh_n,
-                   dc_n, dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh0, dc0, precision):
+def layer_backward(mode, x, batch_sizes, w_ih, w_hh, w_hr, rmask, h0, c0, y, gates, saved, dy,
+                   dh_n, dc_n, dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh0, dc0, precision):
     """BPTT of one layer: from the forward's y, gates, saved and the gradients of y, h_n, c_n,
     writes dx (N, I), dw_ih, dw_hh, db_ih, db_hh (D, G*H), dw_hr (with a projection), dh0, dc0."""
     lstm = mode == "lstm"
     n_rows, n_in = x.shape
     n_dir, gh, proj = w_hh.shape
-    hid = gh // _GATES[mode]
+    hid = gh // GATES[mode]
     steps, batch = batch_sizes.shape[0], h0.shape[1]
     has_proj = w_hr is not None
     if n_rows == 0:
@@ -229,25 +304,33 @@ def layer_backward(mode, x, batch_sizes, w_ih, w_hh, w_hr, h0, c0, y, gates, sav
     dgi = torch.empty((n_rows, n_dir, gh), **f32)
     hprev = torch.empty((n_rows, n_dir, proj), dtype=x.dtype, device=x.device)
     dh_carry = torch.empty((2, n_dir, batch, proj), **f32)
-    packed, sizes, offsets = _steps(batch_sizes, batch, x.device)
-    tune = batch * hid * proj >= _fwd._TUNE_LOOP
+    packed, sizes, offsets = step_tables(batch_sizes, batch, x.device)
+    tune = batch * hid * proj >= rnn_common.TUNE_LOOP
+    has_rmask = rmask is not None
+    rmask = rmask.contiguous() if has_rmask else h0
 
     def grid(meta):
-        return (n_dir, _cdiv(batch, meta["BLOCK_B"]))
+        return (n_dir, cdiv(batch, meta["BLOCK_B"]))
     if lstm:
         dgh = dgi
         dhtot = torch.empty((n_rows, n_dir, proj), **f32) if has_proj else dgi
         dc_carry = torch.empty((2, n_dir, batch, hid), **f32)
-        _launch(lstm_backward_kernel, grid, tune, w_hh, w_hr.contiguous() if has_proj else w_hh,
-                h0, c0.contiguous(), sizes, offsets, y, gates, saved, dy, dh_n, dc_n.contiguous(),
-                dgi, hprev, dhtot, dh_carry, dc_carry, dh0, dc0, steps, batch, hid, proj, n_dir,
-                HAS_PROJ=has_proj, PACKED=packed, PRECISION=precision)
-    else:
+        launch(lstm_backward_kernel, grid, tune, w_hh, w_hr.contiguous() if has_proj else w_hh,
+               rmask, h0, c0.contiguous(), sizes, offsets, y, gates, saved, dy, dh_n,
+               dc_n.contiguous(), dgi, hprev, dhtot, dh_carry, dc_carry, dh0, dc0, steps, batch,
+               hid, proj, n_dir, HAS_PROJ=has_proj, PACKED=packed, PRECISION=precision,
+               HAS_RMASK=has_rmask)
+    elif mode == "gru":
         dgh = torch.empty((n_rows, n_dir, gh), **f32)
         dhz = torch.empty((n_dir, batch, hid), **f32)
-        _launch(gru_backward_kernel, grid, tune, w_hh, h0, sizes, offsets, y, gates, saved, dy,
-                dh_n, dgi, dgh, hprev, dhz, dh_carry, dh0, steps, batch, hid, n_dir,
-                PACKED=packed, PRECISION=precision)
+        launch(gru_backward_kernel, grid, tune, w_hh, rmask, h0, sizes, offsets, y, gates, saved,
+               dy, dh_n, dgi, dgh, hprev, dhz, dh_carry, dh0, steps, batch, hid, n_dir,
+               PACKED=packed, PRECISION=precision, HAS_RMASK=has_rmask)
+    else:
+        dgh = dgi
+        launch(vanilla_backward_kernel, grid, tune, w_hh, rmask, h0, sizes, offsets, y, gates, dy,
+               dh_n, dgi, hprev, dh_carry, dh0, steps, batch, hid, n_dir,
+               RELU=mode == "rnn_relu", PACKED=packed, PRECISION=precision, HAS_RMASK=has_rmask)
     # Weight gradients over all steps at once: dW = dg^T (input of the product), per direction.
     matmul(dgi.permute(1, 2, 0), x.unsqueeze(0).expand(n_dir, n_rows, n_in), dw_ih,
            precision=precision)

@@ -1,0 +1,362 @@
+"""Recurrent layers for the CPU, backward through time (layout and forward in ``rnn.py``).
+
+The work items of the forward (direction, block of batch rows) run again in reverse time: each
+step turns the gradient reaching h_t (and c_t) into the gradient of the gate pre-activations
+(``dgates``, every step kept) and carries the gradient of h_{t-1} (and c_{t-1}) back with one
+small product with W_hh. With recurrent dropout that product's share is multiplied by the same
+mask as in the forward, and ``hprev`` keeps the masked state that entered W_hh. The weight
+gradients are then a few large matrix products over all steps at once
+(dW_ih = dg^T x, dW_hh = dg_h^T hprev, dx = dg W_ih), bias gradients column sums.
+"""
+import numba
+import numpy as np
+
+from ..rnn_modes import GATES
+from ._jit import blas_set_local_threads, gemm, jit, jit_parallel
+from .rnn import _MODE_ID, chunks_for, serial, step_offsets
+from .rnn_math import tanh
+
+
+@jit
+def _prev_row(t, b, reverse, batch_sizes, offsets):
+    """The row of batch entry b at the step before t in this direction's order, or -1 (initial)."""
+    if reverse:
+        if t + 1 < batch_sizes.shape[0] and b < batch_sizes[t + 1]:
+            return offsets[t + 1] + b
+        return -1
+    if t > 0:
+        return offsets[t - 1] + b
+    return -1
+
+
+@jit
+def _store_hprev(d, t, b0, nr, r0, reverse, batch_sizes, offsets, y, h0, rmask, has_rmask,
+                 hprev):
+    """hprev[d, row] = the state each active row started step t from, masked as it entered W_hh."""
+    proj = hprev.shape[2]
+    for r in range(nr):
+        b = b0 + r
+        pr = _prev_row(t, b, reverse, batch_sizes, offsets)
+        hp = hprev[d, r0 + r]
+        for j in range(proj):
+            v = h0[d, b, j] if pr < 0 else y[pr, d * proj + j]
+            hp[j] = v * rmask[d, b, j] if has_rmask else v
+
+
+@jit
+def _carry_back(d, b0, nr, r0, dg, w_hh, rmask, has_rmask, dh, accumulate, tmp, is_double):
+    """dh[d, b0:b0+nr] (+)= (dg rows @ W_hh) (* rmask): the gradient reaching h_{t-1} through the
+    recurrent product. tmp: scratch of nr * P."""
+    gh, proj = w_hh.shape[1], w_hh.shape[2]
+    if not has_rmask:
+        gemm(is_double, 0, 0, nr, proj, gh, 1.0, dg[d, r0].ctypes.data, gh, w_hh[d].ctypes.data,
+             proj, 1.0 if accumulate else 0.0, dh[d, b0].ctypes.data, proj)
+        return
+    gemm(is_double, 0, 0, nr, proj, gh, 1.0, dg[d, r0].ctypes.data, gh, w_hh[d].ctypes.data,
+         proj, 0.0, tmp.ctypes.data, proj)
+    for r in range(nr):
+        dr = dh[d, b0 + r]
+        mr = rmask[d, b0 + r]
+        for j in range(proj):
+            v = tmp[r * proj + j] * mr[j]
+            dr[j] = dr[j] + v if accumulate else v
+
+
+@jit
+def _lstm_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, w_hr, rmask, y, h0, c0, gates, cs,
+                        dy, dh, dc, dgates, hprev, dw_hr, hpre, dhp, is_double):
+    """LSTM BPTT of rows [b0, b1) of direction d. dh/dc (D, B, P/H) enter holding the gradient of
+    the final states and leave holding that of h0/c0; dgates (D, N, 4H) gets the gradient of the
+    gate pre-activations; hprev (D, N, P) the (masked) state each step started from; dw_hr (P, H)
+    accumulates. hpre, dhp: scratch of rows * max(4H, P)."""
+    steps = batch_sizes.shape[0]
+    gh = w_hh.shape[1]
+    hid = gh // 4
+    proj = w_hh.shape[2]
+    short = gates.itemsize == 4
+    has_proj = w_hr.shape[1] > 0
+    has_rmask = rmask.shape[1] > 0
+    reverse = d == 1
+    for s in range(steps):
+        t = s if reverse else steps - 1 - s
+        nr = min(b1, batch_sizes[t]) - b0
+        if nr <= 0:
+            continue
+        r0 = offsets[t] + b0
+        _store_hprev(d, t, b0, nr, r0, reverse, batch_sizes, offsets, y, h0, rmask, has_rmask,
+                     hprev)
+        for r in range(nr):
+            dhr = dh[d, b0 + r]
+            dyr = dy[r0 + r, d * proj:(d + 1) * proj]
+            for j in range(proj):
+                dhr[j] += dyr[j]
+        if has_proj:
+            for r in range(nr):
+                gr = gates[d, r0 + r]
+                csr = cs[d, r0 + r]
+                hq = hpre[r * hid:(r + 1) * hid]
+                for j in range(hid):
+                    hq[j] = gr[3 * hid + j] * tanh(np.float64(csr[j]), short)
+            # dW_hr += dh^T hpre; the gradient reaching o * tanh(c) is dh W_hr.
+            gemm(is_double, 1, 0, proj, hid, nr, 1.0, dh[d, b0].ctypes.data, proj,
+                 hpre.ctypes.data, hid, 1.0, dw_hr.ctypes.data, hid)
+            gemm(is_double, 0, 0, nr, hid, proj, 1.0, dh[d, b0].ctypes.data, proj,
+                 w_hr[d].ctypes.data, hid, 0.0, dhp.ctypes.data, hid)
+        for r in range(nr):
+            b = b0 + r
+            pr = _prev_row(t, b, reverse, batch_sizes, offsets)
+            gr = gates[d, r0 + r]
+            csr = cs[d, r0 + r]
+            cpr = c0[d, b] if pr < 0 else cs[d, pr]
+            dg = dgates[d, r0 + r]
+            dcr = dc[d, b]
+            dhr = dh[d, b] if not has_proj else dhp[r * hid:(r + 1) * hid]
+            for j in range(hid):
+                i_g = np.float64(gr[j])
+                f_g = np.float64(gr[hid + j])
+                g_g = np.float64(gr[2 * hid + j])
+                o_g = np.float64(gr[3 * hid + j])
+                tc = tanh(np.float64(csr[j]), short)
+                dhv = np.float64(dhr[j])
+                dcv = dcr[j] + dhv * o_g * (1.0 - tc * tc)
+                dg[j] = dcv * g_g * i_g * (1.0 - i_g)
+                dg[hid + j] = dcv * cpr[j] * f_g * (1.0 - f_g)
+                dg[2 * hid + j] = dcv * i_g * (1.0 - g_g * g_g)
+                dg[3 * hid + j] = dhv * tc * o_g * (1.0 - o_g)
+                dcr[j] = dcv * f_g
+        _carry_back(d, b0, nr, r0, dgates, w_hh, rmask, has_rmask, dh, False, hpre, is_double)
+
+
+@jit
+def _gru_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, rmask, y, h0, gates, hn_lin, dy,
+                       dh, dgates, dgates_h, hprev, hpre, is_double):
+    """GRU BPTT of rows [b0, b1) of direction d: dgates gets the gradient of the input-side gate
+    pre-activations, dgates_h that of the hidden-side ones (they differ in the n gate). The
+    direct term z * h_{t-1} carries its gradient unmasked."""
+    steps = batch_sizes.shape[0]
+    gh = w_hh.shape[1]
+    hid = gh // 3
+    has_rmask = rmask.shape[1] > 0
+    reverse = d == 1
+    for s in range(steps):
+        t = s if reverse else steps - 1 - s
+        nr = min(b1, batch_sizes[t]) - b0
+        if nr <= 0:
+            continue
+        r0 = offsets[t] + b0
+        _store_hprev(d, t, b0, nr, r0, reverse, batch_sizes, offsets, y, h0, rmask, has_rmask,
+                     hprev)
+        for r in range(nr):
+            b = b0 + r
+            pr = _prev_row(t, b, reverse, batch_sizes, offsets)
+            dhr = dh[d, b]
+            dyr = dy[r0 + r, d * hid:(d + 1) * hid]
+            gr = gates[d, r0 + r]
+            lin = hn_lin[d, r0 + r]
+            dgi = dgates[d, r0 + r]
+            dgh = dgates_h[d, r0 + r]
+            for j in range(hid):
+                hv = h0[d, b, j] if pr < 0 else y[pr, d * hid + j]
+                dht = np.float64(dhr[j]) + dyr[j]
+                r_g = np.float64(gr[j])
+                z_g = np.float64(gr[hid + j])
+                n_g = np.float64(gr[2 * hid + j])
+                dnp = dht * (1.0 - z_g) * (1.0 - n_g * n_g)
+                drp = dnp * lin[j] * r_g * (1.0 - r_g)
+                dzp = dht * (np.float64(hv) - n_g) * z_g * (1.0 - z_g)
+                dgi[j] = drp
+                dgi[hid + j] = dzp
+                dgi[2 * hid + j] = dnp
+                dgh[j] = drp
+                dgh[hid + j] = dzp
+                dgh[2 * hid + j] = dnp * r_g
+                dhr[j] = dht * z_g
+        _carry_back(d, b0, nr, r0, dgates_h, w_hh, rmask, has_rmask, dh, True, hpre, is_double)
+
+
+@jit
+def _vanilla_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, use_relu, rmask, y, h0, gates,
+                           dy, dh, dgates, hprev, hpre, is_double):
+    """Vanilla RNN BPTT of rows [b0, b1) of direction d; gates holds each step's output h."""
+    steps = batch_sizes.shape[0]
+    hid = w_hh.shape[1]
+    has_rmask = rmask.shape[1] > 0
+    reverse = d == 1
+    for s in range(steps):
+        t = s if reverse else steps - 1 - s
+        nr = min(b1, batch_sizes[t]) - b0
+        if nr <= 0:
+            continue
+        r0 = offsets[t] + b0
+        _store_hprev(d, t, b0, nr, r0, reverse, batch_sizes, offsets, y, h0, rmask, has_rmask,
+                     hprev)
+        for r in range(nr):
+            dhr = dh[d, b0 + r]
+            dyr = dy[r0 + r, d * hid:(d + 1) * hid]
+            gr = gates[d, r0 + r]
+            dg = dgates[d, r0 + r]
+            for j in range(hid):
+                dht = np.float64(dhr[j]) + dyr[j]
+                hv = np.float64(gr[j])
+                if use_relu:
+                    dg[j] = dht if hv > 0.0 else 0.0
+                else:
+                    dg[j] = dht * (1.0 - hv * hv)
+        _carry_back(d, b0, nr, r0, dgates, w_hh, rmask, has_rmask, dh, False, hpre, is_double)
+
+
+@jit
+def _backward_rows(mode_id, d, b0, b1, batch_sizes, offsets, w_hh, w_hr, rmask, y, h0, c0, gates,
+                   saved, dy, dh, dc, dgates, dgates_h, hprev, dw_hr, hpre, dhp, is_double):
+    """BPTT of rows [b0, b1) of direction d in the mode's loop (mode_id: rnn._MODE_ID)."""
+    if mode_id == 0:
+        _lstm_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, w_hr, rmask, y, h0, c0, gates,
+                            saved, dy, dh, dc, dgates, hprev, dw_hr, hpre, dhp, is_double)
+    elif mode_id == 1:
+        _gru_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, rmask, y, h0, gates, saved, dy,
+                           dh, dgates, dgates_h, hprev, hpre, is_double)
+    else:
+        _vanilla_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, mode_id == 3, rmask, y, h0,
+                               gates, dy, dh, dgates, hprev, hpre, is_double)
+
+
+@jit_parallel
+def _backward_items(mode_id, batch_sizes, offsets, w_hh, w_hr, rmask, y, h0, c0, gates, saved,
+                    dy, dh, dc, dgates, dgates_h, hprev, dw_hr_parts, hpre, dhp, chunks, per,
+                    is_double):
+    for it in numba.prange(dh.shape[0] * chunks):
+        blas_set_local_threads(1)
+        d, k = it // chunks, it % chunks
+        _backward_rows(mode_id, d, k * per, min(dh.shape[1], (k + 1) * per), batch_sizes,
+                       offsets, w_hh, w_hr, rmask, y, h0, c0, gates, saved, dy, dh, dc, dgates,
+                       dgates_h, hprev, dw_hr_parts[it], hpre[it], dhp[it], is_double)
+        blas_set_local_threads(0)
+
+
+@jit
+def _weight_grads_block(d, lo, hi, dgi, dgh, x, hprev, dw_ih, dw_hh, db_ih, db_hh, is_double):
+    """Gate rows [lo, hi) of direction d: dw_ih = dgi^T x, dw_hh = dgh^T hprev, db = column sums."""
+    n_rows, gh = dgi.shape[1], dgi.shape[2]
+    n_in = x.shape[1]
+    proj = hprev.shape[2]
+    item = x.itemsize
+    gemm(is_double, 1, 0, hi - lo, n_in, n_rows, 1.0, dgi[d].ctypes.data + lo * item, gh,
+         x.ctypes.data, n_in, 0.0, dw_ih[d, lo].ctypes.data, n_in)
+    gemm(is_double, 1, 0, hi - lo, proj, n_rows, 1.0, dgh[d].ctypes.data + lo * item, gh,
+         hprev[d].ctypes.data, proj, 0.0, dw_hh[d, lo].ctypes.data, proj)
+    for j in range(lo, hi):
+        db_ih[d, j] = 0.0
+        db_hh[d, j] = 0.0
+    for r in range(n_rows):
+        gi = dgi[d, r]
+        gg = dgh[d, r]
+        for j in range(lo, hi):
+            db_ih[d, j] += gi[j]
+            db_hh[d, j] += gg[j]
+
+
+@jit
+def _input_grads_block(lo, hi, dgi, w_ih, dx, is_double):
+    """Rows [lo, hi) of dx = sum over d of dgi[d] @ w_ih[d]."""
+    n_dir, gh = dgi.shape[0], dgi.shape[2]
+    n_in = dx.shape[1]
+    for d in range(n_dir):
+        gemm(is_double, 0, 0, hi - lo, n_in, gh, 1.0, dgi[d, lo].ctypes.data, gh,
+             w_ih[d].ctypes.data, n_in, 1.0 if d > 0 else 0.0, dx[lo].ctypes.data, n_in)
+
+
+@jit_parallel
+def _weight_grads(dgi, dgh, x, hprev, dw_ih, dw_hh, db_ih, db_hh, blocks, is_double):
+    """_weight_grads_block over threads: every direction in ``blocks`` blocks of gate rows."""
+    n_dir, gh = dgi.shape[0], dgi.shape[2]
+    per = -(-gh // blocks)
+    for it in numba.prange(n_dir * blocks):
+        blas_set_local_threads(1)
+        lo = (it % blocks) * per
+        hi = min(gh, lo + per)
+        if hi > lo:
+            _weight_grads_block(it // blocks, lo, hi, dgi, dgh, x, hprev, dw_ih, dw_hh, db_ih,
+                                db_hh, is_double)
+        blas_set_local_threads(0)
+
+
+@jit_parallel
+def _input_grads(dgi, w_ih, dx, row_blocks, is_double):
+    """_input_grads_block over threads, in row blocks."""
+    n_rows = dgi.shape[1]
+    per = -(-n_rows // row_blocks)
+    for it in numba.prange(row_blocks):
+        blas_set_local_threads(1)
+        lo = it * per
+        hi = min(n_rows, lo + per)
+        if hi > lo:
+            _input_grads_block(lo, hi, dgi, w_ih, dx, is_double)
+        blas_set_local_threads(0)
+
+
+@jit
+def _backward_serial(mode_id, batch_sizes, offsets, x, w_ih, w_hh, w_hr, rmask, y, h0, c0, gates,
+                     saved, dy, dh, dc, dgates, dgates_h, hprev, dw_hr_parts, hpre, dhp, dx, dw_ih,
+                     dw_hh, db_ih, db_hh, is_double):
+    """The whole backward of a small layer on the calling thread (see rnn._forward_serial)."""
+    blas_set_local_threads(1)
+    n_dir, n_rows, gh = dgates.shape
+    for d in range(n_dir):
+        _backward_rows(mode_id, d, 0, dh.shape[1], batch_sizes, offsets, w_hh, w_hr, rmask, y, h0,
+                       c0, gates, saved, dy, dh, dc, dgates, dgates_h, hprev, dw_hr_parts[d],
+                       hpre[d], dhp[d], is_double)
+        _weight_grads_block(d, 0, gh, dgates, dgates_h, x, hprev, dw_ih, dw_hh, db_ih, db_hh,
+                            is_double)
+    if x.shape[1] > 0:
+        _input_grads_block(0, n_rows, dgates, w_ih, dx, is_double)
+    blas_set_local_threads(0)
+
+
+def layer_backward(mode, x, batch_sizes, w_ih, w_hh, w_hr, rmask, h0, c0, y, gates, saved, dy,
+                   dh, dc, dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr):
+    """BPTT of one layer. dh/dc enter holding the gradients of h_n/c_n and leave holding those of
+    h0/c0; dx (N, I), dw_* and db_* (D, G*H) are written (dw_hr summed over work items)."""
+    is_double = x.dtype == np.float64
+    n_dir, batch = dh.shape[0], dh.shape[1]
+    n_rows = x.shape[0]
+    gh = w_hh.shape[1]
+    hid = gh // GATES[mode]
+    proj = w_hh.shape[2]
+    has_proj = w_hr.shape[1] > 0
+    threads = numba.get_num_threads()
+    dgates = np.empty((n_dir, n_rows, gh), dtype=x.dtype)
+    dgates_h = np.empty((n_dir, n_rows, gh), dtype=x.dtype) if mode == "gru" else dgates
+    hprev = np.empty((n_dir, n_rows, proj), dtype=x.dtype)
+    small = serial(n_rows, gh, x.shape[1], proj)
+    chunks, per = (1, batch) if small else chunks_for(n_dir, batch)
+    items = n_dir * chunks
+    n = per * max(gh, proj, 1)
+    hpre = np.empty((items, n), dtype=x.dtype)
+    dhp = np.empty((items, per * max(hid, 1)), dtype=x.dtype)
+    dw_hr_parts = np.zeros((items,) + tuple(w_hr.shape[1:]), dtype=x.dtype)
+    if n_rows == 0 or x.shape[1] == 0:
+        dx[...] = 0.0
+        dw_ih[...] = 0.0
+    if n_rows == 0:
+        dw_hh[...] = 0.0
+        db_ih[...] = 0.0
+        db_hh[...] = 0.0
+        dw_hr[...] = 0.0
+        return
+    offsets = step_offsets(batch_sizes)
+    mode_id = _MODE_ID[mode]
+    if small:
+        _backward_serial(mode_id, batch_sizes, offsets, x, w_ih, w_hh, w_hr, rmask, y, h0, c0,
+                         gates, saved, dy, dh, dc, dgates, dgates_h, hprev, dw_hr_parts, hpre, dhp,
+                         dx, dw_ih, dw_hh, db_ih, db_hh, is_double)
+    else:
+        _backward_items(mode_id, batch_sizes, offsets, w_hh, w_hr, rmask, y, h0, c0, gates, saved,
+                        dy, dh, dc, dgates, dgates_h, hprev, dw_hr_parts, hpre, dhp, chunks, per,
+                        is_double)
+        blocks = max(1, min(threads * 2 // n_dir, gh // 16))
+        _weight_grads(dgates, dgates_h, x, hprev, dw_ih, dw_hh, db_ih, db_hh, blocks, is_double)
+        if x.shape[1] > 0:
+            _input_grads(dgates, w_ih, dx, max(1, min(threads, n_rows // 8)), is_double)
+    if has_proj:
+        for d in range(n_dir):
+            dw_hr[d] = dw_hr_parts[d * chunks:(d + 1) * chunks].sum(axis=0)

@@ -1,0 +1,184 @@
+"""Depthwise convolution (conv with groups == C_in, any channel multiplier) against torch on
+float64 copies, forward and every gradient: both forward algorithms (row streams over the phase
+slab, channel vectors), every stride, kernel size, dilation, multiplier, rank and layout."""
+import itertools
+import math
+import random
+
+import numba
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dlkern.functional as DF
+from dlkern.kernels.numba import depthwise as numba_depthwise
+from helpers import check_against_torch, make_tensor
+
+TORCH = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+SPATIAL = {1: (13,), 2: (7, 9), 3: (5, 6, 4)}
+LAYOUTS = ["contiguous", "noncontiguous", "channels_last"]
+ALGORITHMS = ["row_stream", "channel_vector", "same"]
+
+
+def depthwise(rank, x, w, b, **kwargs):
+    # dlkern's conv routes groups == in_channels to the depthwise kernels.
+    return getattr(DF, f"conv{rank}d")(x, w, b, groups=x.shape[-rank - 1], **kwargs)
+
+
+def _out_shape(fn, *args):
+    with torch.no_grad():
+        return fn(*[a.detach().double() if a is not None else None for a in args]).shape
+
+
+def run_depthwise(rank, x, w, b, **kwargs):
+    c = x.shape[-rank - 1]
+    ref = lambda x, w, b: TORCH[rank](x, w, b, groups=c, **kwargs)  # noqa: E731
+    out_shape = _out_shape(ref, x, w, None)
+    kvol = math.prod(w.shape[2:])
+    per_channel = out_shape[0] * math.prod(out_shape[2:]) if len(out_shape) == rank + 2 \
+        else math.prod(out_shape[1:])
+    red = {"output": kvol, 0: w.shape[0] // c * kvol, 1: per_channel, 2: per_channel}
+    return check_against_torch(lambda x, w, b: depthwise(rank, x, w, b, **kwargs), ref,
+                               [x, w, b], red)
+
+
+def _kernel(rank, k):
+    return (k,) * rank if k != 2 else (2, 3, 1)[:rank]
+
+
+def _padding(rank, padding):
+    return tuple(range(1, rank + 1)) if padding == "asym" else padding
+
+
+def _valid(c):
+    """torch accepts the case: 'same' only with stride 1, the dilated kernel within the padded
+    input."""
+    if c["padding"] == "same":
+        return c["stride"] == 1
+    rank = c["rank"]
+    pad = _padding(rank, c["padding"])
+    pads = (0,) * rank if pad == "valid" else (pad,) * rank if isinstance(pad, int) else pad
+    return all(size + 2 * p - c["dilation"] * (k - 1) - 1 >= 0
+               for size, p, k in zip(SPATIAL[rank], pads, _kernel(rank, c["kernel"])))
+
+
+def _sample(axes, count, seed):
+    """A fixed random sample of the product of ``axes`` (the full product is too many cases)."""
+    cases = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+    cases = [c for c in cases if _valid(c)]
+    return random.Random(seed).sample(cases, min(count, len(cases)))
+
+
+def _case_id(c):
+    return "-".join(f"{k}={str(v).replace('torch.', '')}" for k, v in c.items())
+
+
+DW_AXES = dict(rank=[1, 2, 3], kernel=[1, 2, 3, 5], stride=[1, 2, 3],
+               padding=[0, 1, "same", "valid", "asym"], dilation=[1, 2], multiplier=[1, 2, 3],
+               bias=[True, False], batch=[0, 1, 3], layout=LAYOUTS,
+               dtype=[torch.float32, torch.float64], algorithm=ALGORITHMS)
+DW_SWEEP = _sample(DW_AXES, 110, 11)
+
+
+@pytest.mark.parametrize("case", DW_SWEEP, ids=_case_id)
+def test_depthwise_sweep(case, monkeypatch):
+    monkeypatch.setenv("DLKERN_DEPTHWISE_ALGO", case["algorithm"])
+    rank, c_in, m = case["rank"], 3, case["multiplier"]
+    g = torch.Generator().manual_seed(1)
+    x = make_tensor((case["batch"], c_in) + SPATIAL[rank], case["dtype"], case["layout"], g)
+    w = make_tensor((c_in * m, 1) + _kernel(rank, case["kernel"]), case["dtype"], generator=g)
+    b = make_tensor((c_in * m,), case["dtype"], generator=g) if case["bias"] else None
+    run_depthwise(rank, x, w, b, stride=case["stride"], padding=_padding(rank, case["padding"]),
+                  dilation=case["dilation"])
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_depthwise_larger_planes_and_unbatched(rank, algorithm, monkeypatch):
+    # Planes split into several row bands; channel counts past one channel block (16 lanes).
+    monkeypatch.setenv("DLKERN_DEPTHWISE_ALGO", algorithm)
+    g = torch.Generator().manual_seed(2)
+    spatial = {1: (1000,), 2: (33, 47), 3: (6, 19, 23)}[rank]
+    x = make_tensor((2, 18) + spatial, torch.float32, generator=g)
+    w = make_tensor((18, 1) + (3,) * rank, torch.float32, generator=g)
+    b = make_tensor((18,), torch.float32, generator=g)
+    run_depthwise(rank, x, w, b, padding=1)
+    run_depthwise(rank, x, w, b, stride=2, padding=2, dilation=2)
+    out = run_depthwise(rank, x[0], w, b, padding="same")
+    assert out.dim() == rank + 1
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_depthwise_real_kernel_sizes(layout):
+    # ConvNeXt's 7x7, EfficientNet's 5x5 stride 2, Conformer's 1-d k31 (odd plane sizes)
+    g = torch.Generator().manual_seed(5)
+    x = make_tensor((2, 20, 23, 19), torch.float32, layout, g)
+    for k, stride in ((7, 1), (5, 2), (3, 3)):
+        w = make_tensor((20, 1, k, k), torch.float32, generator=g)
+        run_depthwise(2, x, w, None, stride=stride, padding=k // 2)
+    x1 = make_tensor((2, 8, 150), torch.float32, generator=g)
+    for k in (9, 31):
+        run_depthwise(1, x1, make_tensor((8, 1, k), torch.float32, generator=g), None,
+                      padding=k // 2)
+
+
+@pytest.mark.parametrize("rank", [1, 2])
+def test_depthwise_padding_beyond_kernel(rank):
+    # padding wider than the dilated kernel: output elements that see only padding (= bias)
+    g = torch.Generator().manual_seed(3)
+    x = make_tensor((2, 2) + SPATIAL[rank], torch.float64, generator=g)
+    w = make_tensor((4, 1) + (2,) * rank, torch.float64, generator=g)
+    b = make_tensor((4,), torch.float64, generator=g)
+    for stride in (1, 2):
+        run_depthwise(rank, x, w, b, stride=stride, padding=4)
+
+
+def test_channels_last_output_layout():
+    g = torch.Generator().manual_seed(4)
+    x = make_tensor((2, 20, 9, 8), torch.float32, "channels_last", g)
+    w = make_tensor((40, 1, 3, 3), torch.float32, generator=g)
+    out = DF.conv2d(x, w, None, padding=1, groups=20)
+    ref = F.conv2d(x, w, None, padding=1, groups=20)
+    assert out.is_contiguous(memory_format=torch.channels_last) == \
+        ref.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_weight_gradient_does_not_depend_on_thread_count():
+    # per-lane partial sums reduced in a fixed order, per channel: the same bits on 1 or n threads
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((3, 5, 1, 30, 31)).astype(np.float32)
+    dy = rng.standard_normal((3, 10, 1, 15, 16)).astype(np.float32)
+    args = ((10, 1, 1, 3, 3), (1, 2, 2), (0, 1, 1), (1, 1, 1), True)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = numba_depthwise.depthwise_backward_weight(x, dy, *args)
+    finally:
+        numba.set_num_threads(threads)
+    many = numba_depthwise.depthwise_backward_weight(x, dy, *args)
+    assert np.array_equal(one[0], many[0]) and np.array_equal(one[1], many[1])
+
+
+@pytest.mark.parametrize("stride,multiplier,kernel", [(1, 1, 3), (1, 1, 5), (2, 1, 3), (1, 2, 3)])
+def test_channels_last_gradients_in_place(stride, multiplier, kernel):
+    # channels_last input and output gradient: the backward kernels read and write them in place
+    g = torch.Generator().manual_seed(7)
+    x = make_tensor((2, 18, 11, 10), torch.float32, "channels_last", g, requires_grad=True)
+    w = make_tensor((18 * multiplier, 1, kernel, kernel), torch.float32, generator=g,
+                    requires_grad=True)
+    b = make_tensor((18 * multiplier,), torch.float32, generator=g, requires_grad=True)
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
+    kwargs = dict(stride=stride, padding=kernel // 2, groups=18)
+    out = DF.conv2d(x, w, b, **kwargs)
+    ref = F.conv2d(x64, w64, b64, **kwargs)
+    grad = make_tensor(tuple(out.shape), torch.float64, "channels_last", g)
+    out.backward(grad.float())
+    ref.backward(grad)
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+    pixels = 2 * math.prod(out.shape[2:])
+    from helpers import assert_close
+    assert_close(out, ref, kernel * kernel)
+    assert_close(x.grad, x64.grad, multiplier * kernel * kernel, "grad of input")
+    assert_close(w.grad, w64.grad, pixels, "grad of weight")
+    assert_close(b.grad, b64.grad, pixels, "grad of bias")
