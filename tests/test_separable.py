@@ -177,6 +177,24 @@ def test_spatial_separable_unbatched_and_padding_beyond_kernel():
     run_spatial(x, wv, wh, bv, bh, padding=4, stride=2)
 
 
+def test_row_range_stays_inside_the_tile():
+    """The spatial kernels zero and copy rows [oh0, lo) and [hi, oh1) of a tile's pack: lo and hi
+    must lie inside the tile even where padding exceeds the rows a tile covers (a lo past oh1
+    once wrote past the tile, into the next thread's buffer)."""
+    from kernels.numba.separable import _row_range
+    for oh0, oh1, sh, shift, h_in in itertools.product(range(4), range(1, 6), (1, 2, 3),
+                                                       range(-9, 7), (1, 3, 5)):
+        if oh1 <= oh0:
+            continue
+        lo, hi = _row_range(oh0, oh1, sh, shift, h_in)
+        inside = [oh for oh in range(oh0, oh1) if 0 <= oh * sh + shift < h_in]
+        assert oh0 <= lo <= hi <= oh1, (oh0, oh1, sh, shift, h_in, lo, hi)
+        if inside:
+            assert (lo, hi) == (inside[0], inside[-1] + 1), (oh0, oh1, sh, shift, h_in)
+        else:
+            assert lo == hi
+
+
 # ---------------------------------------------------------------- gradcheck, registration
 
 

@@ -221,7 +221,7 @@ def _row_range(oh0, oh1, sh, shift, h_in):
     """Output rows oh in [oh0, oh1) whose input row oh*sh + shift lies in [0, h_in)."""
     lo = oh0
     if shift < 0:
-        lo = max(lo, (-shift + sh - 1) // sh)
+        lo = min(oh1, max(lo, (-shift + sh - 1) // sh))
     hi = min(oh1, (h_in - 1 - shift) // sh + 1) if h_in - 1 - shift >= 0 else oh0
     return lo, max(lo, hi)
 
