@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import dlkern
 import dlkern.functional as DF
 import dlkern.nn as dnn
+import dlkern.ops.separable  # noqa: F401  (registers the dlkern:: ops that opcheck names)
 from helpers import assert_close, check_against_torch, float64_copy, make_tensor
 
 TORCH = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}

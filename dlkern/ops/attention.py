@@ -136,7 +136,7 @@ def _masked_softmax_setup(ctx, inputs, output):
 
 def _masked_softmax_backward(ctx, grad):
     (y,) = ctx.saved_tensors
-    return masked_softmax_backward_op(y, grad.contiguous()), None, None, None
+    return _dispatch.call(masked_softmax_backward_op, y, grad.contiguous()), None, None, None
 
 
 masked_softmax_op.register_autograd(_masked_softmax_backward, setup_context=_masked_softmax_setup)
@@ -159,7 +159,7 @@ def masked_softmax(input, mask=None, dim=-1):
     shape = x.shape
     x2 = x.contiguous().reshape(-1, shape[-1])
     if mask is None:
-        y = masked_softmax_op(x2, None, None, 0)
+        y = _dispatch.call(masked_softmax_op, x2, None, None, 0)
     else:
         base = mask.contiguous()
         view = base.expand(input.shape).movedim(dim, -1)
@@ -167,8 +167,8 @@ def masked_softmax(input, mask=None, dim=-1):
         for size, stride in zip(view.shape[:-1], view.stride()[:-1]):
             offsets = offsets.unsqueeze(-1) + torch.arange(size, dtype=torch.int64,
                                                            device=base.device) * stride
-        y = masked_softmax_op(x2, base.view(torch.uint8).reshape(-1), offsets.reshape(-1),
-                              int(view.stride(-1)))
+        y = _dispatch.call(masked_softmax_op, x2, base.view(torch.uint8).reshape(-1),
+                           offsets.reshape(-1), int(view.stride(-1)))
     return y.reshape(shape).movedim(-1, dim).contiguous()
 
 
@@ -405,8 +405,9 @@ def _attention_backward(ctx, grad_out, grad_stats):
     q, k, v, mask, out, stats = ctx.saved_tensors
     is_causal, scale, dropout_p, seed, flags = ctx.params
     want_mask = bool(mask is not None and ctx.needs_input_grad[3])
-    gq, gk, gv, gm = attention_backward_op(grad_out.contiguous(), q, k, v, mask, out, stats,
-                                           is_causal, scale, dropout_p, seed, want_mask, flags)
+    gq, gk, gv, gm = _dispatch.call(attention_backward_op, grad_out.contiguous(), q, k, v,
+                                    mask, out, stats, is_causal, scale, dropout_p, seed,
+                                    want_mask, flags)
     return (gq if ctx.needs_input_grad[0] else None, gk if ctx.needs_input_grad[1] else None,
             gv if ctx.needs_input_grad[2] else None, gm if want_mask else None,
             None, None, None, None, None)
@@ -485,8 +486,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         flags |= NAN_MASKED
     if lq == 1 and nhk < hq and (not is_causal or bottom_right):
         q, mask, is_causal = _group_queries(q, mask, nhk)
-    out, _ = attention_op(q, k, v, mask, bool(is_causal), float(scale), float(dropout_p), seed,
-                          flags)
+    out, _ = _dispatch.call(attention_op, q, k, v, mask, bool(is_causal), float(scale),
+                            float(dropout_p), seed, flags)
     out = out.reshape(batch + (hq, lq, dv))
     return out.reshape(lq, dv) if rank2 else out
 

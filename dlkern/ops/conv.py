@@ -345,12 +345,12 @@ def _conv_backward(ctx, grad_output):
     need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
     grad_input = grad_weight = grad_bias = None
     if need_input:
-        grad_input = conv_backward_input(grad_output, weight, list(input.shape), stride, padding,
-                                         dilation, groups)
+        grad_input = _dispatch.call(conv_backward_input, grad_output, weight,
+                                    list(input.shape), stride, padding, dilation, groups)
     if need_weight or (need_bias and ctx.has_bias):
         want_bias = bool(need_bias and ctx.has_bias)
-        gw, gb = conv_backward_weight(grad_output, input, list(weight.shape), stride, padding,
-                                      dilation, groups, want_bias)
+        gw, gb = _dispatch.call(conv_backward_weight, grad_output, input, list(weight.shape),
+                                stride, padding, dilation, groups, want_bias)
         grad_weight = gw if need_weight else None
         grad_bias = gb if want_bias else None
     return grad_input, grad_weight, grad_bias, None, None, None, None, None
@@ -372,6 +372,6 @@ def convolution(op, input, weight, bias, stride, padding, dilation, groups, nsp)
     if _dispatch.backend_for("conv", x, weight, bias) is None:
         _dispatch.fallback("conv", x, weight, bias)
         return _TORCH_CONV[nsp](input, weight, bias, stride, padding, dilation, groups)
-    out = conv(x, weight, bias, list(stride_t), list(pad_lo), list(dil_t), int(groups),
-               list(out_spatial))
+    out = _dispatch.call(conv, x, weight, bias, list(stride_t), list(pad_lo), list(dil_t),
+                         int(groups), list(out_spatial))
     return out.squeeze(0) if unbatched else out

@@ -206,13 +206,14 @@ def _backward(ctx, grad_output):
     need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
     grad_input = grad_weight = grad_bias = None
     if need_input:
-        grad_input = conv_op(grad_output, weight, None, stride, padding, dilation, groups,
-                             list(input.shape[2:]))
+        grad_input = _dispatch.call(conv_op, grad_output, weight, None, stride, padding,
+                                    dilation, groups, list(input.shape[2:]))
     if need_weight:
-        grad_weight, _ = conv_backward_weight_op(input, grad_output, list(weight.shape), stride,
-                                                 padding, dilation, groups, False)
+        grad_weight, _ = _dispatch.call(conv_backward_weight_op, input, grad_output,
+                                        list(weight.shape), stride, padding, dilation, groups,
+                                        False)
     if need_bias and ctx.has_bias:
-        grad_bias = channel_sum(grad_output)
+        grad_bias = _dispatch.call(channel_sum, grad_output)
     return grad_input, grad_weight, grad_bias, None, None, None, None, None
 
 
@@ -235,6 +236,6 @@ def convolution_transpose(op, input, weight, bias, stride, padding, output_paddi
         _dispatch.fallback("conv_transpose", x, weight, bias)
         return _TORCH_CONV_TRANSPOSE[nsp](input, weight, bias, stride, padding, output_padding,
                                           groups, dilation)
-    out = conv_transpose(x, weight, bias, list(stride_t), list(pad_t), list(dil_t), int(groups),
-                         list(out_spatial))
+    out = _dispatch.call(conv_transpose, x, weight, bias, list(stride_t), list(pad_t),
+                         list(dil_t), int(groups), list(out_spatial))
     return out.squeeze(0) if unbatched else out

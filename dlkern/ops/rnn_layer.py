@@ -265,8 +265,9 @@ class _Layer(torch.autograd.Function):
 
 
 def _path(tensors):
-    """"op" when torch.compile traces, "autograd" when a gradient is wanted, else "lean"."""
-    if torch.compiler.is_compiling():
+    """"op" unless the call is plain eager (_dispatch.plain_eager: torch.compile tracing, a mode,
+    a transform or the profiler), "autograd" when a gradient is wanted, else "lean"."""
+    if not _dispatch.plain_eager(tensors, grad_ok=True):
         return "op"
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return "autograd"

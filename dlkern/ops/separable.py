@@ -173,8 +173,8 @@ def _two_conv_backward(backward_op):
         need = ctx.needs_input_grad[:5]
         if not any(need):
             return (None,) * 9
-        gx, gw1, gw2, gb1, gb2 = backward_op(grad_output, input, w1, w2, b1, stride, padding,
-                                             dilation, bool(need[0]))
+        gx, gw1, gw2, gb1, gb2 = _dispatch.call(backward_op, grad_output, input, w1, w2, b1,
+                                                stride, padding, dilation, bool(need[0]))
         keep = lambda g, k: g if need[k] else None  # noqa: E731
         return (keep(gx, 0), keep(gw1, 1), keep(gw2, 2), keep(gb1, 3) if ctx.has_bias[0] else None,
                 keep(gb2, 4) if ctx.has_bias[1] else None, None, None, None, None)
@@ -200,9 +200,9 @@ def depthwise_separable(op, input, depthwise_weight, pointwise_weight, depthwise
         mid = _TORCH_CONV[nsp](input, depthwise_weight, depthwise_bias, stride, padding, dilation,
                                x.shape[1])
         return _TORCH_CONV[nsp](mid, pointwise_weight, pointwise_bias)
-    out = depthwise_separable_conv(x, depthwise_weight, pointwise_weight, depthwise_bias,
-                                   pointwise_bias, list(stride_t), list(pad_lo), list(dil_t),
-                                   list(out_spatial))
+    out = _dispatch.call(depthwise_separable_conv, x, depthwise_weight, pointwise_weight,
+                         depthwise_bias, pointwise_bias, list(stride_t), list(pad_lo),
+                         list(dil_t), list(out_spatial))
     return out.squeeze(0) if unbatched else out
 
 
@@ -305,8 +305,8 @@ def spatial_separable(op, input, weight_v, weight_h, bias_v, bias_h, stride, pad
         (s_v, p_v, d_v), (s_h, p_h, d_h) = torch_args
         mid = F.conv2d(input, weight_v, bias_v, s_v, p_v, d_v)
         return F.conv2d(mid, weight_h, bias_h, s_h, p_h, d_h)
-    out = spatial_separable_conv(x, weight_v, weight_h, bias_v, bias_h, list(stride_t),
-                                 list(pad_lo), list(dil_t), list(out_spatial))
+    out = _dispatch.call(spatial_separable_conv, x, weight_v, weight_h, bias_v, bias_h,
+                         list(stride_t), list(pad_lo), list(dil_t), list(out_spatial))
     return out.squeeze(0) if unbatched else out
 
 
