@@ -428,7 +428,9 @@ def depthwise_backward_input(dy, w, stride, padding, dilation, dx):
     """dx = the gradient of depthwise conv(x, w) w.r.t. x, given dy, its output's gradient. dy and
     dx may be channels_last views; with stride 1 and no channel multiplier the gradient is the
     forward 'same'-style correlation of dy with the flipped kernel (padding (K-1)*d - p), which
-    the channels_last forward computes in place."""
+    the channels_last forward computes in place. That forward multiplies its zero padding by
+    every weight: a NaN or infinite weight would make NaN (0 * inf) where torch forms no
+    product, so such a weight takes the transposed-stride kernel, which skips those taps."""
     if dx.size == 0:
         return dx
     if dy.size == 0:
@@ -437,7 +439,8 @@ def depthwise_backward_input(dy, w, stride, padding, dilation, dx):
     m = w.shape[0] // dx.shape[1]
     pad_t = tuple((k - 1) * d - p for k, d, p in zip(w.shape[2:], dilation, padding))
     if (is_channels_last(dy) and is_channels_last(dx) and m == 1 and tuple(stride) == (1, 1, 1)
-            and min(pad_t) >= 0 and dense_flat(dy) is not None and dense_flat(dx) is not None):
+            and min(pad_t) >= 0 and dense_flat(dy) is not None and dense_flat(dx) is not None
+            and np.isfinite(w).all()):
         return _channels_last_forward(dy, _flipped(w), None, conv_params(stride, pad_t, dilation),
                                       dx)
     dy = np.ascontiguousarray(dy)
