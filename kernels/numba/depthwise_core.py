@@ -306,7 +306,12 @@ def weight_band(xf, x_chan, in_shape, dyf, dy_chan, out_shape, m, k_shape, od, o
     input channel from output rows [oh0, oh1) at depth od of one image: the sum over those
     outputs of dy times the input the tap reads. The m channels' dy planes are at
     dyf[dy_chan + j*vol_out]; out_shape (OD, OH, OW). Scratch: slab (as forward_band), dyw
-    (rows*wq), offs/kidx (KD*KH*KW); part float64."""
+    (rows*wq), offs/kidx (KD*KH*KW); part float64.
+
+    A band of several rows is one stream of (rows - 1)*wq + OW elements: dy is zero in the
+    wq - OW junk columns past each row, which meet real input samples, and 0 * inf is NaN where
+    torch forms no product. So a NaN in the result may be junk: callers then take the gradient
+    again with bands of one row (no junk columns), which is exact."""
     od_n, oh_n, ow_n = out_shape
     kd_n, kh_n, kw_n = k_shape
     kvol = kd_n * kh_n * kw_n
