@@ -13,18 +13,8 @@ from bad_input_battery import forward_backward, not_strict, poisoned
 
 NAN, INF = float("nan"), float("inf")
 
-_INPUT_GRAD = ("the depthwise input gradient is NaN where torch's is finite or infinite: the "
-               "depthwise kernels (kernels/numba/depthwise*.py) multiply the zero padding of the "
-               "output gradient by the weight taps that fall outside the output (0 * NaN = NaN)")
-_WEIGHT_GRAD = ("the depthwise weight gradient is NaN where torch's is finite: the depthwise kernels "
-                "(kernels/numba/depthwise*.py) multiply zero padding of the output gradient by real "
-                "input samples (0 * inf = NaN)")
-# Cases that fail today (test_bad_inputs.py expects them to, until the kernels are fixed).
-KNOWN = {
-    "depthwise: NaN and infinity in the weight": _INPUT_GRAD,
-    "depthwise: NaN and infinities in the input": _WEIGHT_GRAD,
-    "ds: NaN and infinities in the input": _WEIGHT_GRAD,
-}
+# Cases that fail today (test_bad_inputs.py expects them to, until the kernels are fixed): none.
+KNOWN = {}
 
 x4 = torch.randn(2, 4, 8, 8)
 x3 = torch.randn(2, 4, 16)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import dlkern.functional as DF
 from dlkern.kernels.numba import depthwise as numba_depthwise
-from helpers import check_against_torch, make_tensor
+from helpers import assert_close, check_against_torch, make_tensor
 
 TORCH = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 SPATIAL = {1: (13,), 2: (7, 9), 3: (5, 6, 4)}
@@ -182,3 +182,133 @@ def test_channels_last_gradients_in_place(stride, multiplier, kernel):
     assert_close(x.grad, x64.grad, multiplier * kernel * kernel, "grad of input")
     assert_close(w.grad, w64.grad, pixels, "grad of weight")
     assert_close(b.grad, b64.grad, pixels, "grad of bias")
+
+
+# NaN and infinities. torch's gradients are NaN or infinite exactly where one of the products it
+# forms involves a NaN or an infinity; the kernels' zero padding (of the output gradient, or the
+# junk columns past a row's end) must never be multiplied by one (0 * inf = NaN).
+
+def assert_same_pattern(actual, expected, reduction, what):
+    """NaN where torch has NaN, infinities of torch's sign where it has them, the finite
+    elements close."""
+    a = actual.detach().to(torch.float64)
+    e = expected.detach().to(torch.float64)
+    if a.shape != e.shape:
+        raise AssertionError(f"{what}: shape {tuple(a.shape)} != {tuple(e.shape)}")
+    for name, test in (("NaN", torch.isnan), ("+inf", torch.isposinf), ("-inf", torch.isneginf)):
+        diff = test(a) != test(e)
+        if diff.any():
+            idx = diff.nonzero()[0].tolist()
+            raise AssertionError(f"{what}: {name} pattern differs at {idx} ({int(diff.sum())} "
+                                 f"elements; dlkern {a[tuple(idx)].item()}, torch "
+                                 f"{e[tuple(idx)].item()})")
+    finite = torch.isfinite(e)
+    assert_close(torch.where(finite, a, 0.0), torch.where(finite, e, 0.0), reduction, what)
+
+
+NONFINITE_INPUT = {2: {(0, 0, 0, -1): math.inf, (0, 1, 3, 4): math.nan, (1, 2, -1, 0): -math.inf,
+                       (1, 0, 2, -1): -math.inf, (1, 1, 0, 0): math.nan},
+                   1: {(0, 0, -1): math.inf, (0, 1, 6): math.nan, (1, 2, 0): -math.inf,
+                       (1, 0, -2): math.inf}}
+NONFINITE_WEIGHT = {2: {(0, 0, 0, 0): math.nan, (1, 0, 2, 2): math.inf, (-1, 0, 1, 2): -math.inf},
+                    1: {(0, 0, 0): math.nan, (1, 0, 2): math.inf, (-1, 0, 1): -math.inf}}
+
+
+def _poisoned(t, where):
+    t = t.clone()
+    for idx, v in where.items():
+        t[idx] = v
+    return t
+
+
+@pytest.fixture
+def one_thread():
+    # tiny planes: with several threads, waking the pool costs more than the work (the pattern
+    # of NaN and infinities does not depend on the thread count)
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    yield
+    numba.set_num_threads(threads)
+
+
+def _nonfinite_cases():
+    for rank, stride, padding, dilation, m, layout in itertools.product(
+            [1, 2], [1, 2], [0, 1, "same"], [1, 2], [1, 2], ["contiguous", "channels_last"]):
+        if (padding == "same" and stride != 1) or (layout == "channels_last" and rank == 1):
+            continue
+        yield rank, stride, padding, dilation, m, layout
+
+
+@pytest.mark.parametrize("poisoned", ["input", "weight"])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_depthwise_nonfinite_pattern(algorithm, poisoned, monkeypatch, one_thread):
+    monkeypatch.setenv("DLKERN_DEPTHWISE_ALGO", algorithm)
+    g = torch.Generator().manual_seed(8)
+    failures = []
+    for rank, stride, padding, dilation, m, layout in _nonfinite_cases():
+        spatial = {1: (13,), 2: (7, 9)}[rank]
+        x = make_tensor((2, 3) + spatial, torch.float64, layout, g)
+        w = make_tensor((3 * m, 1) + (3,) * rank, torch.float64, generator=g)
+        if poisoned == "input":
+            x = _poisoned(x, NONFINITE_INPUT[rank])
+        else:
+            w = _poisoned(w, NONFINITE_WEIGHT[rank])
+        kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=3)
+        xd, wd = x.clone().requires_grad_(), w.clone().requires_grad_()
+        xt, wt = x.clone().requires_grad_(), w.clone().requires_grad_()
+        out = getattr(DF, f"conv{rank}d")(xd, wd, None, **kwargs)
+        ref = TORCH[rank](xt, wt, None, **kwargs)
+        grad = make_tensor(tuple(ref.shape), torch.float64, layout, g)
+        out.backward(grad)
+        ref.backward(grad)
+        case = f"rank {rank} stride {stride} padding {padding} dilation {dilation} m {m} {layout}"
+        pixels = 2 * math.prod(ref.shape[2:])
+        for what, a, e, red in (("output", out, ref, 3 ** rank),
+                                ("grad of input", xd.grad, xt.grad, m * 3 ** rank),
+                                ("grad of weight", wd.grad, wt.grad, pixels)):
+            try:
+                assert_same_pattern(a, e, red, what)
+            except AssertionError as err:
+                failures.append(f"{case}: {err}")
+    assert not failures, f"{len(failures)} mismatches:\n" + "\n".join(failures)
+
+
+@pytest.mark.parametrize("poisoned", ["input", "weight"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_depthwise_separable_nonfinite(layout, poisoned, one_thread):
+    # the fused kernels' depthwise gradients with NaN and infinities in the input (the weight
+    # gradient) or in the depthwise weight (the input gradient)
+    g = torch.Generator().manual_seed(9)
+    failures = []
+    for stride, padding, dilation, m in itertools.product([1, 2], [0, 1, "same"], [1, 2], [1, 2]):
+        if padding == "same" and stride != 1:
+            continue
+        x = make_tensor((2, 3, 7, 9), torch.float64, layout, g)
+        d_w = make_tensor((3 * m, 1, 3, 3), torch.float64, generator=g)
+        if poisoned == "input":
+            x = _poisoned(x, NONFINITE_INPUT[2])
+        else:
+            d_w = _poisoned(d_w, NONFINITE_WEIGHT[2])
+        p_w = make_tensor((4, 3 * m, 1, 1), torch.float64, generator=g)
+        d_b = make_tensor((3 * m,), torch.float64, generator=g)
+        kwargs = dict(stride=stride, padding=padding, dilation=dilation)
+        dl = [t.clone().requires_grad_() for t in (x, d_w, p_w, d_b)]
+        th = [t.clone().requires_grad_() for t in (x, d_w, p_w, d_b)]
+        out = DF.depthwise_separable_conv2d(dl[0], dl[1], dl[2], dl[3], None, **kwargs)
+        mid = F.conv2d(th[0], th[1], th[3], groups=3, **kwargs)
+        ref = F.conv2d(mid, th[2])
+        # the gradient of a sum: the depthwise output's gradient is finite
+        out.sum().backward()
+        ref.sum().backward()
+        case = f"stride {stride} padding {padding} dilation {dilation} m {m}"
+        pixels = 2 * math.prod(ref.shape[2:])
+        for what, a, e, red in (("output", out, ref, 9 * 3 * m),
+                                ("grad of input", dl[0].grad, th[0].grad, 4 * 9 * m),
+                                ("grad of depthwise weight", dl[1].grad, th[1].grad, 4 * pixels),
+                                ("grad of pointwise weight", dl[2].grad, th[2].grad, pixels),
+                                ("grad of depthwise bias", dl[3].grad, th[3].grad, 4 * pixels)):
+            try:
+                assert_same_pattern(a, e, red, what)
+            except AssertionError as err:
+                failures.append(f"{case}: {err}")
+    assert not failures, f"{len(failures)} mismatches:\n" + "\n".join(failures)

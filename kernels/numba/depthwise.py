@@ -31,7 +31,9 @@ Gradients:
   transposed-stride form (depthwise_core.backward_input_band). channels_last dy/dx with stride 1
   and multiplier 1: the channels_last forward of dy with the flipped kernel, in place.
 * weight: an input channel (its m output channels) over every image, per-lane partial sums per
-  band (dot4) accumulated in float64 in a fixed order; channels_last: per-lane running sums per
+  band (dot4) accumulated in float64 in a fixed order (a NaN in the result is checked: it may
+  come from the junk columns of a band, 0 * inf, so the gradient is then taken again with one
+  row per band); channels_last: per-lane running sums per
   (image, band) item, the items summed in order (depthwise_nhwc.weight_kernel). Results do not
   depend on the thread count.
 """
@@ -178,8 +180,8 @@ def _backward_input_kernel(dy, w, dx, cp, band_rows, slabs, accs, offss, wtss):
 
 
 @jit_parallel_fma
-def _backward_weight_kernel(x, dy, dw_out, db_out, want_bias, cp, band_rows, slabs, dyws, offss,
-                            kidxs, parts):
+def _backward_weight_kernel(x, dy, dw_out, db_out, want_bias, cp, band_rows, row_step, slabs,
+                            dyws, offss, kidxs, parts):
     n_img, c_in, d_in, h_in, w_in = x.shape
     _, c_out, od_n, oh_n, ow_n = dy.shape
     _, kd_n, kh_n, kw_n = dw_out.shape
@@ -203,11 +205,13 @@ def _backward_weight_kernel(x, dy, dw_out, db_out, want_bias, cp, band_rows, sla
                     db_out[c * m + j] += total(dyf, dy_chan + j * vol_out, vol_out)
             for od in range(od_n):
                 for band in range(n_bands):
-                    oh0 = band * band_rows
-                    weight_band(xf, (n * c_in + c) * vol_in, (d_in, h_in, w_in), dyf, dy_chan,
-                                (od_n, oh_n, ow_n), m, (kd_n, kh_n, kw_n), od, oh0,
-                                min(oh_n, oh0 + band_rows), band_rows, cp, slabs[tid], dyws[tid],
-                                offss[tid], kidxs[tid], part)
+                    oh1 = min(oh_n, (band + 1) * band_rows)
+                    # row_step < band_rows: the band in pieces of row_step rows (weight_band)
+                    for oh0 in range(band * band_rows, oh1, row_step):
+                        weight_band(xf, (n * c_in + c) * vol_in, (d_in, h_in, w_in), dyf,
+                                    dy_chan, (od_n, oh_n, ow_n), m, (kd_n, kh_n, kw_n), od, oh0,
+                                    min(oh1, oh0 + row_step), band_rows, cp, slabs[tid],
+                                    dyws[tid], offss[tid], kidxs[tid], part)
         for i in range(m * kvol):
             dwf[c * m * kvol + i] = part[i]
 
@@ -428,7 +432,9 @@ def depthwise_backward_input(dy, w, stride, padding, dilation, dx):
     """dx = the gradient of depthwise conv(x, w) w.r.t. x, given dy, its output's gradient. dy and
     dx may be channels_last views; with stride 1 and no channel multiplier the gradient is the
     forward 'same'-style correlation of dy with the flipped kernel (padding (K-1)*d - p), which
-    the channels_last forward computes in place."""
+    the channels_last forward computes in place. That forward multiplies its zero padding by
+    every weight: a NaN or infinite weight would make NaN (0 * inf) where torch forms no
+    product, so such a weight takes the transposed-stride kernel, which skips those taps."""
     if dx.size == 0:
         return dx
     if dy.size == 0:
@@ -437,7 +443,8 @@ def depthwise_backward_input(dy, w, stride, padding, dilation, dx):
     m = w.shape[0] // dx.shape[1]
     pad_t = tuple((k - 1) * d - p for k, d, p in zip(w.shape[2:], dilation, padding))
     if (is_channels_last(dy) and is_channels_last(dx) and m == 1 and tuple(stride) == (1, 1, 1)
-            and min(pad_t) >= 0 and dense_flat(dy) is not None and dense_flat(dx) is not None):
+            and min(pad_t) >= 0 and dense_flat(dy) is not None and dense_flat(dx) is not None
+            and np.isfinite(w).all()):
         return _channels_last_forward(dy, _flipped(w), None, conv_params(stride, pad_t, dilation),
                                       dx)
     dy = np.ascontiguousarray(dy)
@@ -523,7 +530,14 @@ def depthwise_backward_weight(x, dy, w_shape, stride, padding, dilation, want_bi
         slabs, dyws, offss, kidxs, _ = forward_scratch(k_shape, cp, band_rows, ow_n, x.dtype,
                                                        threads)
         parts = np.empty((threads, m * int(np.prod(k_shape))), dtype=np.float64)
-        _backward_weight_kernel(x, dy, dw64, db64, want_bias, cp, band_rows, slabs, dyws, offss,
-                                kidxs, parts)
+        _backward_weight_kernel(x, dy, dw64, db64, want_bias, cp, band_rows, band_rows, slabs,
+                                dyws, offss, kidxs, parts)
+        if band_rows > 1 and np.isnan(dw64).any():
+            # maybe 0 * inf in a band's junk columns (depthwise_core.weight_band): again, a row
+            # per band, which forms only torch's products (a NaN input makes this path slower)
+            dw64[...] = 0.0
+            db64[...] = 0.0
+            _backward_weight_kernel(x, dy, dw64, db64, want_bias, cp, band_rows, 1, slabs, dyws,
+                                    offss, kidxs, parts)
     dw = dw64.astype(x.dtype).reshape(tuple(w_shape))
     return dw, (db64.astype(x.dtype) if want_bias else None)

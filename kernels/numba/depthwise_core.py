@@ -28,6 +28,8 @@ output gradient (copied to row length wq, zeros in the junk columns) with the st
 computed by ``dot4``/``dot1`` with float32 (or float64) per-lane partial sums reduced in a fixed
 order (reassociation is allowed in those helpers only, _jit.jit_reduce).
 """
+import math
+
 import numpy as np
 
 from ._jit import jit_fma, jit_reduce
@@ -304,7 +306,12 @@ def weight_band(xf, x_chan, in_shape, dyf, dy_chan, out_shape, m, k_shape, od, o
     input channel from output rows [oh0, oh1) at depth od of one image: the sum over those
     outputs of dy times the input the tap reads. The m channels' dy planes are at
     dyf[dy_chan + j*vol_out]; out_shape (OD, OH, OW). Scratch: slab (as forward_band), dyw
-    (rows*wq), offs/kidx (KD*KH*KW); part float64."""
+    (rows*wq), offs/kidx (KD*KH*KW); part float64.
+
+    A band of several rows is one stream of (rows - 1)*wq + OW elements: dy is zero in the
+    wq - OW junk columns past each row, which meet real input samples, and 0 * inf is NaN where
+    torch forms no product. So a NaN in the result may be junk: callers then take the gradient
+    again with bands of one row (no junk columns), which is exact."""
     od_n, oh_n, ow_n = out_shape
     kd_n, kh_n, kw_n = k_shape
     kvol = kd_n * kh_n * kw_n
@@ -336,6 +343,44 @@ def weight_band(xf, x_chan, in_shape, dyf, dy_chan, out_shape, m, k_shape, od, o
         while t < ntaps:
             part[p0 + kidx[t]] += dot1(g, slab[offs[t]:], flat_n)
             t += 1
+
+
+@jit_fma
+def _nonfinite_taps(acc, a0, slab, wf, co0, m, k_shape, cp, out_shape, i_d, r_h, r_w, j0, n_j,
+                    k0, n_k, a_h, a_w, wq, region):
+    """backward_input_band's taps of stride phase (r_h, r_w) whose weight is NaN or infinite,
+    added to acc[a0 + j*wq + k] only where the output gradient they read exists (output row
+    j0 + j - (kh*dh)//sh in [0, OH), column k0 + k - (kw*dw)//sw in [0, OW)): exactly the
+    products torch forms, never 0 * inf with the zero padding."""
+    od_n, oh_n, ow_n = out_shape
+    kd_n, kh_n, kw_n = k_shape
+    sd, sh, sw, pd, ph, pw, dd, dh, dw = cp
+    kvol = kd_n * kh_n * kw_n
+    for kd in range(kd_n):
+        t = i_d + pd - kd * dd
+        if t < 0 or t % sd != 0 or t // sd >= od_n:
+            continue
+        for j in range(m):
+            base = (kd * m + j) * region
+            for kh in range(kh_n):
+                if (kh * dh) % sh != r_h:
+                    continue
+                rh = (kh * dh) // sh
+                j_lo = max(0, rh - j0)
+                j_hi = min(n_j, oh_n - j0 + rh)
+                for kw in range(kw_n):
+                    if (kw * dw) % sw != r_w:
+                        continue
+                    wt = wf[(co0 + j) * kvol + (kd * kh_n + kh) * kw_n + kw]
+                    if math.isfinite(wt):
+                        continue
+                    cw = (kw * dw) // sw
+                    k_lo = max(0, cw - k0)
+                    k_hi = min(n_k, ow_n - k0 + cw)
+                    off = base + (a_h - rh) * wq + a_w - cw
+                    for q in range(j_lo, j_hi):
+                        for k in range(k_lo, k_hi):
+                            acc[a0 + q * wq + k] += wt * slab[off + q * wq + k]
 
 
 @jit_fma
@@ -374,7 +419,10 @@ def backward_input_band(dyf, dy_chan, out_shape, wf, co0, m, k_shape, in_shape, 
     phase_size = n_j * wq
     for r_h in range(sh):
         for r_w in range(sw):
+            # finite taps in one pass over the padded window (0 * w = 0 there); a NaN or
+            # infinite weight only where its output position exists (0 * inf would be NaN)
             ntaps = 0
+            n_bad = 0
             for kd in range(kd_n):
                 t = i_d + pd - kd * dd
                 if t < 0 or t % sd != 0 or t // sd >= od_n:
@@ -387,11 +435,19 @@ def backward_input_band(dyf, dy_chan, out_shape, wf, co0, m, k_shape, in_shape, 
                         for kw in range(kw_n):
                             if (kw * dw) % sw != r_w:
                                 continue
+                            wt = wf[(co0 + j) * kvol + (kd * kh_n + kh) * kw_n + kw]
+                            if not math.isfinite(wt):
+                                n_bad += 1
+                                continue
                             offs[ntaps] = (base + (a_h - (kh * dh) // sh) * wq
                                            + a_w - (kw * dw) // sw)
-                            wts[ntaps] = wf[(co0 + j) * kvol + (kd * kh_n + kh) * kw_n + kw]
+                            wts[ntaps] = wt
                             ntaps += 1
-            taps_pass(acc[(r_h * sw + r_w) * phase_size:], flat_n, 0.0, slab, offs, wts, ntaps)
+            a0 = (r_h * sw + r_w) * phase_size
+            taps_pass(acc[a0:], flat_n, 0.0, slab, offs, wts, ntaps)
+            if n_bad > 0:
+                _nonfinite_taps(acc, a0, slab, wf, co0, m, k_shape, cp, out_shape, i_d, r_h,
+                                r_w, j0, n_j, k0, n_k, a_h, a_w, wq, region)
     # interleave the phases back into rows
     for ih in range(ih0, ih1):
         p = ih + ph

@@ -20,7 +20,10 @@ N*C*m*pixels elements through DRAM (more than the input itself when m >= 1), whi
 reads the input, which the weight gradient reads anyway. Then, per image: grad of the pointwise
 weight += dy @ mid^T (BLAS, per-thread partial sums), dmid = wp^T @ dy (BLAS), and the depthwise
 gradients of input and weight from dmid with the depthwise kernels. An image per item keeps the
-input gradient race-free; images are many in training batches.
+input gradient race-free; images are many in training batches. NaN and infinities land where
+torch's do: the input gradient forms only torch's products (depthwise_core.backward_input_band),
+and a NaN in the depthwise weight gradient, which may come from 0 * inf past a row's end
+(depthwise_core.weight_band), has the weight gradients taken again a row at a time.
 
 Spatial separable (2-d, C-contiguous):
 
@@ -119,7 +122,7 @@ def _dsconv_forward_kernel(x, wd, bd, has_bd, wp, bp, has_bp, out, cp, tile_rows
 def _dsconv_backward_kernel(x, wd, bd, has_bd, wp, dy, dx, dwd_parts, dwp_parts, want_dx, cp,
                             slabs, accs, offss, kidxs, wtss, mids, dmids, bi_slabs, bi_accs,
                             bi_offss, bi_wtss, parts, same, shifts, same_kidx, masks, lo, hi,
-                            bufs, is_double):
+                            bufs, is_double, row_step):
     n_img, c_in, d_in, h_in, w_in = x.shape
     cm, _, kd_n, kh_n, kw_n = wd.shape
     _, c_out, od_n, oh_n, ow_n = dy.shape
@@ -170,9 +173,11 @@ def _dsconv_backward_kernel(x, wd, bd, has_bd, wp, dy, dx, dwd_parts, dwp_parts,
             for i in range(m * kvol):
                 part[i] = 0.0
             for od in range(od_n):
-                weight_band(xf, (n * c_in + c) * vol_in, in_shape, dmid, c * m * vol_out,
-                            out_shape, m, k_shape, od, 0, oh_n, oh_n, cp, slabs[tid], accs[tid],
-                            offss[tid], kidxs[tid], part)
+                # row_step < oh_n: the plane in pieces of row_step rows (weight_band)
+                for oh0 in range(0, oh_n, row_step):
+                    weight_band(xf, (n * c_in + c) * vol_in, in_shape, dmid, c * m * vol_out,
+                                out_shape, m, k_shape, od, oh0, min(oh_n, oh0 + row_step), oh_n,
+                                cp, slabs[tid], accs[tid], offss[tid], kidxs[tid], part)
             for j in range(m):
                 for k in range(kvol):
                     dwd_parts[tid, c * m + j, k] += part[j * kvol + k]
@@ -441,13 +446,21 @@ def dsconv_backward(x, wd, bd, wp, dy, stride, padding, dilation, dx):
         bi_slab, bi_acc = backward_input_scratch_sizes(k_shape, cp, m, x.shape[3], x.shape[4])
         parts = np.empty((threads, m * kvol), dtype=np.float64)
         dummy = np.zeros(1, dtype=x.dtype)
-        _dsconv_backward_kernel(
-            x, wd, dummy if bd is None else bd, bd is not None, wp, dy,
-            dummy.reshape(1, 1, 1, 1, 1) if dx is None else dx, dwd_parts, dwp_parts,
-            dx is not None, cp, *scratch, mids, dmids,
-            np.zeros((threads, bi_slab), dtype=x.dtype), np.empty((threads, bi_acc), x.dtype),
-            np.empty((threads, m * kvol), dtype=np.int64), np.empty((threads, m * kvol), x.dtype),
-            parts, *_same_args(x, wd, cp, dy, vol_out, threads), x.dtype == np.float64)
+        args = (x, wd, dummy if bd is None else bd, bd is not None, wp, dy,
+                dummy.reshape(1, 1, 1, 1, 1) if dx is None else dx, dwd_parts, dwp_parts,
+                dx is not None, cp, *scratch, mids, dmids,
+                np.zeros((threads, bi_slab), dtype=x.dtype), np.empty((threads, bi_acc), x.dtype),
+                np.empty((threads, m * kvol), dtype=np.int64),
+                np.empty((threads, m * kvol), x.dtype), parts,
+                *_same_args(x, wd, cp, dy, vol_out, threads), x.dtype == np.float64)
+        _dsconv_backward_kernel(*args, oh_n)
+        if oh_n > 1 and np.isnan(dwd_parts).any():
+            # maybe 0 * inf in the junk columns of a plane (depthwise_core.weight_band): the
+            # weight gradients again, a row at a time (dx is right already)
+            dwd_parts[...] = 0.0
+            dwp_parts[...] = 0.0
+            args = args[:9] + (False,) + args[10:]
+            _dsconv_backward_kernel(*args, 1)
     dwd = dwd_parts.sum(axis=0).astype(x.dtype).reshape(wd.shape)
     dwp = dwp_parts.sum(axis=0, dtype=np.float64).astype(x.dtype)
     return dwd, dwp, dbd, dbp
