@@ -101,17 +101,19 @@ def test_depthwise_separable_layouts(rank, layout):
     _check(ours, conv(conv(x, wd, padding=1, groups=4), wp))
 
 
-@pytest.mark.parametrize("layout", [
-    *LAYOUTS[:-1],
-    pytest.param("weight_channels_last", marks=pytest.mark.xfail(
-        strict=True, reason="dlkern/ops/separable.py (issue 14) returns a contiguous output when "
-        "only weight_h is channels_last; torch's two convolutions return channels_last")),
-])
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_spatial_separable_layouts(layout):
     x, wv = _conv_inputs(2, layout, 4, (5, 4, 3, 1))
     wh = _randn(6, 5, 1, 3, seed=2)
     if layout == "weight_channels_last":
         wh = wh.contiguous(memory_format=torch.channels_last)
+    ours = DF.spatial_separable_conv2d(x, wv, wh, padding=1)
+    _check(ours, F.conv2d(F.conv2d(x, wv, padding=(1, 0)), wh, padding=(0, 1)))
+
+
+def test_spatial_separable_only_weight_h_channels_last():
+    x, wv = _conv_inputs(2, "contiguous", 4, (5, 4, 3, 1))
+    wh = _randn(6, 5, 1, 3, seed=2).contiguous(memory_format=torch.channels_last)
     ours = DF.spatial_separable_conv2d(x, wv, wh, padding=1)
     _check(ours, F.conv2d(F.conv2d(x, wv, padding=(1, 0)), wh, padding=(0, 1)))
 

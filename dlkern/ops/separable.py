@@ -217,13 +217,20 @@ def _spatial_arrays(input, weight_v, weight_h):
     return x, wv, wh
 
 
+def _spatial_format(input, weight_v, weight_h):
+    """The output's memory format as torch's two convolutions give it: the first is channels_last
+    when the input or weight_v is, the second when that or weight_h is."""
+    fmt = output_format(input, weight_v)
+    return fmt if fmt is not torch.contiguous_format else output_format(weight_h)
+
+
 @torch.library.custom_op("dlkern::spatial_separable_conv", mutates_args=())
 def spatial_separable_conv(input: Tensor, weight_v: Tensor, weight_h: Tensor,
                            bias_v: Optional[Tensor], bias_h: Optional[Tensor],
                            stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
                            output_size: Sequence[int]) -> Tensor:
     out = _dispatch.new_output((input.shape[0], weight_h.shape[0], *output_size), input,
-                               memory_format=output_format(input))
+                               memory_format=_spatial_format(input, weight_v, weight_h))
     if _dispatch.backend_for("spatial_separable_conv", input, weight_v) == "triton":
         _triton().spatial_forward(input, weight_v, bias_v, weight_h, bias_h, tuple(stride),
                                   tuple(padding), tuple(dilation), out)
@@ -238,7 +245,8 @@ def spatial_separable_conv(input: Tensor, weight_v: Tensor, weight_h: Tensor,
 @spatial_separable_conv.register_fake
 def _(input, weight_v, weight_h, bias_v, bias_h, stride, padding, dilation, output_size):
     return torch.empty((input.shape[0], weight_h.shape[0], *output_size), dtype=input.dtype,
-                       device=input.device, memory_format=output_format(input))
+                       device=input.device,
+                       memory_format=_spatial_format(input, weight_v, weight_h))
 
 
 @torch.library.custom_op("dlkern::spatial_separable_conv_backward", mutates_args=())
