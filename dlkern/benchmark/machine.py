@@ -1,5 +1,6 @@
 """The machine a result was measured on: what it is (read by dlkern.kernels.machine) and what it
-can do (measured here: the float32 peak of a large matmul, the bandwidth of a large copy).
+can do (measured here: the float32 peak of a large matmul or convolution, the bandwidth of a large
+copy).
 
 Ratios travel between machines, times do not: every JSON result carries this object, and its file
 is named after it (``result_name``: ``cpu-<isa>-<cores>c-<date>``).
@@ -14,10 +15,20 @@ from dlkern.kernels import machine
 
 
 def measure_peak_gflops(size=2048, repeats=5):
-    """float32 GFLOP/s of a large torch matmul: the machine's practical compute ceiling."""
+    """float32 GFLOP/s of the machine's practical compute ceiling: the faster of a large torch
+    matmul and a large 3x3 convolution. The two run on different libraries (the matmul on BLAS,
+    the convolution on oneDNN), and on some machines one of them stays well below the other
+    (measured on a 2-core AMD EPYC: matmul 167 GFLOP/s, oneDNN's convolutions 190-220), which
+    would put layers above 100% of a matmul-only ceiling."""
     a = torch.randn(size, size)
     b = torch.randn(size, size)
-    return 2.0 * size ** 3 / median_time(lambda: torch.mm(a, b), repeats, warmup=2) / 1e9
+    mm = 2.0 * size ** 3 / median_time(lambda: torch.mm(a, b), repeats, warmup=2) / 1e9
+    x = torch.randn(8, 256, 28, 28)
+    w = torch.randn(256, 256, 3, 3)
+    flops = 2.0 * 8 * 256 * 256 * 9 * 28 * 28
+    conv = flops / median_time(lambda: torch.nn.functional.conv2d(x, w, padding=1), repeats,
+                               warmup=2) / 1e9
+    return max(mm, conv)
 
 
 def measure_bandwidth_gbs(mib=256, repeats=5):

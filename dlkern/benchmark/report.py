@@ -16,7 +16,8 @@ def format_machine(machine):
     return (f"machine: {machine['cpu']}, {machine['isa']}, {machine['cores']} cores, "
             f"L1d {machine['l1d_bytes'] // 1024} KiB, L2 {machine['l2_bytes'] // 1024} KiB, "
             f"L3 {machine['l3_bytes'] // 2 ** 20} MiB; measured peak {machine['peak_gflops']:.0f} "
-            f"GFLOP/s (fp32 matmul), bandwidth {machine['bandwidth_gbs']:.1f} GB/s (copy); "
+            f"GFLOP/s (fp32, best of matmul and conv), "
+            f"bandwidth {machine['bandwidth_gbs']:.1f} GB/s (copy); "
             f"torch {machine['torch']}, numba {machine['numba']}")
 
 
