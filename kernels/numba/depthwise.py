@@ -340,10 +340,11 @@ def _channel_vector_forward(x, w, bias, cp, out):
 
 
 # channels_last with multiplier 1 and at least this many channels (the second number: column
-# stride > 1, where the slab's phase split costs most): depthwise_nhwc.direct_kernel, x read in
-# place, a pass per output pixel. Fewer channels make its per-pixel set-up dominate (N8 C64 56x56
-# k3, 1 thread: stride 1 1.5 ms slab vs 2.4 ms direct; stride 2 0.74 vs 0.66 ms).
-DIRECT_MIN_CHANNELS = (128, 64)
+# stride > 1): depthwise_nhwc.direct_kernel, x read in place, a pass per output pixel. Fewer
+# channels make its per-pixel set-up dominate. Measured on 2 threads, A/B against the slab path in
+# alternating processes: C576 14x14 k3 s2 0.27 -> 0.20 ms, C1152 7x7 k5 0.78 -> 0.48 ms, but
+# C144 56x56 k3 s1 1.9 -> 2.8 ms and C64 56x56 k3 s2 0.38 -> 0.63 ms: the direct kernel from 256.
+DIRECT_MIN_CHANNELS = (256, 256)
 
 
 def _channels_last_forward(x, w, bias, cp, out):
