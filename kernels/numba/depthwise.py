@@ -397,8 +397,7 @@ def forward_algorithm(x, out, k_shape, stride):
     channels_last x                        'channel_vector' (depthwise_nhwc; depthwise_cl
                                            for C == 1)
     output rows < 8, multiplier 1, C >=    'channel_vector' (transposed to channels_last,
-    DIRECT_MIN_CHANNELS, not 'same' <= 9   depthwise_nhwc.direct_kernel, transposed back)
-    taps
+    DIRECT_MIN_CHANNELS                    depthwise_nhwc.direct_kernel, transposed back)
     2-d/3-d, stride 1, output volume =     'same' (masked in-place streams over whole
     input's, and <= 9 taps or rows < 32    planes: no padded copy, no copy-out; two
                                            operations per tap, so long rows with many taps
@@ -420,12 +419,10 @@ def forward_algorithm(x, out, k_shape, stride):
         return "same" if same else "row_stream"
     if is_channels_last(x):
         return "channel_vector"
-    planar = x.shape[2] > 1 or x.shape[3] > 1
     if (out.shape[4] < SHORT_ROW and out.shape[1] == x.shape[1]
-            and x.shape[1] >= DIRECT_MIN_CHANNELS[stride[2] > 1]
-            and not (same and int(np.prod(k_shape)) <= 9)):
-        # (3x3 'same' stays: its masked streams scale better over threads than the copies)
+            and x.shape[1] >= DIRECT_MIN_CHANNELS[stride[2] > 1]):
         return "channel_vector"
+    planar = x.shape[2] > 1 or x.shape[3] > 1
     if same and planar and (int(np.prod(k_shape)) <= 9 or out.shape[4] < 32):
         return "same"
     if out.shape[4] < SHORT_ROW:
