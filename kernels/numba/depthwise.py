@@ -22,10 +22,8 @@ forward (its docstring holds the table):
   there are several items per thread.
 * 'same' (stride 1, output volume = input volume, 2-d/3-d): item (image, output channel); one
   masked pass over the whole plane read in place (depthwise_core.masked_pass).
-* 'channel_vector': channels_last tensors (depthwise_nhwc: with multiplier 1 and many channels
-  a pass per output pixel over x in place, else a whole output row per pass, a weight vector per
-  tap) and, for NCHW, planes with rows of a few elements (many channels: the same through
-  channels_last copies of x and out; else depthwise_cl tiles).
+* 'channel_vector': channels_last tensors (depthwise_nhwc: a whole output row per pass, a weight
+  vector per tap) and, for NCHW, planes with rows of a few elements (depthwise_cl tiles).
 
 Gradients:
 
@@ -291,24 +289,7 @@ def blocked_weight(w, bias, chunk):
             np.ascontiguousarray(np.tile(bpad.reshape(blocks, cb), (1, reps))))
 
 
-def _transposed_forward(x, w, bias, cp, out):
-    """An NCHW forward through channels_last copies of x and out (depthwise_nhwc.direct_kernel
-    on the copies): for small planes of many channels the two transposing copies cost less than
-    the tile kernel's strided gathers and scatters."""
-    perm = (0, 2, 3, 4, 1)
-    inv = (0, 4, 1, 2, 3)
-    x_cl = np.empty(tuple(x.shape[i] for i in perm), dtype=x.dtype)
-    np.copyto(x_cl, x.transpose(perm))
-    out_cl = np.empty(tuple(out.shape[i] for i in perm), dtype=out.dtype)
-    _channels_last_forward(x_cl.transpose(inv), w, bias, cp, out_cl.transpose(inv))
-    np.copyto(out, out_cl.transpose(inv))
-    return out
-
-
 def _channel_vector_forward(x, w, bias, cp, out):
-    if (not is_channels_last(x) and w.shape[0] == x.shape[1]
-            and w.shape[0] >= DIRECT_MIN_CHANNELS[cp[2] > 1]):
-        return _transposed_forward(x, w, bias, cp, out)
     threads = numba.get_num_threads()
     cb = depthwise_cl.CB
     k_shape = tuple(w.shape[2:])
@@ -396,8 +377,6 @@ def forward_algorithm(x, out, k_shape, stride):
     =====================================  ================================================
     channels_last x                        'channel_vector' (depthwise_nhwc; depthwise_cl
                                            for C == 1)
-    output rows < 8, multiplier 1, C >=    'channel_vector' (transposed to channels_last,
-    DIRECT_MIN_CHANNELS                    depthwise_nhwc.direct_kernel, transposed back)
     2-d/3-d, stride 1, output volume =     'same' (masked in-place streams over whole
     input's, and <= 9 taps or rows < 32    planes: no padded copy, no copy-out; two
                                            operations per tap, so long rows with many taps
@@ -418,9 +397,6 @@ def forward_algorithm(x, out, k_shape, stride):
     if forced == "same":
         return "same" if same else "row_stream"
     if is_channels_last(x):
-        return "channel_vector"
-    if (out.shape[4] < SHORT_ROW and out.shape[1] == x.shape[1]
-            and x.shape[1] >= DIRECT_MIN_CHANNELS[stride[2] > 1]):
         return "channel_vector"
     planar = x.shape[2] > 1 or x.shape[3] > 1
     if same and planar and (int(np.prod(k_shape)) <= 9 or out.shape[4] < 32):
