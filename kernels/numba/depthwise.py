@@ -337,8 +337,11 @@ def _channels_last_forward(x, w, bias, cp, out):
     oh_n, ow_n = out.shape[3], out.shape[4]
     xf, x_strides = dense_flat(x)
     of, o_strides = dense_flat(out)
-    if c_out == x.shape[1] and c_out >= DIRECT_MIN_CHANNELS[cp[2] > 1]:
-        # wide pixels, multiplier 1: read x in place, one pass per output pixel
+    if (c_out == x.shape[1] and c_out >= DIRECT_MIN_CHANNELS[cp[2] > 1]
+            and np.isfinite(w).all()):
+        # wide pixels, multiplier 1: read x in place, one pass per output pixel. It forms no
+        # product with the zero padding; torch does (0 * inf = NaN there), so a weight with a
+        # NaN or an infinity takes the slab path, which multiplies the padding as torch does.
         b = bias if bias is not None else np.zeros(c_out, dtype=x.dtype)
         depthwise_nhwc.direct_kernel(
             xf, x_strides, x.shape, np.ascontiguousarray(w.reshape(c_out, kvol).T), b, of,
