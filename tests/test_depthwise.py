@@ -184,6 +184,42 @@ def test_channels_last_gradients_in_place(stride, multiplier, kernel):
     assert_close(b.grad, b64.grad, pixels, "grad of bias")
 
 
+
+@pytest.mark.parametrize("rank,stride,padding,dilation", [
+    (2, 1, 1, 1), (2, 2, 1, 1), (2, 1, "same", 2), (2, 2, 0, 2), (2, (1, 2), (2, 0), 1),
+    (3, 1, 1, 1), (3, 2, 1, 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_channels_last_wide_pixels(rank, stride, padding, dilation, dtype):
+    # channels_last with DIRECT_MIN_CHANNELS channels or more: depthwise_nhwc.direct_kernel
+    c = numba_depthwise.DIRECT_MIN_CHANNELS[0]
+    g = torch.Generator().manual_seed(11)
+    spatial = {2: (7, 6), 3: (3, 5, 4)}[rank]
+    x = make_tensor((2, c) + spatial, dtype, "channels_last", g)
+    w = make_tensor((c, 1) + (3,) * rank, dtype, generator=g)
+    b = make_tensor((c,), dtype, generator=g)
+    run_depthwise(rank, x, w, b, stride=stride, padding=padding, dilation=dilation)
+    run_depthwise(rank, x, w, None, stride=stride, padding=padding, dilation=dilation)
+    if rank == 3:
+        return  # NaN and infinities in 3-d: test_channels_last_3d_nonfinite_weight
+    # NaN and infinities: torch multiplies the zero padding too (0 * inf = NaN there)
+    xp = _poisoned(x.double(), {(0, 0, 0, 0): math.nan, (1, 3, -1, -1): math.inf})
+    wp = _poisoned(w.double(), {(0, 0, 0, 0): math.inf, (5, 0, 2, 2): -math.inf})
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation)
+    assert_same_pattern(depthwise(rank, xp, wp, None, **kwargs),
+                        TORCH[rank](xp, wp, None, groups=c, **kwargs), 3 ** rank, "output")
+
+
+@pytest.mark.xfail(strict=True, reason="kernels/numba/depthwise_nhwc.py forward_kernel skips the "
+                   "depth taps that fall in the padding (2-d rows and columns are multiplied as "
+                   "torch does): an infinite weight there gives torch's NaN (0 * inf) only in 2-d")
+def test_channels_last_3d_nonfinite_weight():
+    g = torch.Generator().manual_seed(12)
+    x = make_tensor((2, 4, 3, 5, 4), torch.float64, "channels_last", g)
+    w = _poisoned(make_tensor((4, 1, 3, 3, 3), torch.float64, generator=g),
+                  {(0, 0, 0, 0, 0): math.inf})
+    assert_same_pattern(depthwise(3, x, w, None, padding=1),
+                        F.conv3d(x, w, None, padding=1, groups=4), 27, "output")
+
 # NaN and infinities. torch's gradients are NaN or infinite exactly where one of the products it
 # forms involves a NaN or an infinity; the kernels' zero padding (of the output gradient, or the
 # junk columns past a row's end) must never be multiplied by one (0 * inf = NaN).

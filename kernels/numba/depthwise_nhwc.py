@@ -197,3 +197,75 @@ def weight_kernel(xf, x_strides, in_shape, dyf, dy_strides, out_shape, k_shape, 
             for p in range(chunk // c_out):
                 for c in range(c_out):
                     res[c, k] += part[t * chunk + p * c_out + c]
+
+
+@jit_fma
+def pixel_pass(of, o0, n, bias, xf, offs, wmat, kidx, ntaps):
+    """of[o0 + c] = bias[c] + sum_t wmat[kidx[t], c] * xf[offs[t] + c] for c < n, taps in the
+    given (kernel) order, four taps per pass over the n channels of one output pixel."""
+    a = of[o0:o0 + n]
+    b = bias[0:n]
+    for c in range(n):
+        a[c] = b[c]
+    t = 0
+    while t + 4 <= ntaps:
+        w0 = wmat[kidx[t]]
+        w1 = wmat[kidx[t + 1]]
+        w2 = wmat[kidx[t + 2]]
+        w3 = wmat[kidx[t + 3]]
+        s0 = xf[offs[t]:offs[t] + n]
+        s1 = xf[offs[t + 1]:offs[t + 1] + n]
+        s2 = xf[offs[t + 2]:offs[t + 2] + n]
+        s3 = xf[offs[t + 3]:offs[t + 3] + n]
+        for c in range(n):
+            a[c] = (((a[c] + w0[c] * s0[c]) + w1[c] * s1[c]) + w2[c] * s2[c]) + w3[c] * s3[c]
+        t += 4
+    while t < ntaps:
+        w0 = wmat[kidx[t]]
+        s0 = xf[offs[t]:offs[t] + n]
+        for c in range(n):
+            a[c] += w0[c] * s0[c]
+        t += 1
+
+
+@jit_parallel_fma
+def direct_kernel(xf, x_strides, in_shape, wmat, bias, of, o_strides, out_shape, k_shape, cp,
+                  offss, kidxs):
+    """Channel multiplier 1, read in place: item (image, output depth, output row); per output
+    pixel, one pixel_pass over its C channels with the taps that fall inside the input (padding
+    taps form no product, as in torch). wmat (KD*KH*KW, C): the weight vector of each tap; bias
+    (C,) (zeros when there is none). No slab: each input row is read from x by the rows that
+    need it, which suits wide pixels (C of a few hundred channels)."""
+    n_img, c_in, d_in, h_in, w_in = in_shape
+    _, c_out, od_n, oh_n, ow_n = out_shape
+    kd_n, kh_n, kw_n = k_shape
+    sd, sh, sw, pd, ph, pw, dd, dh, dw = cp
+    xns, xcs, xds, xhs, xws = x_strides
+    ons, ocs, ods, ohs, ows = o_strides
+    for item in numba.prange(n_img * od_n * oh_n):
+        tid = numba.get_thread_id()
+        offs = offss[tid]
+        kidx = kidxs[tid]
+        oh = item % oh_n
+        rest = item // oh_n
+        od = rest % od_n
+        n = rest // od_n
+        for ow in range(ow_n):
+            ntaps = 0
+            for kd in range(kd_n):
+                i_d = od * sd - pd + kd * dd
+                if i_d < 0 or i_d >= d_in:
+                    continue
+                for kh in range(kh_n):
+                    ih = oh * sh - ph + kh * dh
+                    if ih < 0 or ih >= h_in:
+                        continue
+                    for kw in range(kw_n):
+                        iw = ow * sw - pw + kw * dw
+                        if iw < 0 or iw >= w_in:
+                            continue
+                        offs[ntaps] = n * xns + i_d * xds + ih * xhs + iw * xws
+                        kidx[ntaps] = (kd * kh_n + kh) * kw_n + kw
+                        ntaps += 1
+            pixel_pass(of, n * ons + od * ods + oh * ohs + ow * ows, c_out, bias, xf, offs, wmat,
+                       kidx, ntaps)
