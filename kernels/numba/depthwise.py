@@ -378,8 +378,10 @@ def forward_algorithm(x, out, k_shape, stride):
     """The forward algorithm, chosen from the layout and the shape (single-core timings here):
 
     =====================================  ================================================
-    channels_last x                        'channel_vector' (depthwise_nhwc; depthwise_cl
-                                           for C == 1)
+    channels_last x                        'channel_vector' (depthwise_nhwc: its direct
+                                           kernel from DIRECT_MIN_CHANNELS channels with
+                                           multiplier 1 and a finite weight, else the
+                                           slab; depthwise_cl for C == 1)
     2-d/3-d, stride 1, output volume =     'same' (masked in-place streams over whole
     input's, and <= 9 taps or rows < 32    planes: no padded copy, no copy-out; two
                                            operations per tap, so long rows with many taps
