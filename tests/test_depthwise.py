@@ -200,7 +200,7 @@ def test_channels_last_wide_pixels(rank, stride, padding, dilation, dtype):
     run_depthwise(rank, x, w, b, stride=stride, padding=padding, dilation=dilation)
     run_depthwise(rank, x, w, None, stride=stride, padding=padding, dilation=dilation)
     if rank == 3:
-        return  # NaN and infinities in 3-d: test_channels_last_3d_nonfinite_weight
+        return  # NaN and infinities in 3-d: test_3d_nonfinite_weight_in_depth_padding
     # NaN and infinities: torch multiplies the zero padding too (0 * inf = NaN there)
     xp = _poisoned(x.double(), {(0, 0, 0, 0): math.nan, (1, 3, -1, -1): math.inf})
     wp = _poisoned(w.double(), {(0, 0, 0, 0): math.inf, (5, 0, 2, 2): -math.inf})
@@ -209,16 +209,20 @@ def test_channels_last_wide_pixels(rank, stride, padding, dilation, dtype):
                         TORCH[rank](xp, wp, None, groups=c, **kwargs), 3 ** rank, "output")
 
 
-@pytest.mark.xfail(strict=True, reason="kernels/numba/depthwise_nhwc.py forward_kernel skips the "
-                   "depth taps that fall in the padding (2-d rows and columns are multiplied as "
-                   "torch does): an infinite weight there gives torch's NaN (0 * inf) only in 2-d")
-def test_channels_last_3d_nonfinite_weight():
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_3d_nonfinite_weight_in_depth_padding(algorithm, monkeypatch, one_thread):
+    # torch multiplies the zero depth padding by every tap (0 * inf = NaN there); the kernels
+    # skip depth taps outside the input, so a non-finite weight pads the depth axis first
+    monkeypatch.setenv("DLKERN_DEPTHWISE_ALGO", algorithm)
     g = torch.Generator().manual_seed(12)
-    x = make_tensor((2, 4, 3, 5, 4), torch.float64, "channels_last", g)
-    w = _poisoned(make_tensor((4, 1, 3, 3, 3), torch.float64, generator=g),
-                  {(0, 0, 0, 0, 0): math.inf})
-    assert_same_pattern(depthwise(3, x, w, None, padding=1),
-                        F.conv3d(x, w, None, padding=1, groups=4), 27, "output")
+    for layout, padding, stride in itertools.product(["contiguous", "channels_last"],
+                                                     [1, (1, 0, 0), (2, 1, 1)], [1, 2]):
+        x = make_tensor((2, 4, 3, 5, 4), torch.float64, layout, g)
+        w = _poisoned(make_tensor((4, 1, 3, 3, 3), torch.float64, generator=g),
+                      {(0, 0, 0, 1, 1): math.inf, (2, 0, 2, 0, 1): math.nan})
+        assert_same_pattern(depthwise(3, x, w, None, padding=padding, stride=stride),
+                            F.conv3d(x, w, None, padding=padding, stride=stride, groups=4), 27,
+                            f"output ({layout}, padding {padding}, stride {stride})")
 
 # NaN and infinities. torch's gradients are NaN or infinite exactly where one of the products it
 # forms involves a NaN or an infinity; the kernels' zero padding (of the output gradient, or the

@@ -417,6 +417,11 @@ def depthwise_forward(x, w, bias, stride, padding, dilation, out):
     if out.size == 0:
         return out
     cp = conv_params(stride, padding, dilation)
+    if cp[3] > 0 and not np.isfinite(w).all():
+        # The kernels skip the depth taps that fall in the padding; torch multiplies that zero
+        # padding too (0 * inf = NaN there): with a NaN or infinite weight, pad the depth axis.
+        return depthwise_forward(_depth_padded(x, w.shape[2], cp, out.shape[2]), w, bias, stride,
+                                 (0, cp[4], cp[5]), dilation, out)
     algorithm = forward_algorithm(x, out, w.shape[2:], stride)
     x_dense = dense_flat(x) is not None
     out_flat = dense_flat(out)
@@ -443,6 +448,17 @@ def depthwise_forward(x, w, bias, stride, padding, dilation, out):
     b = bias if has_bias else np.zeros(1, dtype=x.dtype)
     _forward_kernel(x, w, b, has_bias, out, cp, band_rows, *scratch)
     return out
+
+
+def _depth_padded(x, kd_n, cp, od_n):
+    """x with its depth padding (cp's pd before, what the output's last depth reads after) as
+    zero planes, C-contiguous."""
+    sd, pd, dd = cp[0], cp[3], cp[6]
+    d_in = x.shape[2]
+    after = max(0, (od_n - 1) * sd + (kd_n - 1) * dd + 1 - pd - d_in)
+    padded = np.zeros(x.shape[:2] + (pd + d_in + after,) + x.shape[3:], dtype=x.dtype)
+    padded[:, :, pd:pd + d_in] = x
+    return padded
 
 
 def _flipped(w):
