@@ -18,7 +18,7 @@ from helpers import assert_close, check_against_torch, make_tensor
 TORCH = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 SPATIAL = {1: (13,), 2: (7, 9), 3: (5, 6, 4)}
 LAYOUTS = ["contiguous", "noncontiguous", "channels_last"]
-ALGORITHMS = ["row_stream", "channel_vector", "same"]
+ALGORITHMS = ["row_stream", "channel_vector", "same", "blocked"]
 
 
 def depthwise(rank, x, w, b, **kwargs):

@@ -374,7 +374,7 @@ def _channels_last_forward(x, w, bias, cp, out):
 SHORT_ROW = 8
 
 
-def forward_algorithm(x, out, k_shape, stride):
+def forward_algorithm(x, out, k_shape, stride, blocked_ok=False):
     """The forward algorithm, chosen from the layout and the shape (single-core timings here):
 
     =====================================  ================================================
@@ -382,6 +382,12 @@ def forward_algorithm(x, out, k_shape, stride):
                                            kernel from DIRECT_MIN_CHANNELS channels with
                                            multiplier 1 and a finite weight, else the
                                            slab; depthwise_cl for C == 1)
+    NCHW, output rows < 8, multiplier 1,   'blocked' (depthwise_nhwc.blocked_kernel:
+    finite weight (blocked_ok), C >= 64    blocks of channels transposed in cache, a pass
+                                           per output pixel; 2 threads, N8 C576 14x14 k3
+                                           s2 1.04 -> 0.55 ms, C960 7x7 k3 0.65 -> 0.39,
+                                           C768 7x7 k7 1.30 -> 0.65; on 14x14 outputs it
+                                           loses to 'same' and the row streams)
     2-d/3-d, stride 1, output volume =     'same' (masked in-place streams over whole
     input's, and <= 9 taps or rows < 32    planes: no padded copy, no copy-out; two
                                            operations per tap, so long rows with many taps
@@ -390,8 +396,8 @@ def forward_algorithm(x, out, k_shape, stride):
     otherwise (and every 1-d conv)         'row_stream' (depthwise_core phase slab)
     =====================================  ================================================
 
-    DLKERN_DEPTHWISE_ALGO=same|row_stream|channel_vector forces one (tests run each); 'same'
-    falls back to 'row_stream' where it does not apply.
+    DLKERN_DEPTHWISE_ALGO=same|row_stream|channel_vector|blocked forces one (tests run each);
+    'same' falls back to 'row_stream' where it does not apply, 'blocked' to the table's choice.
     """
     import os
 
@@ -401,14 +407,49 @@ def forward_algorithm(x, out, k_shape, stride):
         return forced
     if forced == "same":
         return "same" if same else "row_stream"
+    if forced == "blocked" and blocked_ok:
+        return "blocked"
     if is_channels_last(x):
         return "channel_vector"
+    if blocked_ok and out.shape[4] < SHORT_ROW and x.shape[1] >= BLOCKED_MIN_CHANNELS:
+        return "blocked"
     planar = x.shape[2] > 1 or x.shape[3] > 1
     if same and planar and (int(np.prod(k_shape)) <= 9 or out.shape[4] < 32):
         return "same"
     if out.shape[4] < SHORT_ROW:
         return "channel_vector"
     return "row_stream"
+
+
+# Fewer channels than this stay on the CB-channel tiles (N8 C32 7x7 k3, 2 threads: 0.10 ms tiles,
+# 0.12 ms blocked; C64 within noise, C144 14x14 k3 s2 0.34 -> 0.24 ms).
+BLOCKED_MIN_CHANNELS = 64
+
+# Channels per block of depthwise_nhwc.blocked_kernel (2 threads, N8 C960 7x7 k3: 32 channels
+# 0.83 ms, 64 0.50, 128 0.39; C576 14x14 k3 s2: 0.66 / 0.54 / 0.55).
+BLOCK_CHANNELS = 128
+
+
+def _blocked_forward(x, w, bias, cp, out):
+    """depthwise_nhwc.blocked_kernel on C-contiguous x and out (multiplier 1, finite weight)."""
+    threads = numba.get_num_threads()
+    c = x.shape[1]
+    cbk = min(c, BLOCK_CHANNELS)
+    n_blk = -(-c // cbk)
+    kvol = int(np.prod(w.shape[2:]))
+    wm = np.zeros((n_blk * cbk, kvol), dtype=x.dtype)
+    wm[:c] = w.reshape(c, kvol)
+    wblk = np.ascontiguousarray(wm.reshape(n_blk, cbk, kvol).transpose(0, 2, 1))
+    bblk = np.zeros(n_blk * cbk, dtype=x.dtype)
+    if bias is not None:
+        bblk[:c] = bias
+    vin = int(np.prod(x.shape[2:]))
+    vout = int(np.prod(out.shape[2:]))
+    depthwise_nhwc.blocked_kernel(
+        x, wblk, bblk.reshape(n_blk, cbk), out, tuple(w.shape[2:]), cp, cbk,
+        np.empty((threads, cbk * vin), dtype=x.dtype), np.empty((threads, cbk * vout), x.dtype),
+        np.empty((threads, kvol), dtype=np.int64), np.empty((threads, kvol), dtype=np.int64))
+    return out
 
 
 def depthwise_forward(x, w, bias, stride, padding, dilation, out):
@@ -422,7 +463,8 @@ def depthwise_forward(x, w, bias, stride, padding, dilation, out):
         # padding too (0 * inf = NaN there): with a NaN or infinite weight, pad the depth axis.
         return depthwise_forward(_depth_padded(x, w.shape[2], cp, out.shape[2]), w, bias, stride,
                                  (0, cp[4], cp[5]), dilation, out)
-    algorithm = forward_algorithm(x, out, w.shape[2:], stride)
+    blocked_ok = w.shape[0] == x.shape[1] and bool(np.isfinite(w).all())
+    algorithm = forward_algorithm(x, out, w.shape[2:], stride, blocked_ok)
     x_dense = dense_flat(x) is not None
     out_flat = dense_flat(out)
     if (algorithm == "channel_vector" and x_dense and out_flat is not None
@@ -438,6 +480,8 @@ def depthwise_forward(x, w, bias, stride, padding, dilation, out):
         return out
     if algorithm == "same":
         return _same_forward(x, w, bias, cp, out)
+    if algorithm == "blocked":
+        return _blocked_forward(x, w, bias, cp, out)
     threads = numba.get_num_threads()
     k_shape = tuple(w.shape[2:])
     oh_n, ow_n = out.shape[3], out.shape[4]

@@ -269,3 +269,67 @@ def direct_kernel(xf, x_strides, in_shape, wmat, bias, of, o_strides, out_shape,
                         ntaps += 1
             pixel_pass(of, n * ons + od * ods + oh * ohs + ow * ows, c_out, bias, xf, offs, wmat,
                        kidx, ntaps)
+
+
+@jit_parallel_fma
+def blocked_kernel(x, wblk, bblk, out, k_shape, cp, cbk, bufs_in, bufs_out, offss, kidxs):
+    """NCHW x and out (C-contiguous, (N, C, D, H, W)), multiplier 1, for small planes: item (image,
+    block of cbk channels); the block's input planes are transposed into a per-thread buffer with
+    the channels innermost (pixel p, channel c at p*nc + c), every output pixel is one pixel_pass
+    over the block's channels (the taps inside the input only, as direct_kernel: the caller sends
+    non-finite weights elsewhere), and the result is transposed back into out. A plane row of a
+    7x7 or 14x14 map is too short to vectorise along; a block of channels is not, and the block
+    stays in cache between the three steps. wblk (blocks, KD*KH*KW, cbk): block b's weight
+    vectors; bblk (blocks, cbk) its biases (zeros when there is none)."""
+    n_img, c_in, d_in, h_in, w_in = x.shape
+    _, c_out, od_n, oh_n, ow_n = out.shape
+    kd_n, kh_n, kw_n = k_shape
+    sd, sh, sw, pd, ph, pw, dd, dh, dw = cp
+    n_blk = (c_in + cbk - 1) // cbk
+    vin = d_in * h_in * w_in
+    vout = od_n * oh_n * ow_n
+    xf = x.reshape(x.size)
+    of = out.reshape(out.size)
+    for item in numba.prange(n_img * n_blk):
+        tid = numba.get_thread_id()
+        bi = bufs_in[tid]
+        bo = bufs_out[tid]
+        offs = offss[tid]
+        kidx = kidxs[tid]
+        n = item // n_blk
+        blk = item % n_blk
+        c0 = blk * cbk
+        nc = min(cbk, c_in - c0)
+        base = (n * c_in + c0) * vin
+        for c in range(nc):
+            src = xf[base + c * vin:base + (c + 1) * vin]
+            for p in range(vin):
+                bi[p * nc + c] = src[p]
+        wb = wblk[blk]
+        bb = bblk[blk]
+        for od in range(od_n):
+            for oh in range(oh_n):
+                for ow in range(ow_n):
+                    ntaps = 0
+                    for kd in range(kd_n):
+                        i_d = od * sd - pd + kd * dd
+                        if i_d < 0 or i_d >= d_in:
+                            continue
+                        for kh in range(kh_n):
+                            ih = oh * sh - ph + kh * dh
+                            if ih < 0 or ih >= h_in:
+                                continue
+                            for kw in range(kw_n):
+                                iw = ow * sw - pw + kw * dw
+                                if iw < 0 or iw >= w_in:
+                                    continue
+                                offs[ntaps] = ((i_d * h_in + ih) * w_in + iw) * nc
+                                kidx[ntaps] = (kd * kh_n + kh) * kw_n + kw
+                                ntaps += 1
+                    pixel_pass(bo, ((od * oh_n + oh) * ow_n + ow) * nc, nc, bb, bi, offs, wb,
+                               kidx, ntaps)
+        obase = (n * c_out + c0) * vout
+        for c in range(nc):
+            dst = of[obase + c * vout:obase + (c + 1) * vout]
+            for p in range(vout):
+                dst[p] = bo[p * nc + c]
