@@ -333,3 +333,77 @@ def blocked_kernel(x, wblk, bblk, out, k_shape, cp, cbk, bufs_in, bufs_out, offs
             dst = of[obase + c * vout:obase + (c + 1) * vout]
             for p in range(vout):
                 dst[p] = bo[p * nc + c]
+
+
+@jit_parallel_fma
+def blocked_weight_kernel(x, dy, k_shape, cp, cbk, bufs_x, bufs_g, offss, kidxs, parts, result):
+    """Weight gradient of blocked_kernel's convolution (multiplier 1, NCHW x and dy, C-contiguous):
+    item (image, block of cbk channels) transposes the block's x and dy planes into
+    channels-innermost buffers, then adds dy * x over the block's channels for every output
+    pixel and every tap inside the input (the products torch forms: the padding adds zeros);
+    per-lane sums in the data's dtype, result[item, t, c] (float64) the item's sum for kernel
+    element t and channel c0 + c; the caller sums the items in order."""
+    n_img, c_in, d_in, h_in, w_in = x.shape
+    _, _, od_n, oh_n, ow_n = dy.shape
+    kd_n, kh_n, kw_n = k_shape
+    sd, sh, sw, pd, ph, pw, dd, dh, dw = cp
+    kvol = kd_n * kh_n * kw_n
+    n_blk = (c_in + cbk - 1) // cbk
+    vin = d_in * h_in * w_in
+    vout = od_n * oh_n * ow_n
+    xf = x.reshape(x.size)
+    gf = dy.reshape(dy.size)
+    for item in numba.prange(n_img * n_blk):
+        tid = numba.get_thread_id()
+        bx = bufs_x[tid]
+        bg = bufs_g[tid]
+        offs = offss[tid]
+        kidx = kidxs[tid]
+        part = parts[tid]
+        n = item // n_blk
+        blk = item % n_blk
+        c0 = blk * cbk
+        nc = min(cbk, c_in - c0)
+        base = (n * c_in + c0) * vin
+        for c in range(nc):
+            src = xf[base + c * vin:base + (c + 1) * vin]
+            for p in range(vin):
+                bx[p * nc + c] = src[p]
+        gbase = (n * c_in + c0) * vout
+        for c in range(nc):
+            src = gf[gbase + c * vout:gbase + (c + 1) * vout]
+            for p in range(vout):
+                bg[p * nc + c] = src[p]
+        for i in range(kvol * nc):
+            part[i] = 0.0
+        for od in range(od_n):
+            for oh in range(oh_n):
+                for ow in range(ow_n):
+                    ntaps = 0
+                    for kd in range(kd_n):
+                        i_d = od * sd - pd + kd * dd
+                        if i_d < 0 or i_d >= d_in:
+                            continue
+                        for kh in range(kh_n):
+                            ih = oh * sh - ph + kh * dh
+                            if ih < 0 or ih >= h_in:
+                                continue
+                            for kw in range(kw_n):
+                                iw = ow * sw - pw + kw * dw
+                                if iw < 0 or iw >= w_in:
+                                    continue
+                                offs[ntaps] = ((i_d * h_in + ih) * w_in + iw) * nc
+                                kidx[ntaps] = (kd * kh_n + kh) * kw_n + kw
+                                ntaps += 1
+                    q = ((od * oh_n + oh) * ow_n + ow) * nc
+                    g = bg[q:q + nc]
+                    for t in range(ntaps):
+                        p0 = kidx[t] * nc
+                        acc = part[p0:p0 + nc]
+                        xs = bx[offs[t]:offs[t] + nc]
+                        for c in range(nc):
+                            acc[c] += g[c] * xs[c]
+        res = result[item]
+        for k in range(kvol):
+            for c in range(nc):
+                res[k, c] = part[k * nc + c]
