@@ -328,8 +328,9 @@ def _channel_vector_forward(x, w, bias, cp, out):
 DIRECT_MIN_CHANNELS = (256, 256)
 
 
-def _channels_last_forward(x, w, bias, cp, out):
-    """depthwise_nhwc on channels_last x and out (x_strides / o_strides from dense_flat)."""
+def _channels_last_forward(x, w, bias, cp, out, finite):
+    """depthwise_nhwc on channels_last x and out (x_strides / o_strides from dense_flat); finite:
+    the caller's np.isfinite(w).all()."""
     threads = numba.get_num_threads()
     k_shape = tuple(w.shape[2:])
     kvol = int(np.prod(k_shape))
@@ -337,8 +338,7 @@ def _channels_last_forward(x, w, bias, cp, out):
     oh_n, ow_n = out.shape[3], out.shape[4]
     xf, x_strides = dense_flat(x)
     of, o_strides = dense_flat(out)
-    if (c_out == x.shape[1] and c_out >= DIRECT_MIN_CHANNELS[cp[2] > 1]
-            and np.isfinite(w).all()):
+    if c_out == x.shape[1] and c_out >= DIRECT_MIN_CHANNELS[cp[2] > 1] and finite:
         # wide pixels, multiplier 1: read x in place, one pass per output pixel. It forms no
         # product with the zero padding; torch does (0 * inf = NaN there), so a weight with a
         # NaN or an infinity takes the slab path, which multiplies the padding as torch does.
@@ -411,7 +411,7 @@ def forward_algorithm(x, out, k_shape, stride, blocked_ok=False):
         return "blocked"
     if is_channels_last(x):
         return "channel_vector"
-    if blocked_ok and out.shape[4] < SHORT_ROW and x.shape[1] >= BLOCKED_MIN_CHANNELS:
+    if blocked_ok and _blocked_shape(out.shape[4], x.shape[1]):
         return "blocked"
     planar = x.shape[2] > 1 or x.shape[3] > 1
     if same and planar and (int(np.prod(k_shape)) <= 9 or out.shape[4] < 32):
@@ -438,6 +438,11 @@ def _use_blocked(rows, channels):
 
     if os.environ.get("DLKERN_DEPTHWISE_ALGO") == "blocked":
         return True
+    return _blocked_shape(rows, channels)
+
+
+def _blocked_shape(rows, channels):
+    """Where the 'blocked' kernels win: short output rows of many channels."""
     return rows < SHORT_ROW and channels >= BLOCKED_MIN_CHANNELS
 
 
@@ -487,18 +492,19 @@ def depthwise_forward(x, w, bias, stride, padding, dilation, out):
     if out.size == 0:
         return out
     cp = conv_params(stride, padding, dilation)
-    if cp[3] > 0 and not np.isfinite(w).all():
+    finite = bool(np.isfinite(w).all())
+    if cp[3] > 0 and not finite:
         # The kernels skip the depth taps that fall in the padding; torch multiplies that zero
         # padding too (0 * inf = NaN there): with a NaN or infinite weight, pad the depth axis.
         return depthwise_forward(_depth_padded(x, w.shape[2], cp, out.shape[2]), w, bias, stride,
                                  (0, cp[4], cp[5]), dilation, out)
-    blocked_ok = w.shape[0] == x.shape[1] and bool(np.isfinite(w).all())
+    blocked_ok = w.shape[0] == x.shape[1] and finite
     algorithm = forward_algorithm(x, out, w.shape[2:], stride, blocked_ok)
     x_dense = dense_flat(x) is not None
     out_flat = dense_flat(out)
     if (algorithm == "channel_vector" and x_dense and out_flat is not None
             and is_channels_last(x) and out_flat[1][1] == 1 and out_flat[1][4] == out.shape[1]):
-        return _channels_last_forward(x, w, bias, cp, out)
+        return _channels_last_forward(x, w, bias, cp, out, finite)
     if algorithm == "channel_vector" and x_dense and out_flat is not None:
         return _channel_vector_forward(x, w, bias, cp, out)
     x = np.ascontiguousarray(x)
@@ -553,13 +559,14 @@ def depthwise_backward_input(dy, w, stride, padding, dilation, dx):
         return dx
     m = w.shape[0] // dx.shape[1]
     pad_t = tuple((k - 1) * d - p for k, d, p in zip(w.shape[2:], dilation, padding))
-    if (is_channels_last(dy) and is_channels_last(dx) and m == 1 and tuple(stride) == (1, 1, 1)
-            and min(pad_t) >= 0 and dense_flat(dy) is not None and dense_flat(dx) is not None
-            and np.isfinite(w).all()):
+    # the correlation paths below need a finite weight (see the docstring)
+    correlate = (m == 1 and tuple(stride) == (1, 1, 1) and min(pad_t) >= 0
+                 and bool(np.isfinite(w).all()))
+    if (correlate and is_channels_last(dy) and is_channels_last(dx)
+            and dense_flat(dy) is not None and dense_flat(dx) is not None):
         return _channels_last_forward(dy, _flipped(w), None, conv_params(stride, pad_t, dilation),
-                                      dx)
-    if (m == 1 and tuple(stride) == (1, 1, 1) and min(pad_t) >= 0 and dx.flags.c_contiguous
-            and _use_blocked(dx.shape[4], dx.shape[1]) and np.isfinite(w).all()):
+                                      dx, True)
+    if correlate and dx.flags.c_contiguous and _use_blocked(dx.shape[4], dx.shape[1]):
         # the same correlation on NCHW small planes, by the 'blocked' forward (finite weights:
         # it skips the padding, whose products are then zeros)
         return _blocked_forward(np.ascontiguousarray(dy), _flipped(w), None,
