@@ -14,7 +14,7 @@ test: $(STAMP)
 
 # torch is installed first, pinned to the CPU build on this machine's disk; a bare `torch`
 # requirement would download a CUDA build of several GB.
-$(STAMP): pyproject.toml setup.py kernels/cython/gemm.pyx
+$(STAMP): pyproject.toml setup.py kernels/cython/gemm.pyx kernels/cython/packed_gemm*
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q numpy numba scipy cython setuptools wheel
@@ -25,5 +25,5 @@ $(STAMP): pyproject.toml setup.py kernels/cython/gemm.pyx
 	touch $(STAMP)
 
 clean:
-	rm -rf build *.egg-info kernels/cython/*.so kernels/cython/*.c bench/out
+	rm -rf build *.egg-info kernels/cython/*.so kernels/cython/gemm.c bench/out
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

@@ -15,7 +15,9 @@ def packages_under(folder, name):
 extensions = [
     Extension(
         "dlkern.kernels.cython.gemm",
-        ["kernels/cython/gemm.pyx"],
+        ["kernels/cython/gemm.pyx", "kernels/cython/packed_gemm.c"],
+        include_dirs=["kernels/cython"],
+        depends=["kernels/cython/packed_gemm.h", "kernels/cython/packed_gemm_impl.h"],
         extra_compile_args=["-O3"],
     )
 ]

@@ -118,9 +118,10 @@ def _same_layout(clone, original):
     return fresh.requires_grad_(clone.requires_grad)
 
 
-def run_isolated(code, timeout=300):
-    """Run ``code`` in a new Python process; returns (returncode, stdout + stderr)."""
-    env = dict(os.environ)
+def run_isolated(code, timeout=300, env=None):
+    """Run ``code`` in a new Python process (this environment, updated with ``env``); returns
+    (returncode, stdout + stderr)."""
+    env = dict(os.environ, **(env or {}))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=timeout, env=env)
     return proc.returncode, proc.stdout + proc.stderr

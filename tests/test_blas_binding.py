@@ -53,3 +53,55 @@ def test_openblas_threads_of_the_calling_thread_are_restored():
     before = get()
     _run_kernels()
     assert get() == before
+
+
+def _packed_variants():
+    best = gemm_module.use_packed_variant(-1)
+    return list(range(best + 1))
+
+
+@pytest.mark.parametrize("variant", _packed_variants())
+def test_packed_gemm_every_shape_class(variant):
+    """The packed product (packed_gemm.c) in each instruction-set variant this CPU runs: every
+    row-tile size and panel grouping (1-3 rows take several panels per tile), partial last panels,
+    k of 0, below, at and across the k-block (256), strided A and C, overwrite and accumulate;
+    against float64 products, and C's columns past n untouched."""
+    from dlkern.kernels.numba import packing
+
+    rng = np.random.default_rng(1)
+    try:
+        assert gemm_module.use_packed_variant(variant) == variant
+        for m in (1, 2, 3, 4, 6, 7, 13, 14, 15, 29):
+            for n, k in ((1, 3), (15, 1), (16, 257), (17, 0), (33, 64), (64, 300), (100, 600)):
+                w = rng.standard_normal((n, k)).astype(np.float32)
+                a_wide = rng.standard_normal((m, k + 3)).astype(np.float32)
+                a = a_wide[:, 1:k + 1]  # lda = k + 3
+                for accumulate in (False, True):
+                    c = rng.standard_normal((m, n + 5)).astype(np.float32)
+                    before = c.copy()
+                    gemm_module.sgemm_packed(a, packing.pack_transposed(w), c, n, accumulate)
+                    want = a.astype(np.float64) @ w.T.astype(np.float64)
+                    if accumulate:
+                        want += before[:, :n]
+                    tol = 1e-6 * (k + 1) * (1 + np.abs(a).max() * np.abs(w).max() if k else 1)
+                    np.testing.assert_allclose(c[:, :n], want, rtol=0, atol=tol,
+                                               err_msg=f"m={m} n={n} k={k} acc={accumulate}")
+                    assert np.array_equal(c[:, n:], before[:, n:])
+    finally:
+        gemm_module.use_packed_variant(-1)
+
+
+def test_packing_layouts():
+    """pack_transposed(w) and pack_plain(w.T) give the documented panels, zero-padded."""
+    from dlkern.kernels.numba import packing
+
+    rng = np.random.default_rng(2)
+    for n, k in ((1, 1), (16, 5), (37, 19), (48, 256)):
+        w = rng.standard_normal((n, k)).astype(np.float32)
+        panels = -(-n // 16)
+        want = np.zeros((panels * 16, k), np.float32)
+        want[:n] = w
+        want = want.reshape(panels, 16, k).transpose(0, 2, 1)
+        assert np.array_equal(packing.pack_transposed(w), want)
+        assert np.array_equal(packing.pack_transposed(np.asfortranarray(w)), want)
+        assert np.array_equal(packing.pack_plain(np.ascontiguousarray(w.T)), want)

@@ -196,6 +196,57 @@ def test_layer_sweep(item):
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("loop", ["serial", "rows", "split"])
+@pytest.mark.parametrize("packed", ["1", "0"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_layer_time_loops(mode, loop, packed, dtype, bidirectional, monkeypatch):
+    """Every time loop of the CPU layer, forced on a small layer: the serial one, items of batch
+    rows, items of hidden units (a parallel region per step); W_hh packed for the float32 packed
+    product or BLAS's. Hidden 32: the packed split takes multiples of 16 units; variable lengths."""
+    from dlkern.kernels.numba import rnn as numba_rnn
+
+    monkeypatch.setenv("DLKERN_RNN_SPLIT", "1" if loop == "split" else "0")
+    monkeypatch.setenv("DLKERN_RNN_PACKED", packed)
+    if loop != "serial":
+        monkeypatch.setattr(numba_rnn, "SERIAL_WORK", 0)
+    monkeypatch.setitem(globals(), "HIDDEN", 32)
+    cfg = dict(layers=2, bidirectional=bidirectional, batch_first=False, bias=True, hx=True,
+               packed=True, sorted=True, proj=False)
+    _run_layer(mode, cfg, dtype)
+
+
+def test_layer_split_loop_four_threads():
+    """The split loop with both directions of a bidirectional layer split (4 threads, so each
+    direction gets two items of hidden units), packed and not: same numbers as torch."""
+    code = """
+import os, torch
+import dlkern.nn as dnn
+torch.manual_seed(0)
+for packed in ("1", "0"):
+    os.environ["DLKERN_RNN_PACKED"] = packed
+    for cls, ref_cls in ((dnn.LSTM, torch.nn.LSTM), (dnn.GRU, torch.nn.GRU)):
+        ref = ref_cls(5, 48, num_layers=2, bidirectional=True).double()
+        mod = cls(5, 48, num_layers=2, bidirectional=True)
+        mod.load_state_dict(ref.state_dict())
+        x = torch.randn(9, 3, 5, requires_grad=True)
+        x64 = x.detach().double().requires_grad_()
+        a = mod(x)[0]; ga, = torch.autograd.grad(a.sum(), x)
+        b = ref(x64)[0]; gb, = torch.autograd.grad(b.sum(), x64)
+        assert (a.double() - b).abs().max() < 1e-5, (a.double() - b).abs().max()
+        assert (ga.double() - gb).abs().max() < 1e-4, (ga.double() - gb).abs().max()
+from dlkern.kernels.numba import rnn
+assert rnn.split_bounds(2, 3, 48, 192, 48, 4, True, False, True) is not None
+print("ok")
+"""
+    from helpers import run_isolated
+
+    env = dict(NUMBA_NUM_THREADS="4", DLKERN_NUM_THREADS="4", DLKERN_RNN_SPLIT="1")
+    rc, out = run_isolated(code, env=env)
+    assert rc == 0 and "ok" in out, out[-3000:]
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_layer_unsorted_padded_batch(mode, monkeypatch):
     """pack_padded_sequence(enforce_sorted=False): hx and final states are permuted as torch."""
     cfg = dict(layers=2, bidirectional=True, batch_first=True, bias=True, hx=True, packed=True,

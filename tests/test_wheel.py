@@ -23,8 +23,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Where each source package folder lands in the wheel.
 PACKAGE_FOLDERS = {"dlkern": "dlkern", "kernels": "dlkern/kernels"}
 # Build leftovers that must not travel with the sources.
-_NOT_SOURCES = shutil.ignore_patterns("__pycache__", "*.so", "*.c", "*.nbi", "*.nbc", "*.pyd",
-                                      "*.lock")
+_BUILT = shutil.ignore_patterns("__pycache__", "*.so", "*.nbi", "*.nbc", "*.pyd", "*.lock")
+
+
+def _NOT_SOURCES(folder, names):
+    """Build outputs: compiled and cached files, and the C that Cython wrote from a .pyx (the
+    hand-written C sources stay)."""
+    generated = {n for n in names if n.endswith(".c") and n[:-2] + ".pyx" in names}
+    return set(_BUILT(folder, names)) | generated
 
 CHECK = r"""
 import os, sys

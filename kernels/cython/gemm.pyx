@@ -18,9 +18,23 @@ Fortran ``sgemm_``/``dgemm_`` entry points (dlkern.kernels.numba._jit installs t
 CPU library carries when it exports them: single-threaded, it runs the kernels' small products up
 to ~2.5x faster than OpenBLAS here). ``set_local_threads(n)`` sets the calling thread's BLAS
 thread count in every BLAS in use (1 inside parallel kernels; 0 restores the global setting).
+
+The module also carries ``packed_gemm.c`` (C, compiled with it): a single-precision GEMM against
+a B packed into 16-column panels, for the recurrent layers' small per-step products
+(``sgemm_packed_address``, ``packed_nr``; ``packed_variant`` / ``use_packed_variant`` name and
+force its instruction-set variant for the tests).
 """
 from libc.stddef cimport size_t
+from libc.stdint cimport uintptr_t
 from scipy.linalg.cython_blas cimport sgemm, dgemm
+
+cdef extern from "packed_gemm.h" nogil:
+    int PACKED_NR
+    void dlkern_sgemm_packed(int m, int n, int k, uintptr_t a, int lda, uintptr_t bp,
+                             uintptr_t c, int ldc, int accumulate)
+    int dlkern_packed_variant()
+    void dlkern_pack_transposed(int n, int k, uintptr_t w, int ldw, uintptr_t out)
+    void dlkern_packed_use_variant(int variant)
 
 ctypedef void (*sgemm_t)(char*, char*, int*, int*, int*, float*, float*, int*, float*, int*,
                          float*, float*, int*) noexcept nogil
@@ -112,3 +126,64 @@ def gemm(a, b, c, double alpha=1.0, double beta=0.0, bint trans_a=False, bint tr
                   <size_t>b.ctypes.data, max(1, b.strides[0] // itemsize),
                   beta, <size_t>c.ctypes.data, max(1, c.strides[0] // itemsize))
     return c
+
+
+def sgemm_packed_address():
+    """The address of the C function ``dlkern_sgemm_packed`` (packed_gemm.c)."""
+    return <size_t>&dlkern_sgemm_packed
+
+
+def packed_nr():
+    """Columns per panel of a packed B."""
+    return PACKED_NR
+
+
+def packed_variant():
+    """The packed GEMM's instruction-set variant in use: 2 AVX-512, 1 AVX2 + FMA, 0 portable."""
+    return dlkern_packed_variant()
+
+
+def use_packed_variant(int variant):
+    """Use this variant (clamped to what the CPU runs; -1: the best one)."""
+    dlkern_packed_use_variant(variant)
+    return dlkern_packed_variant()
+
+
+def sgemm_packed(a, bp, c, int n, bint accumulate=False):
+    """Python-level check of dlkern_sgemm_packed (used by the tests): ``c (+)= a @ B`` with a
+    (m, k) and c (m, >= n) float32 with contiguous rows, bp the packed B (panels of packed_nr()
+    columns, k rows each, as a contiguous float32 array)."""
+    import numpy as np
+    for name, arr in (("a", a), ("bp", bp), ("c", c)):
+        if arr.dtype != np.float32:
+            raise TypeError(f"sgemm_packed: {name} must be float32")
+    if a.ndim != 2 or c.ndim != 2 or a.strides[1] != 4 or c.strides[1] != 4:
+        raise ValueError("sgemm_packed: a and c must be 2-d with contiguous rows")
+    if not bp.flags.c_contiguous:
+        raise ValueError("sgemm_packed: bp must be contiguous")
+    cdef int m = a.shape[0]
+    cdef int k = a.shape[1]
+    cdef int panels = (n + PACKED_NR - 1) // PACKED_NR
+    if c.shape[0] != m or c.shape[1] < n or bp.size < panels * k * PACKED_NR:
+        raise ValueError("sgemm_packed: shapes do not agree")
+    dlkern_sgemm_packed(m, n, k, <uintptr_t>a.ctypes.data, max(1, a.strides[0] // 4),
+                        <uintptr_t>bp.ctypes.data, <uintptr_t>c.ctypes.data,
+                        max(1, c.strides[0] // 4), accumulate)
+    return c
+
+
+def pack_transposed(w, out):
+    """out (ceil(n / 16), k, 16) float32 = w (n, k)^T packed (packed_gemm.c), no GIL held."""
+    import numpy as np
+    if w.dtype != np.float32 or out.dtype != np.float32 or w.ndim != 2 or w.strides[1] != 4:
+        raise ValueError("pack_transposed: w must be 2-d float32 with contiguous rows")
+    cdef int n = w.shape[0]
+    cdef int k = w.shape[1]
+    if not out.flags.c_contiguous or out.shape != ((n + PACKED_NR - 1) // PACKED_NR, k, PACKED_NR):
+        raise ValueError("pack_transposed: out has the wrong shape")
+    cdef uintptr_t src = <uintptr_t>w.ctypes.data
+    cdef uintptr_t dst = <uintptr_t>out.ctypes.data
+    cdef int ldw = max(1, w.strides[0] // 4)
+    with nogil:
+        dlkern_pack_transposed(n, k, src, ldw, dst)
+    return out

@@ -35,13 +35,16 @@ gates are stored in the data's dtype.
 BLAS. Every product goes through _jit's ``gemm``; each prange work item runs its BLAS calls on
 its own thread and hands the thread's BLAS setting back when it ends (_jit's convention).
 """
+import os
 import threading
 
 import numba
 import numpy as np
 
 from ..rnn_modes import GATES
-from ._jit import blas_set_local_threads, gemm, jit, jit_parallel
+from ._jit import PACKED_NR, blas_set_local_threads, gemm, jit, jit_parallel, packed_gemm
+from . import packing
+from .packing import pack_transposed
 from .rnn_math import relu, sigmoid, tanh
 
 
@@ -52,6 +55,19 @@ def step_rows(s, reverse, b0, b1, batch_sizes, offsets):
     t = steps - 1 - s if reverse else s
     nr = min(b1, batch_sizes[t]) - b0
     return t, nr, offsets[t] + b0
+
+
+@jit
+def step_before(t, b, reverse, batch_sizes, offsets):
+    """The packed row of batch entry b at the step before t in this direction's order, or -1 (it
+    starts from h0 at t)."""
+    if reverse:
+        if t + 1 < batch_sizes.shape[0] and b < batch_sizes[t + 1]:
+            return offsets[t + 1] + b
+        return -1
+    if t > 0:
+        return offsets[t - 1] + b
+    return -1
 
 
 @jit
@@ -70,6 +86,18 @@ def masked_state(d, b0, nr, h_n, rmask, has_rmask, hmask):
 
 
 @jit
+def recurrent_product(is_double, nr, w_hh, wp, d, a, accumulate, c, ldc):
+    """c[0:nr, 0:G*H] (+)= a @ W_hh[d]^T (a: nr rows of P at address a, c: rows ldc apart): on
+    the packed W_hh (wp[d], float32 layers) when there is one, else BLAS."""
+    gh, proj = w_hh.shape[1], w_hh.shape[2]
+    if wp.shape[1] > 0:
+        packed_gemm(nr, gh, proj, a, proj, wp[d].ctypes.data, c, ldc, 1 if accumulate else 0)
+    else:
+        gemm(is_double, 0, 1, nr, gh, proj, 1.0, a, proj, w_hh[d].ctypes.data, proj,
+             1.0 if accumulate else 0.0, c, ldc)
+
+
+@jit
 def _copy(src, dst):
     """dst[:] = src (converting to dst's dtype)."""
     for j in range(dst.shape[0]):
@@ -77,12 +105,13 @@ def _copy(src, dst):
 
 
 @jit
-def _lstm_gates(gr, bi, bh, cr, act, hid):
-    """One row's LSTM gate arithmetic in one pass into act (float64 scratch, rows i, f, g, o, c,
-    o * tanh(c)); the caller copies the results out. (A pass that read gr and stored into it at
-    offsets unknown at compile time would not vectorise.) float32 data: short polynomials."""
+def _lstm_gates(gr, bi, bh, cr, act, hid, j0, j1):
+    """Units [j0, j1) of one row's LSTM gate arithmetic in one pass into act (float64 scratch,
+    rows i, f, g, o, c, o * tanh(c)); the caller copies the results out. (A pass that read gr and
+    stored into it at offsets unknown at compile time would not vectorise.) float32 data: short
+    polynomials."""
     short = gr.itemsize == 4
-    for j in range(hid):
+    for j in range(j0, j1):
         i = sigmoid(np.float64(gr[j]) + bi[j] + bh[j], short)
         f = sigmoid(np.float64(gr[hid + j]) + bi[hid + j] + bh[hid + j], short)
         gg = tanh(np.float64(gr[2 * hid + j]) + bi[2 * hid + j] + bh[2 * hid + j], short)
@@ -97,7 +126,7 @@ def _lstm_gates(gr, bi, bh, cr, act, hid):
 
 
 @jit
-def _lstm_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr, has_proj, rmask,
+def _lstm_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wp, b_ih, b_hh, w_hr, has_proj, rmask,
                        has_rmask, y, h_n, c_n, gates, cs, hbuf, hmask, act, save, is_double):
     """The LSTM time loop of rows [b0, b1) of direction d (shapes in the module docstring).
     Scratch of the data's dtype: hbuf (rows * H, o * tanh(c) before the projection), hmask
@@ -117,12 +146,11 @@ def _lstm_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr, 
         g = gates[d, r0:r0 + nr]
         # Recurrent product, accumulated onto the input projection of this step.
         a = masked_state(d, b0, nr, h_n, rmask, has_rmask, hmask)
-        gemm(is_double, 0, 1, nr, gh, proj, 1.0, a, proj, w_hh[d].ctypes.data, proj, 1.0,
-             g.ctypes.data, gh)
+        recurrent_product(is_double, nr, w_hh, wp, d, a, True, g.ctypes.data, gh)
         for r in range(nr):
             gr = g[r]
             cr = c_n[d, b0 + r]
-            _lstm_gates(gr, bi, bh, cr, act, hid)
+            _lstm_gates(gr, bi, bh, cr, act, hid, 0, hid)
             _copy(act[4 * hid:5 * hid], cr)
             if save:  # what the backward reads
                 for j in range(gh):
@@ -145,13 +173,29 @@ def _lstm_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr, 
 
 
 @jit
-def _gru_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, rmask, has_rmask, y, h_n,
+def _gru_gates(gr, hr, bi, bh, hs, act, hid, j0, j1):
+    """Units [j0, j1) of one row's GRU gates into act (float64: r, z, n, W_hn h + b_hn, h');
+    gr: the input projection, hr: W_hh h, hs: h_{t-1} (unmasked)."""
+    short = gr.itemsize == 4
+    for j in range(j0, j1):
+        rg = sigmoid(np.float64(gr[j]) + bi[j] + hr[j] + bh[j], short)
+        zg = sigmoid(np.float64(gr[hid + j]) + bi[hid + j] + hr[hid + j] + bh[hid + j], short)
+        hl = np.float64(hr[2 * hid + j]) + bh[2 * hid + j]
+        n = tanh(np.float64(gr[2 * hid + j]) + bi[2 * hid + j] + rg * hl, short)
+        act[j] = rg
+        act[hid + j] = zg
+        act[2 * hid + j] = n
+        act[3 * hid + j] = hl
+        act[4 * hid + j] = (1.0 - zg) * n + zg * hs[j]
+
+
+@jit
+def _gru_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wp, b_ih, b_hh, rmask, has_rmask, y, h_n,
                       gates, hn_lin, hbuf, hmask, act, save, is_double):
     """The GRU time loop of rows [b0, b1) of direction d; hbuf (rows * 3H) holds W_hh h, act
     (float64, 5H) a row's activations."""
     gh = w_hh.shape[1]
     hid = gh // 3
-    short = gates.itemsize == 4
     reverse = d == 1
     bi = b_ih[d]
     bh = b_hh[d]
@@ -161,23 +205,11 @@ def _gru_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, rmask, 
             continue
         g = gates[d, r0:r0 + nr]
         a = masked_state(d, b0, nr, h_n, rmask, has_rmask, hmask)
-        gemm(is_double, 0, 1, nr, gh, hid, 1.0, a, hid, w_hh[d].ctypes.data, hid, 0.0,
-             hbuf.ctypes.data, gh)
+        recurrent_product(is_double, nr, w_hh, wp, d, a, False, hbuf.ctypes.data, gh)
         for r in range(nr):
             gr = g[r]
-            hr = hbuf[r * gh:(r + 1) * gh]
             hs = h_n[d, b0 + r]
-            for j in range(hid):  # activations into act (r, z, n, W_hn h + b_hn, h')
-                rg = sigmoid(np.float64(gr[j]) + bi[j] + hr[j] + bh[j], short)
-                zg = sigmoid(np.float64(gr[hid + j]) + bi[hid + j] + hr[hid + j] + bh[hid + j],
-                             short)
-                hl = np.float64(hr[2 * hid + j]) + bh[2 * hid + j]
-                n = tanh(np.float64(gr[2 * hid + j]) + bi[2 * hid + j] + rg * hl, short)
-                act[j] = rg
-                act[hid + j] = zg
-                act[2 * hid + j] = n
-                act[3 * hid + j] = hl
-                act[4 * hid + j] = (1.0 - zg) * n + zg * hs[j]
+            _gru_gates(gr, hbuf[r * gh:(r + 1) * gh], bi, bh, hs, act, hid, 0, hid)
             if save:
                 for j in range(gh):
                     gr[j] = act[j]
@@ -187,7 +219,7 @@ def _gru_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, rmask, 
 
 
 @jit
-def _vanilla_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, use_relu, rmask,
+def _vanilla_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wp, b_ih, b_hh, use_relu, rmask,
                           has_rmask, y, h_n, gates, hmask, act, save, is_double):
     """The vanilla RNN time loop (h' = tanh or relu of the pre-activation) of rows [b0, b1) of
     direction d; gates receives h'."""
@@ -202,8 +234,7 @@ def _vanilla_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, use
             continue
         g = gates[d, r0:r0 + nr]
         a = masked_state(d, b0, nr, h_n, rmask, has_rmask, hmask)
-        gemm(is_double, 0, 1, nr, hid, hid, 1.0, a, hid, w_hh[d].ctypes.data, hid, 1.0,
-             g.ctypes.data, hid)
+        recurrent_product(is_double, nr, w_hh, wp, d, a, True, g.ctypes.data, hid)
         for r in range(nr):
             gr = g[r]
             if use_relu:
@@ -219,21 +250,21 @@ def _vanilla_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, use
 
 
 @jit
-def _run_rows(mode_id, d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr, rmask, y, h_n,
+def _run_rows(mode_id, d, b0, b1, batch_sizes, offsets, w_hh, wp, b_ih, b_hh, w_hr, rmask, y, h_n,
               c_n, gates, saved, hbuf, hmask, save, is_double):
     """Rows [b0, b1) of direction d in the mode's time loop (mode_id: _MODE_ID); save: write the
     activated gates and saved states the backward reads (not without a gradient)."""
     has_rmask = rmask.shape[1] > 0
     act = np.empty(6 * c_n.shape[2])
     if mode_id == 0:
-        _lstm_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr,
+        _lstm_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wp, b_ih, b_hh, w_hr,
                            w_hr.shape[1] > 0, rmask, has_rmask, y, h_n, c_n, gates, saved, hbuf,
                            hmask, act, save, is_double)
     elif mode_id == 1:
-        _gru_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, rmask, has_rmask, y,
+        _gru_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wp, b_ih, b_hh, rmask, has_rmask, y,
                           h_n, gates, saved, hbuf, hmask, act, save, is_double)
     else:
-        _vanilla_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, b_ih, b_hh, mode_id == 3,
+        _vanilla_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wp, b_ih, b_hh, mode_id == 3,
                               rmask, has_rmask, y, h_n, gates, hmask, act, save, is_double)
 
 
@@ -256,19 +287,19 @@ def _project(x, w_ih, gates, row_blocks, is_double):
 
 
 @jit_parallel
-def _forward_items(mode_id, batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr, rmask, y, h_n, c_n,
+def _forward_items(mode_id, batch_sizes, offsets, w_hh, wp, b_ih, b_hh, w_hr, rmask, y, h_n, c_n,
                    gates, saved, hbuf, hmask, chunks, per, save, is_double):
     for it in numba.prange(h_n.shape[0] * chunks):
         blas_set_local_threads(1)
         d, k = it // chunks, it % chunks
         _run_rows(mode_id, d, k * per, min(h_n.shape[1], (k + 1) * per), batch_sizes, offsets,
-                  w_hh, b_ih, b_hh, w_hr, rmask, y, h_n, c_n, gates, saved, hbuf[it], hmask[it],
+                  w_hh, wp, b_ih, b_hh, w_hr, rmask, y, h_n, c_n, gates, saved, hbuf[it], hmask[it],
                   save, is_double)
         blas_set_local_threads(0)
 
 
 @jit
-def _forward_serial(mode_id, x, batch_sizes, offsets, w_ih, w_hh, b_ih, b_hh, w_hr, rmask, y,
+def _forward_serial(mode_id, x, batch_sizes, offsets, w_ih, w_hh, wp, b_ih, b_hh, w_hr, rmask, y,
                     h_n, c_n, gates, saved, hbuf, hmask, project, save, is_double):
     """The whole layer on the calling thread, one direction after the other (scratch: one row
     per direction): small layers, where waking a thread team costs more than it saves (and, on
@@ -281,9 +312,130 @@ def _forward_serial(mode_id, x, batch_sizes, offsets, w_ih, w_hh, b_ih, b_hh, w_
         if project:
             gemm(is_double, 0, 1, n_rows, gh, n_in, 1.0, x.ctypes.data, n_in,
                  w_ih[d].ctypes.data, n_in, 0.0, gates[d, 0].ctypes.data, gh)
-        _run_rows(mode_id, d, 0, h_n.shape[1], batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr,
+        _run_rows(mode_id, d, 0, h_n.shape[1], batch_sizes, offsets, w_hh, wp, b_ih, b_hh, w_hr,
                   rmask, y, h_n, c_n, gates, saved, hbuf[d], hmask[d], save, is_double)
     blas_set_local_threads(0)
+
+
+@jit
+def _slice_product(is_double, nr, w_hh, wp, d, col, ncols, a, accumulate, c, ldc):
+    """Columns [col, col + ncols) of W_hh[d] h: c[0:nr, 0:ncols] (+)= a @ W_hh[d, col:col+ncols]^T;
+    on the packed W_hh (col a multiple of 16) when there is one."""
+    proj = w_hh.shape[2]
+    if wp.shape[1] > 0:
+        panel = wp[d].ctypes.data + (col // PACKED_NR) * proj * PACKED_NR * 4
+        packed_gemm(nr, ncols, proj, a, proj, panel, c, ldc, 1 if accumulate else 0)
+    else:
+        gemm(is_double, 0, 1, nr, ncols, proj, 1.0, a, proj, w_hh[d, col].ctypes.data, proj,
+             1.0 if accumulate else 0.0, c, ldc)
+
+
+@jit
+def _slice_step(mode_id, s, d, j0, j1, batch_sizes, offsets, w_hh, wp, b_ih, b_hh, rmask, h0, y,
+                h_n, c_n, gates, saved, prev, hbuf, act, save, is_double):
+    """Step s of direction d for hidden units [j0, j1) of every row (the split time loop): gather
+    h_{t-1} of every active row (from y's previous step or h0, times the recurrent mask) into
+    prev, the gates' columns of these units from W_hh, their gate arithmetic, and writes of
+    these units only (h_n, c_n, y, the saved gates): no other item reads them during the step."""
+    gh = w_hh.shape[1]
+    proj = w_hh.shape[2]
+    hid = proj
+    n_gates = gh // hid
+    reverse = d == 1
+    t, nr, r0 = step_rows(s, reverse, 0, h_n.shape[1], batch_sizes, offsets)
+    if nr <= 0:
+        return
+    has_rmask = rmask.shape[1] > 0
+    for r in range(nr):
+        pr = step_before(t, r, reverse, batch_sizes, offsets)
+        src = h0[d, r] if pr < 0 else y[pr, d * proj:(d + 1) * proj]
+        for j in range(proj):
+            prev[r * proj + j] = src[j] * rmask[d, r, j] if has_rmask else src[j]
+    g = gates[d, r0:r0 + nr]
+    a = prev.ctypes.data
+    width = j1 - j0
+    bi = b_ih[d]
+    bh = b_hh[d]
+    if mode_id == 1:  # GRU: W_hh h into hbuf (rows of gh), the gates read it
+        for k in range(n_gates):
+            _slice_product(is_double, nr, w_hh, wp, d, k * hid + j0, width, a, False,
+                           hbuf[k * hid + j0:].ctypes.data, gh)
+    else:  # accumulated onto the input projection
+        for k in range(n_gates):
+            _slice_product(is_double, nr, w_hh, wp, d, k * hid + j0, width, a, True,
+                           g[0, k * hid + j0:].ctypes.data, gh)
+    short = gates.itemsize == 4
+    for r in range(nr):
+        gr = g[r]
+        hs = h_n[d, r]
+        if mode_id == 0:
+            cr = c_n[d, r]
+            _lstm_gates(gr, bi, bh, cr, act, hid, j0, j1)
+            _copy(act[4 * hid + j0:4 * hid + j1], cr[j0:j1])
+            if save:
+                _copy(act[4 * hid + j0:4 * hid + j1], saved[d, r0 + r, j0:j1])
+            out = act[5 * hid + j0:5 * hid + j1]
+        elif mode_id == 1:
+            _gru_gates(gr, hbuf[r * gh:(r + 1) * gh], bi, bh, hs, act, hid, j0, j1)
+            if save:
+                _copy(act[3 * hid + j0:3 * hid + j1], saved[d, r0 + r, j0:j1])
+            out = act[4 * hid + j0:4 * hid + j1]
+        else:
+            for j in range(j0, j1):
+                v = np.float64(gr[j]) + bi[j] + bh[j]
+                act[j] = relu(v) if mode_id == 3 else tanh(v, short)
+            out = act[j0:j1]
+        if save:
+            for k in range(n_gates):
+                _copy(act[k * hid + j0:k * hid + j1], gr[k * hid + j0:k * hid + j1])
+        _copy(out, hs[j0:j1])
+        _copy(out, y[r0 + r, d * proj + j0:d * proj + j1])
+
+
+@jit_parallel
+def _split_forward(mode_id, batch_sizes, offsets, w_hh, wp, b_ih, b_hh, rmask, h0, y, h_n, c_n,
+                   gates, saved, prev, hbuf, act, bounds, save, is_double):
+    """The time loop with each step split over (direction, hidden units bounds[k]:bounds[k+1])
+    items, one parallel region per step (its end is the barrier before the next step reads the
+    new state). For a few batch rows per direction, where splitting rows leaves threads idle:
+    each thread reads only its units' share of W_hh at every step."""
+    slices = bounds.shape[0] - 1
+    for s in range(batch_sizes.shape[0]):
+        for it in numba.prange(h_n.shape[0] * slices):
+            blas_set_local_threads(1)
+            d, k = it // slices, it % slices
+            _slice_step(mode_id, s, d, bounds[k], bounds[k + 1], batch_sizes, offsets, w_hh, wp,
+                        b_ih, b_hh, rmask, h0, y, h_n, c_n, gates, saved, prev[it], hbuf[it],
+                        act[it], save, is_double)
+            blas_set_local_threads(0)
+
+
+# The split time loop: when each thread would get at most this many batch rows by splitting rows,
+# and the recurrent weight of a direction is at least SPLIT_MIN_WEIGHT bytes (a smaller one stays
+# in one core's cache, where a step is too short to pay for a parallel region).
+SPLIT_MAX_ROWS = 4
+SPLIT_MIN_WEIGHT = 1 << 20
+
+
+def split_bounds(n_dir, batch, hid, gh, proj, itemsize, packed, has_proj, small):
+    """Unit boundaries of the split time loop (multiples of 16 on a packed W_hh), or None when the
+    layer runs by rows (or serially: ``small``). DLKERN_RNN_SPLIT=1 splits every layer that can be
+    (the tests' way to run this loop on small shapes), =0 none."""
+    threads = numba.get_num_threads()
+    slices = threads // n_dir
+    forced = os.environ.get("DLKERN_RNN_SPLIT", "")
+    if slices < 2 or has_proj or (packed and hid % PACKED_NR) or forced == "0":
+        return None
+    if forced != "1" and (small or -(-batch // max(1, -(-threads // n_dir))) > SPLIT_MAX_ROWS
+                          or gh * proj * itemsize < SPLIT_MIN_WEIGHT):
+        return None
+    unit = PACKED_NR if packed else 1
+    blocks = hid // unit
+    slices = min(slices, blocks)
+    if slices < 2:
+        return None
+    return np.array([unit * (blocks * k // slices) for k in range(slices)] + [hid],
+                    dtype=np.int64)
 
 
 _MODE_ID = {"lstm": 0, "gru": 1, "rnn_tanh": 2, "rnn_relu": 3}
@@ -328,6 +480,26 @@ def scratch(items, rows, gh, hid, proj, dtype):
             np.empty((items, rows * max(proj, 1)), dtype=dtype))
 
 
+# The packed product (float32) from this many time steps on: packing W_hh reads and writes it once,
+# about what one step's product reads, so a short sequence gains nothing. DLKERN_RNN_PACKED=0 turns
+# it off (BLAS for every step, the way to compare the two).
+PACKED_MIN_STEPS = 4
+NOT_PACKED = np.empty((1, 0), dtype=np.float32)
+
+
+def packed_recurrent(w_hh, steps):
+    """W_hh (D, G*H, P) packed per direction for recurrent_product, shape (D, panels * P * 16),
+    or NOT_PACKED (float64, short sequences, or turned off)."""
+    if (w_hh.dtype != np.float32 or steps < PACKED_MIN_STEPS or w_hh.shape[1] == 0
+            or os.environ.get("DLKERN_RNN_PACKED", "1") == "0"):
+        return NOT_PACKED
+    n_dir, gh, proj = w_hh.shape
+    out = packing.scratch("w_hh", n_dir, gh, proj)
+    for d in range(n_dir):
+        pack_transposed(w_hh[d], out[d])
+    return out.reshape((n_dir, -1))
+
+
 def layer_forward(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, rmask, h0, c0, y, h_n, c_n,
                   gates, saved, save=True):
     """Run every direction of one layer. Shapes as in the module docstring; writes y, h_n, c_n
@@ -343,16 +515,27 @@ def layer_forward(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, rmask, h0,
     threads = numba.get_num_threads()
     small = serial(x.shape[0], gh, x.shape[1], w_hh.shape[2])
     chunks, per = chunks_for(n_dir, batch)
+    wp = packed_recurrent(w_hh, batch_sizes.shape[0])
+    bounds = split_bounds(n_dir, batch, hid, gh, w_hh.shape[2], x.itemsize, wp.shape[1] > 0,
+                          w_hr.shape[1] > 0, small)
+    if bounds is not None:
+        items = n_dir * (bounds.shape[0] - 1)
+        _project(x, w_ih, gates, max(1, min(threads, x.shape[0] // 8)), is_double)
+        _split_forward(mode_id, batch_sizes, offsets, w_hh, wp, b_ih, b_hh, rmask, h0, y, h_n,
+                       c_n, gates, saved, np.empty((items, batch * w_hh.shape[2]), x.dtype),
+                       np.empty((items, batch * gh), x.dtype), np.empty((items, 6 * hid)),
+                       bounds, save, is_double)
+        return
     if small or n_dir * chunks == 1:
         if not small:
             _project(x, w_ih, gates, max(1, min(threads, x.shape[0] // 8)), is_double)
         work = scratch(n_dir, batch, gh, hid, w_hh.shape[2], x.dtype)
-        _forward_serial(mode_id, x, batch_sizes, offsets, w_ih, w_hh, b_ih, b_hh, w_hr, rmask, y,
-                        h_n, c_n, gates, saved, *work, small, save, is_double)
+        _forward_serial(mode_id, x, batch_sizes, offsets, w_ih, w_hh, wp, b_ih, b_hh, w_hr, rmask,
+                        y, h_n, c_n, gates, saved, *work, small, save, is_double)
         return
     work = scratch(n_dir * chunks, per, gh, hid, w_hh.shape[2], x.dtype)
     _project(x, w_ih, gates, max(1, min(threads, x.shape[0] // 8)), is_double)
-    _forward_items(mode_id, batch_sizes, offsets, w_hh, b_ih, b_hh, w_hr, rmask, y, h_n, c_n,
+    _forward_items(mode_id, batch_sizes, offsets, w_hh, wp, b_ih, b_hh, w_hr, rmask, y, h_n, c_n,
                    gates, saved, *work, chunks, per, save, is_double)
 
 
@@ -402,6 +585,7 @@ def cell_forward(mode, x, h, c, weights, y, c_out):
     c_n = c_out.reshape((1, batch, hid))
     if mode == "lstm":
         c_n[0] = c
-    _forward_serial(_MODE_ID[mode], x, sizes, offsets, w_ih, w_hh, b_ih, b_hh, empty, empty, y,
+    _forward_serial(_MODE_ID[mode], x, sizes, offsets, w_ih, w_hh, NOT_PACKED, b_ih, b_hh, empty,
+                    empty, y,
                     y.reshape((1, batch, hid)), c_n, gates, saved, hbuf, hmask, True, False,
                     dtype == np.float64)
