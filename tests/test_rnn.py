@@ -81,6 +81,28 @@ def test_cell_functional(mode, batched, bias, dtype):
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("split", ["1", "0"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cell_lean_step_split_and_serial(mode, split, dtype, monkeypatch):
+    """The lean cell step (no graph) split over hidden units on every thread (forced here, taken
+    by large cells) and on the calling thread: torch's numbers; the inputs unchanged."""
+    monkeypatch.setenv("DLKERN_RNN_SPLIT", split)
+    g = torch.Generator().manual_seed(4)
+    gh = GATES[mode] * HIDDEN
+    tensors = [make_tensor(s, dtype, generator=g)
+               for s in ((3, INPUT), (3, HIDDEN), (3, HIDDEN), (gh, INPUT), (gh, HIDDEN), (gh,),
+                         (gh,))]
+    if mode != "lstm":
+        del tensors[2]
+    before = [t.clone() for t in tensors]
+    with torch.no_grad():
+        got = _cell_fn(mode, DF)(*tensors)
+    assert_close(got, _cell_fn(mode, torch)(*[float64_copy(t) for t in tensors]),
+                 INPUT + HIDDEN, "lean step")
+    assert all(torch.equal(a, b) for a, b in zip(tensors, before))
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("hx_given", [True, False])
 def test_cell_module_and_state_dict(mode, hx_given):
     torch.manual_seed(2)

@@ -410,6 +410,30 @@ def _split_forward(mode_id, batch_sizes, offsets, w_hh, wp, b_ih, b_hh, rmask, h
             blas_set_local_threads(0)
 
 
+@jit_parallel
+def _cell_split(mode_id, x, w_ih, batch_sizes, offsets, w_hh, b_ih, b_hh, rmask, h0, y, h_n, c_n,
+                gates, saved, prev, hbuf, act, bounds, is_double):
+    """One cell step in one parallel region: item k takes hidden units [bounds[k], bounds[k+1]):
+    their columns of the input product, then _slice_step (recurrent product, gates, outputs). A
+    single step needs no barrier: every item reads only the step's inputs and its own columns."""
+    slices = bounds.shape[0] - 1
+    gh = w_hh.shape[1]
+    hid = w_hh.shape[2]
+    n_in = x.shape[1]
+    batch = x.shape[0]
+    for it in numba.prange(slices):
+        blas_set_local_threads(1)
+        j0, j1 = bounds[it], bounds[it + 1]
+        for k in range(gh // hid):
+            col = k * hid + j0
+            gemm(is_double, 0, 1, batch, j1 - j0, n_in, 1.0, x.ctypes.data, n_in,
+                 w_ih[0, col].ctypes.data, n_in, 0.0, gates[0, 0, col:].ctypes.data, gh)
+        _slice_step(mode_id, 0, 0, j0, j1, batch_sizes, offsets, w_hh, NOT_PACKED, b_ih, b_hh,
+                    rmask, h0, y, h_n, c_n, gates, saved, prev[it], hbuf[it], act[it], False,
+                    is_double)
+        blas_set_local_threads(0)
+
+
 # The split time loop: when each thread would get at most this many batch rows by splitting rows,
 # and the recurrent weight of a direction is at least SPLIT_MIN_WEIGHT bytes (a smaller one stays
 # in one core's cache, where a step is too short to pay for a parallel region).
@@ -571,11 +595,12 @@ def cell_weights(w_ih, w_hh, b_ih, b_hh):
 
 
 def cell_forward(mode, x, h, c, weights, y, c_out):
-    """One step of one cell on the calling thread (the lean path): the layer's serial loop over
-    one step, with the same compiled code. x (B, I), h and c (B, H) (c any array unless LSTM),
-    weights from cell_weights, all C-contiguous; writes y (B, H), the new h, and c_out (B, H),
-    the new c (LSTM). y enters the loop holding h: the step's product reads all of it before the
-    gate pass writes any row."""
+    """One step of one cell (the lean path): the layer's serial loop over one step, with the same
+    compiled code, on the calling thread; a large step (the layer's ``serial`` rule) split over
+    hidden units on every thread instead (DLKERN_RNN_SPLIT=1 / 0: always / never). x (B, I), h
+    and c (B, H) (c any array unless LSTM), weights from cell_weights, all C-contiguous; writes
+    y (B, H), the new h, and c_out (B, H), the new c (LSTM). y enters the loop holding h: the
+    step's product reads all of it before the gate pass writes any row."""
     batch, hid = y.shape
     w_ih, w_hh, b_ih, b_hh = weights
     gh = w_hh.shape[1]
@@ -585,6 +610,19 @@ def cell_forward(mode, x, h, c, weights, y, c_out):
     c_n = c_out.reshape((1, batch, hid))
     if mode == "lstm":
         c_n[0] = c
+    threads = numba.get_num_threads()
+    forced = os.environ.get("DLKERN_RNN_SPLIT", "")
+    if threads > 1 and hid >= threads and forced != "0" and (
+            forced == "1" or not serial(batch, gh, x.shape[1], hid)):
+        # A large step (the weights' read alone takes longer than waking the threads): split
+        # over hidden units, each thread reading its share of both weights.
+        bounds = np.array([hid * k // threads for k in range(threads + 1)], dtype=np.int64)
+        h0 = h.reshape((1, batch, hid))
+        _cell_split(_MODE_ID[mode], x, w_ih, sizes, offsets, w_hh, b_ih, b_hh, empty, h0, y,
+                    y.reshape((1, batch, hid)), c_n, gates, saved,
+                    np.empty((threads, batch * hid), dtype), np.empty((threads, batch * gh), dtype),
+                    np.empty((threads, 6 * hid)), bounds, dtype == np.float64)
+        return
     _forward_serial(_MODE_ID[mode], x, sizes, offsets, w_ih, w_hh, NOT_PACKED, b_ih, b_hh, empty,
                     empty, y,
                     y.reshape((1, batch, hid)), c_n, gates, saved, hbuf, hmask, True, False,
