@@ -109,23 +109,23 @@ void dlkern_sgemm_packed(int m, int n, int k, uintptr_t a, int lda, uintptr_t bp
 
 void dlkern_pack_transposed(int n, int k, uintptr_t w, int ldw, uintptr_t out)
 {
-    /* out[p, kk, j] = w[16p + j, kk] (zero for 16p + j >= n): blocks of 16 x 16, each read as
-     * one cache line of 16 rows of w and written as 16 lines of out. */
+    /* out[p, kk, j] = w[16p + j, kk] (zero for 16p + j >= n). Each row of w is read front to
+     * back (a stream the prefetcher follows, where reading 16 rows a cache line at a time waits
+     * on memory when w is not in cache: 1 MB in 0.11-0.19 ms against 0.19-0.75 here) and
+     * scattered into its panel, which stays in cache while its 16 rows pass. */
     const float *src = (const float *)w;
     float *dst = (float *)out;
     int panels = (n + PACKED_NR - 1) / PACKED_NR;
     for (int p = 0; p < panels; p++) {
-        int rows = n - p * PACKED_NR < PACKED_NR ? n - p * PACKED_NR : PACKED_NR;
         float *panel = dst + (long)p * k * PACKED_NR;
-        for (int k0 = 0; k0 < k; k0 += 16) {
-            int kb = k - k0 < 16 ? k - k0 : 16;
-            float block[16][PACKED_NR];
-            for (int j = 0; j < PACKED_NR; j++) {
-                const float *row = src + (long)(p * PACKED_NR + j) * ldw + k0;
-                for (int kk = 0; kk < kb; kk++) block[kk][j] = j < rows ? row[kk] : 0.0f;
+        for (int j = 0; j < PACKED_NR; j++) {
+            int row = p * PACKED_NR + j;
+            if (row < n) {
+                const float *wr = src + (long)row * ldw;
+                for (int kk = 0; kk < k; kk++) panel[(long)kk * PACKED_NR + j] = wr[kk];
+            } else {
+                for (int kk = 0; kk < k; kk++) panel[(long)kk * PACKED_NR + j] = 0.0f;
             }
-            for (int kk = 0; kk < kb; kk++)
-                for (int j = 0; j < PACKED_NR; j++) panel[(long)(k0 + kk) * PACKED_NR + j] = block[kk][j];
         }
     }
 }

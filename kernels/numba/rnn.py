@@ -511,16 +511,23 @@ PACKED_MIN_STEPS = 4
 NOT_PACKED = np.empty((1, 0), dtype=np.float32)
 
 
-def packed_recurrent(w_hh, steps):
-    """W_hh (D, G*H, P) packed per direction for recurrent_product, shape (D, panels * P * 16),
-    or NOT_PACKED (float64, short sequences, or turned off)."""
+def packed_recurrent(w_hh, steps, transposed=True):
+    """W_hh (D, G*H, P) packed per direction, shape (D, panels * K * 16), or NOT_PACKED (float64,
+    short sequences, or turned off): transposed, W_hh^T for the forward's h @ W_hh^T
+    (recurrent_product); else W_hh itself for the backward's dg @ W_hh. Kept per thread between
+    calls (packing.scratch)."""
     if (w_hh.dtype != np.float32 or steps < PACKED_MIN_STEPS or w_hh.shape[1] == 0
-            or os.environ.get("DLKERN_RNN_PACKED", "1") == "0"):
+            or w_hh.shape[2] == 0 or os.environ.get("DLKERN_RNN_PACKED", "1") == "0"):
         return NOT_PACKED
     n_dir, gh, proj = w_hh.shape
-    out = packing.scratch("w_hh", n_dir, gh, proj)
-    for d in range(n_dir):
-        pack_transposed(w_hh[d], out[d])
+    if transposed:
+        out = packing.scratch("w_hh^T", n_dir, gh, proj)
+        for d in range(n_dir):
+            pack_transposed(w_hh[d], out[d])
+    else:
+        out = packing.scratch("w_hh", n_dir, proj, gh)
+        for d in range(n_dir):
+            packing.pack_plain(w_hh[d], out[d])
     return out.reshape((n_dir, -1))
 
 

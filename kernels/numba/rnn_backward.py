@@ -12,8 +12,8 @@ import numba
 import numpy as np
 
 from ..rnn_modes import GATES
-from ._jit import blas_set_local_threads, gemm, jit, jit_parallel
-from .rnn import _MODE_ID, chunks_for, serial, step_offsets
+from ._jit import blas_set_local_threads, gemm, jit, jit_parallel, packed_gemm
+from .rnn import _MODE_ID, chunks_for, packed_recurrent, serial, step_offsets
 from .rnn_math import tanh
 
 
@@ -44,16 +44,27 @@ def _store_hprev(d, t, b0, nr, r0, reverse, batch_sizes, offsets, y, h0, rmask, 
 
 
 @jit
-def _carry_back(d, b0, nr, r0, dg, w_hh, rmask, has_rmask, dh, accumulate, tmp, is_double):
+def _times_w_hh(is_double, nr, w_hh, wpb, d, a, accumulate, c):
+    """c[0:nr, 0:P] (+)= a[0:nr, 0:G*H] @ W_hh[d] (rows of G*H and P): on W_hh packed as it is
+    (wpb[d], float32 layers; rnn.packed_recurrent(..., transposed=False)) when there is one."""
+    gh, proj = w_hh.shape[1], w_hh.shape[2]
+    if wpb.shape[1] > 0:
+        packed_gemm(nr, proj, gh, a, gh, wpb[d].ctypes.data, c, proj, 1 if accumulate else 0)
+    else:
+        gemm(is_double, 0, 0, nr, proj, gh, 1.0, a, gh, w_hh[d].ctypes.data, proj,
+             1.0 if accumulate else 0.0, c, proj)
+
+
+@jit
+def _carry_back(d, b0, nr, r0, dg, w_hh, wpb, rmask, has_rmask, dh, accumulate, tmp, is_double):
     """dh[d, b0:b0+nr] (+)= (dg rows @ W_hh) (* rmask): the gradient reaching h_{t-1} through the
     recurrent product. tmp: scratch of nr * P."""
     gh, proj = w_hh.shape[1], w_hh.shape[2]
     if not has_rmask:
-        gemm(is_double, 0, 0, nr, proj, gh, 1.0, dg[d, r0].ctypes.data, gh, w_hh[d].ctypes.data,
-             proj, 1.0 if accumulate else 0.0, dh[d, b0].ctypes.data, proj)
+        _times_w_hh(is_double, nr, w_hh, wpb, d, dg[d, r0].ctypes.data, accumulate,
+                    dh[d, b0].ctypes.data)
         return
-    gemm(is_double, 0, 0, nr, proj, gh, 1.0, dg[d, r0].ctypes.data, gh, w_hh[d].ctypes.data,
-         proj, 0.0, tmp.ctypes.data, proj)
+    _times_w_hh(is_double, nr, w_hh, wpb, d, dg[d, r0].ctypes.data, False, tmp.ctypes.data)
     for r in range(nr):
         dr = dh[d, b0 + r]
         mr = rmask[d, b0 + r]
@@ -63,7 +74,7 @@ def _carry_back(d, b0, nr, r0, dg, w_hh, rmask, has_rmask, dh, accumulate, tmp, 
 
 
 @jit
-def _lstm_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, w_hr, rmask, y, h0, c0, gates, cs,
+def _lstm_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wpb, w_hr, rmask, y, h0, c0, gates, cs,
                         dy, dh, dc, dgates, hprev, dw_hr, hpre, dhp, is_double):
     """LSTM BPTT of rows [b0, b1) of direction d. dh/dc (D, B, P/H) enter holding the gradient of
     the final states and leave holding that of h0/c0; dgates (D, N, 4H) gets the gradient of the
@@ -124,11 +135,11 @@ def _lstm_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, w_hr, rmask, y, h
                 dg[2 * hid + j] = dcv * i_g * (1.0 - g_g * g_g)
                 dg[3 * hid + j] = dhv * tc * o_g * (1.0 - o_g)
                 dcr[j] = dcv * f_g
-        _carry_back(d, b0, nr, r0, dgates, w_hh, rmask, has_rmask, dh, False, hpre, is_double)
+        _carry_back(d, b0, nr, r0, dgates, w_hh, wpb, rmask, has_rmask, dh, False, hpre, is_double)
 
 
 @jit
-def _gru_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, rmask, y, h0, gates, hn_lin, dy,
+def _gru_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wpb, rmask, y, h0, gates, hn_lin, dy,
                        dh, dgates, dgates_h, hprev, hpre, is_double):
     """GRU BPTT of rows [b0, b1) of direction d: dgates gets the gradient of the input-side gate
     pre-activations, dgates_h that of the hidden-side ones (they differ in the n gate). The
@@ -171,11 +182,11 @@ def _gru_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, rmask, y, h0, gate
                 dgh[hid + j] = dzp
                 dgh[2 * hid + j] = dnp * r_g
                 dhr[j] = dht * z_g
-        _carry_back(d, b0, nr, r0, dgates_h, w_hh, rmask, has_rmask, dh, True, hpre, is_double)
+        _carry_back(d, b0, nr, r0, dgates_h, w_hh, wpb, rmask, has_rmask, dh, True, hpre, is_double)
 
 
 @jit
-def _vanilla_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, use_relu, rmask, y, h0, gates,
+def _vanilla_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wpb, use_relu, rmask, y, h0, gates,
                            dy, dh, dgates, hprev, hpre, is_double):
     """Vanilla RNN BPTT of rows [b0, b1) of direction d; gates holds each step's output h."""
     steps = batch_sizes.shape[0]
@@ -202,33 +213,33 @@ def _vanilla_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, use_relu, rmas
                     dg[j] = dht if hv > 0.0 else 0.0
                 else:
                     dg[j] = dht * (1.0 - hv * hv)
-        _carry_back(d, b0, nr, r0, dgates, w_hh, rmask, has_rmask, dh, False, hpre, is_double)
+        _carry_back(d, b0, nr, r0, dgates, w_hh, wpb, rmask, has_rmask, dh, False, hpre, is_double)
 
 
 @jit
-def _backward_rows(mode_id, d, b0, b1, batch_sizes, offsets, w_hh, w_hr, rmask, y, h0, c0, gates,
+def _backward_rows(mode_id, d, b0, b1, batch_sizes, offsets, w_hh, wpb, w_hr, rmask, y, h0, c0, gates,
                    saved, dy, dh, dc, dgates, dgates_h, hprev, dw_hr, hpre, dhp, is_double):
     """BPTT of rows [b0, b1) of direction d in the mode's loop (mode_id: rnn._MODE_ID)."""
     if mode_id == 0:
-        _lstm_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, w_hr, rmask, y, h0, c0, gates,
+        _lstm_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wpb, w_hr, rmask, y, h0, c0, gates,
                             saved, dy, dh, dc, dgates, hprev, dw_hr, hpre, dhp, is_double)
     elif mode_id == 1:
-        _gru_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, rmask, y, h0, gates, saved, dy,
+        _gru_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wpb, rmask, y, h0, gates, saved, dy,
                            dh, dgates, dgates_h, hprev, hpre, is_double)
     else:
-        _vanilla_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, mode_id == 3, rmask, y, h0,
+        _vanilla_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wpb, mode_id == 3, rmask, y, h0,
                                gates, dy, dh, dgates, hprev, hpre, is_double)
 
 
 @jit_parallel
-def _backward_items(mode_id, batch_sizes, offsets, w_hh, w_hr, rmask, y, h0, c0, gates, saved,
+def _backward_items(mode_id, batch_sizes, offsets, w_hh, wpb, w_hr, rmask, y, h0, c0, gates, saved,
                     dy, dh, dc, dgates, dgates_h, hprev, dw_hr_parts, hpre, dhp, chunks, per,
                     is_double):
     for it in numba.prange(dh.shape[0] * chunks):
         blas_set_local_threads(1)
         d, k = it // chunks, it % chunks
         _backward_rows(mode_id, d, k * per, min(dh.shape[1], (k + 1) * per), batch_sizes,
-                       offsets, w_hh, w_hr, rmask, y, h0, c0, gates, saved, dy, dh, dc, dgates,
+                       offsets, w_hh, wpb, w_hr, rmask, y, h0, c0, gates, saved, dy, dh, dc, dgates,
                        dgates_h, hprev, dw_hr_parts[it], hpre[it], dhp[it], is_double)
         blas_set_local_threads(0)
 
@@ -295,14 +306,14 @@ def _input_grads(dgi, w_ih, dx, row_blocks, is_double):
 
 
 @jit
-def _backward_serial(mode_id, batch_sizes, offsets, x, w_ih, w_hh, w_hr, rmask, y, h0, c0, gates,
+def _backward_serial(mode_id, batch_sizes, offsets, x, w_ih, w_hh, wpb, w_hr, rmask, y, h0, c0, gates,
                      saved, dy, dh, dc, dgates, dgates_h, hprev, dw_hr_parts, hpre, dhp, dx, dw_ih,
                      dw_hh, db_ih, db_hh, is_double):
     """The whole backward of a small layer on the calling thread (see rnn._forward_serial)."""
     blas_set_local_threads(1)
     n_dir, n_rows, gh = dgates.shape
     for d in range(n_dir):
-        _backward_rows(mode_id, d, 0, dh.shape[1], batch_sizes, offsets, w_hh, w_hr, rmask, y, h0,
+        _backward_rows(mode_id, d, 0, dh.shape[1], batch_sizes, offsets, w_hh, wpb, w_hr, rmask, y, h0,
                        c0, gates, saved, dy, dh, dc, dgates, dgates_h, hprev, dw_hr_parts[d],
                        hpre[d], dhp[d], is_double)
         _weight_grads_block(d, 0, gh, dgates, dgates_h, x, hprev, dw_ih, dw_hh, db_ih, db_hh,
@@ -345,12 +356,13 @@ def layer_backward(mode, x, batch_sizes, w_ih, w_hh, w_hr, rmask, h0, c0, y, gat
         return
     offsets = step_offsets(batch_sizes)
     mode_id = _MODE_ID[mode]
+    wpb = packed_recurrent(w_hh, batch_sizes.shape[0], transposed=False)
     if small:
-        _backward_serial(mode_id, batch_sizes, offsets, x, w_ih, w_hh, w_hr, rmask, y, h0, c0,
+        _backward_serial(mode_id, batch_sizes, offsets, x, w_ih, w_hh, wpb, w_hr, rmask, y, h0, c0,
                          gates, saved, dy, dh, dc, dgates, dgates_h, hprev, dw_hr_parts, hpre, dhp,
                          dx, dw_ih, dw_hh, db_ih, db_hh, is_double)
     else:
-        _backward_items(mode_id, batch_sizes, offsets, w_hh, w_hr, rmask, y, h0, c0, gates, saved,
+        _backward_items(mode_id, batch_sizes, offsets, w_hh, wpb, w_hr, rmask, y, h0, c0, gates, saved,
                         dy, dh, dc, dgates, dgates_h, hprev, dw_hr_parts, hpre, dhp, chunks, per,
                         is_double)
         blocks = max(1, min(threads * 2 // n_dir, gh // 16))
