@@ -105,24 +105,43 @@ def _copy(src, dst):
 
 
 @jit
+def _sigmoid_pass(g, bi, bh, out, short):
+    """out = sigmoid(g + bi + bh) over equal-length slices (float64 out)."""
+    for j in range(out.shape[0]):
+        out[j] = sigmoid(np.float64(g[j]) + bi[j] + bh[j], short)
+
+
+@jit
+def _tanh_pass(g, bi, bh, out, short):
+    """out = tanh(g + bi + bh) over equal-length slices (float64 out)."""
+    for j in range(out.shape[0]):
+        out[j] = tanh(np.float64(g[j]) + bi[j] + bh[j], short)
+
+
+@jit
 def _lstm_gates(gr, bi, bh, cr, act, hid, j0, j1):
-    """Units [j0, j1) of one row's LSTM gate arithmetic in one pass into act (float64 scratch,
-    rows i, f, g, o, c, o * tanh(c)); the caller copies the results out. (A pass that read gr and
-    stored into it at offsets unknown at compile time would not vectorise.) float32 data: short
-    polynomials."""
+    """Units [j0, j1) of one row's LSTM gate arithmetic into act (float64 scratch, rows i, f, g,
+    o, c, o * tanh(c)); the caller copies the results out. One pass per gate, each a loop with one
+    store stream: a single loop storing six streams needs more run-time alias checks than LLVM
+    makes, and stays scalar (4x slower measured). float32 data: short polynomials."""
     short = gr.itemsize == 4
-    for j in range(j0, j1):
-        i = sigmoid(np.float64(gr[j]) + bi[j] + bh[j], short)
-        f = sigmoid(np.float64(gr[hid + j]) + bi[hid + j] + bh[hid + j], short)
-        gg = tanh(np.float64(gr[2 * hid + j]) + bi[2 * hid + j] + bh[2 * hid + j], short)
-        o = sigmoid(np.float64(gr[3 * hid + j]) + bi[3 * hid + j] + bh[3 * hid + j], short)
-        c = f * cr[j] + i * gg
-        act[j] = i
-        act[hid + j] = f
-        act[2 * hid + j] = gg
-        act[3 * hid + j] = o
-        act[4 * hid + j] = c
-        act[5 * hid + j] = o * tanh(c, short)
+    for k in range(4):
+        a, b = k * hid + j0, k * hid + j1
+        if k == 2:
+            _tanh_pass(gr[a:b], bi[a:b], bh[a:b], act[a:b], short)
+        else:
+            _sigmoid_pass(gr[a:b], bi[a:b], bh[a:b], act[a:b], short)
+    i_g = act[j0:j1]
+    f_g = act[hid + j0:hid + j1]
+    g_g = act[2 * hid + j0:2 * hid + j1]
+    o_g = act[3 * hid + j0:3 * hid + j1]
+    c_out = act[4 * hid + j0:4 * hid + j1]
+    h_out = act[5 * hid + j0:5 * hid + j1]
+    c_in = cr[j0:j1]
+    for j in range(j1 - j0):
+        c_out[j] = f_g[j] * c_in[j] + i_g[j] * g_g[j]
+    for j in range(j1 - j0):
+        h_out[j] = o_g[j] * tanh(c_out[j], short)
 
 
 @jit
