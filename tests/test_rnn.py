@@ -103,6 +103,36 @@ def test_cell_lean_step_split_and_serial(mode, split, dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cell_step_with_gradient_large(mode, dtype):
+    """A cell step large enough for the parallel paths: the forward split over hidden units, the
+    input gradient split over its columns (few rows); every gradient against torch."""
+    torch.manual_seed(6)
+    ref = TORCH_CELL[mode](1024, 64).double()
+    mod = DL_CELL[mode](1024, 64)
+    mod.load_state_dict(ref.state_dict())
+    mod.to(dtype)
+    x = make_tensor((32, 1024), dtype).requires_grad_()
+    h = make_tensor((32, 64), dtype).requires_grad_()
+    c = make_tensor((32, 64), dtype).requires_grad_()
+    state = (h, c) if mode == "lstm" else h
+    state64 = tuple(float64_copy(t) for t in state) if mode == "lstm" else float64_copy(h)
+    x64 = float64_copy(x)
+    out, want = mod(x, state), ref(x64, state64)
+    out, want = (out, want) if mode == "lstm" else ((out,), (want,))
+    for a, e in zip(out, want):
+        assert_close(a, e, 1024 + 64, "output")
+    leaves = [x, h] + ([c] if mode == "lstm" else [])
+    leaves64 = [x64] + list(state64 if mode == "lstm" else (state64,))
+    g = torch.Generator().manual_seed(7)
+    grads = [make_tensor(tuple(o.shape), torch.float64, generator=g) for o in out]
+    got = torch.autograd.grad(out, leaves + list(mod.parameters()), [v.to(dtype) for v in grads])
+    exp = torch.autograd.grad(want, leaves64 + list(ref.parameters()), grads)
+    for k, (a, e) in enumerate(zip(got, exp)):
+        assert_close(a, e, 32 * 4 * 64, f"grad {k}")
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("hx_given", [True, False])
 def test_cell_module_and_state_dict(mode, hx_given):
     torch.manual_seed(2)

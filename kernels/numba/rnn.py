@@ -431,7 +431,7 @@ def _split_forward(mode_id, batch_sizes, offsets, w_hh, wp, b_ih, b_hh, rmask, h
 
 @jit_parallel
 def _cell_split(mode_id, x, w_ih, batch_sizes, offsets, w_hh, b_ih, b_hh, rmask, h0, y, h_n, c_n,
-                gates, saved, prev, hbuf, act, bounds, is_double):
+                gates, saved, prev, hbuf, act, bounds, save, is_double):
     """One cell step in one parallel region: item k takes hidden units [bounds[k], bounds[k+1]):
     their columns of the input product, then _slice_step (recurrent product, gates, outputs). A
     single step needs no barrier: every item reads only the step's inputs and its own columns."""
@@ -448,7 +448,7 @@ def _cell_split(mode_id, x, w_ih, batch_sizes, offsets, w_hh, b_ih, b_hh, rmask,
             gemm(is_double, 0, 1, batch, j1 - j0, n_in, 1.0, x.ctypes.data, n_in,
                  w_ih[0, col].ctypes.data, n_in, 0.0, gates[0, 0, col:].ctypes.data, gh)
         _slice_step(mode_id, 0, 0, j0, j1, batch_sizes, offsets, w_hh, NOT_PACKED, b_ih, b_hh,
-                    rmask, h0, y, h_n, c_n, gates, saved, prev[it], hbuf[it], act[it], False,
+                    rmask, h0, y, h_n, c_n, gates, saved, prev[it], hbuf[it], act[it], save,
                     is_double)
         blas_set_local_threads(0)
 
@@ -566,6 +566,17 @@ def layer_forward(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, rmask, h0,
     small = serial(x.shape[0], gh, x.shape[1], w_hh.shape[2])
     chunks, per = chunks_for(n_dir, batch)
     wp = packed_recurrent(w_hh, batch_sizes.shape[0])
+    forced = os.environ.get("DLKERN_RNN_SPLIT", "")
+    if (batch_sizes.shape[0] == 1 and n_dir == 1 and w_hr.shape[1] == 0 and threads > 1
+            and hid >= threads and forced != "0" and (forced == "1" or not small)):
+        # One step (a cell with a gradient): the lean cell's split, saving what the backward
+        # reads.
+        bounds = np.array([hid * k // threads for k in range(threads + 1)], dtype=np.int64)
+        _cell_split(mode_id, x, w_ih, batch_sizes, offsets, w_hh, b_ih, b_hh, rmask, h0, y, h_n,
+                    c_n, gates, saved, np.empty((threads, batch * hid), x.dtype),
+                    np.empty((threads, batch * gh), x.dtype), np.empty((threads, 6 * hid)),
+                    bounds, save, is_double)
+        return
     bounds = split_bounds(n_dir, batch, hid, gh, w_hh.shape[2], x.itemsize, wp.shape[1] > 0,
                           w_hr.shape[1] > 0, small)
     if bounds is not None:
@@ -647,7 +658,7 @@ def cell_forward(mode, x, h, c, weights, y, c_out):
         _cell_split(_MODE_ID[mode], x, w_ih, sizes, offsets, w_hh, b_ih, b_hh, empty, h0, y,
                     y.reshape((1, batch, hid)), c_n, gates, saved,
                     np.empty((threads, batch * hid), dtype), np.empty((threads, batch * gh), dtype),
-                    np.empty((threads, 6 * hid)), bounds, dtype == np.float64)
+                    np.empty((threads, 6 * hid)), bounds, False, dtype == np.float64)
         return
     _forward_serial(_MODE_ID[mode], x, sizes, offsets, w_ih, w_hh, NOT_PACKED, b_ih, b_hh, empty,
                     empty, y,

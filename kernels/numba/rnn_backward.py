@@ -292,6 +292,26 @@ def _weight_grads(dgi, dgh, x, hprev, dw_ih, dw_hh, db_ih, db_hh, blocks, is_dou
 
 
 @jit_parallel
+def _input_grads_by_columns(dgi, w_ih, dx, col_blocks, is_double):
+    """dx = sum over d of dgi[d] @ w_ih[d] in blocks of dx's columns over threads: for a few
+    rows, where row blocks would each read all of w_ih (a cell step's dx reads 8 MB of weight)."""
+    n_dir, n_rows, gh = dgi.shape
+    n_in = dx.shape[1]
+    item = dx.itemsize
+    per = -(-n_in // col_blocks)
+    for it in numba.prange(col_blocks):
+        blas_set_local_threads(1)
+        lo = it * per
+        hi = min(n_in, lo + per)
+        if hi > lo:
+            for d in range(n_dir):
+                gemm(is_double, 0, 0, n_rows, hi - lo, gh, 1.0, dgi[d].ctypes.data, gh,
+                     w_ih[d].ctypes.data + lo * item, n_in, 1.0 if d > 0 else 0.0,
+                     dx.ctypes.data + lo * item, n_in)
+        blas_set_local_threads(0)
+
+
+@jit_parallel
 def _input_grads(dgi, w_ih, dx, row_blocks, is_double):
     """_input_grads_block over threads, in row blocks."""
     n_rows = dgi.shape[1]
@@ -321,6 +341,11 @@ def _backward_serial(mode_id, batch_sizes, offsets, x, w_ih, w_hh, wpb, w_hr, rm
     if x.shape[1] > 0:
         _input_grads_block(0, n_rows, dgates, w_ih, dx, is_double)
     blas_set_local_threads(0)
+
+
+# Below this many packed rows the input gradient splits dx's columns over threads (each thread
+# reads its share of W_ih) rather than its rows (each thread reads all of W_ih).
+COLUMN_SPLIT_ROWS = 64
 
 
 def layer_backward(mode, x, batch_sizes, w_ih, w_hh, w_hr, rmask, h0, c0, y, gates, saved, dy,
@@ -367,7 +392,9 @@ def layer_backward(mode, x, batch_sizes, w_ih, w_hh, w_hr, rmask, h0, c0, y, gat
                         is_double)
         blocks = max(1, min(threads * 2 // n_dir, gh // 16))
         _weight_grads(dgates, dgates_h, x, hprev, dw_ih, dw_hh, db_ih, db_hh, blocks, is_double)
-        if x.shape[1] > 0:
+        if x.shape[1] > 0 and n_rows < COLUMN_SPLIT_ROWS and x.shape[1] >= 16 * threads:
+            _input_grads_by_columns(dgates, w_ih, dx, threads, is_double)
+        elif x.shape[1] > 0:
             _input_grads(dgates, w_ih, dx, max(1, min(threads, n_rows // 8)), is_double)
     if has_proj:
         for d in range(n_dir):
