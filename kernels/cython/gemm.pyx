@@ -34,6 +34,7 @@ cdef extern from "packed_gemm.h" nogil:
                              uintptr_t c, int ldc, int accumulate)
     int dlkern_packed_variant()
     void dlkern_pack_transposed(int n, int k, uintptr_t w, int ldw, uintptr_t out)
+    void dlkern_pack_plain(int k, int n, uintptr_t b, int ldb, uintptr_t out)
     void dlkern_packed_use_variant(int variant)
 
 ctypedef void (*sgemm_t)(char*, char*, int*, int*, int*, float*, float*, int*, float*, int*,
@@ -186,4 +187,21 @@ def pack_transposed(w, out):
     cdef int ldw = max(1, w.strides[0] // 4)
     with nogil:
         dlkern_pack_transposed(n, k, src, ldw, dst)
+    return out
+
+
+def pack_plain(b, out):
+    """out (ceil(n / 16), k, 16) float32 = b (k, n) packed (packed_gemm.c), no GIL held."""
+    import numpy as np
+    if b.dtype != np.float32 or out.dtype != np.float32 or b.ndim != 2 or b.strides[1] != 4:
+        raise ValueError("pack_plain: b must be 2-d float32 with contiguous rows")
+    cdef int k = b.shape[0]
+    cdef int n = b.shape[1]
+    if not out.flags.c_contiguous or out.shape != ((n + PACKED_NR - 1) // PACKED_NR, k, PACKED_NR):
+        raise ValueError("pack_plain: out has the wrong shape")
+    cdef uintptr_t src = <uintptr_t>b.ctypes.data
+    cdef uintptr_t dst = <uintptr_t>out.ctypes.data
+    cdef int ldb = max(1, b.strides[0] // 4)
+    with nogil:
+        dlkern_pack_plain(k, n, src, ldb, dst)
     return out

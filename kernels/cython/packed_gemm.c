@@ -129,3 +129,21 @@ void dlkern_pack_transposed(int n, int k, uintptr_t w, int ldw, uintptr_t out)
         }
     }
 }
+
+void dlkern_pack_plain(int k, int n, uintptr_t b, int ldb, uintptr_t out)
+{
+    /* out[p, kk, j] = b[kk, 16p + j] (zero for 16p + j >= n): each row of b is read front to
+     * back and its 16-float runs spread over the panels. */
+    const float *src = (const float *)b;
+    float *dst = (float *)out;
+    int panels = (n + PACKED_NR - 1) / PACKED_NR;
+    for (int kk = 0; kk < k; kk++) {
+        const float *row = src + (long)kk * ldb;
+        for (int p = 0; p < panels; p++) {
+            float *o = dst + ((long)p * k + kk) * PACKED_NR;
+            int valid = n - p * PACKED_NR < PACKED_NR ? n - p * PACKED_NR : PACKED_NR;
+            for (int j = 0; j < valid; j++) o[j] = row[p * PACKED_NR + j];
+            for (int j = valid; j < PACKED_NR; j++) o[j] = 0.0f;
+        }
+    }
+}

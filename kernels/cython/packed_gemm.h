@@ -11,6 +11,7 @@ void dlkern_sgemm_packed(int m, int n, int k, uintptr_t a, int lda, uintptr_t bp
                          int ldc, int accumulate);
 int dlkern_packed_variant(void);
 void dlkern_pack_transposed(int n, int k, uintptr_t w, int ldw, uintptr_t out);
+void dlkern_pack_plain(int k, int n, uintptr_t b, int ldb, uintptr_t out);
 void dlkern_packed_use_variant(int variant);
 
 #endif

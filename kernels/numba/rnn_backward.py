@@ -1,7 +1,7 @@
 """Recurrent layers for the CPU, backward through time (layout and forward in ``rnn.py``).
 
-The work items of the forward (direction, block of batch rows) run again in reverse time: each
-step turns the gradient reaching h_t (and c_t) into the gradient of the gate pre-activations
+The work items of the forward (direction, block of batch rows, or direction and block of hidden
+units: the split loop, two parallel regions per step) run again in reverse time: each step turns the gradient reaching h_t (and c_t) into the gradient of the gate pre-activations
 (``dgates``, every step kept) and carries the gradient of h_{t-1} (and c_{t-1}) back with one
 small product with W_hh. With recurrent dropout that product's share is multiplied by the same
 mask as in the forward, and ``hprev`` keeps the masked state that entered W_hh. The weight
@@ -12,8 +12,8 @@ import numba
 import numpy as np
 
 from ..rnn_modes import GATES
-from ._jit import blas_set_local_threads, gemm, jit, jit_parallel, packed_gemm
-from .rnn import _MODE_ID, chunks_for, packed_recurrent, serial, step_offsets
+from ._jit import PACKED_NR, blas_set_local_threads, gemm, jit, jit_parallel, packed_gemm
+from .rnn import _MODE_ID, chunks_for, packed_recurrent, serial, split_bounds, step_offsets
 from .rnn_math import tanh
 
 
@@ -31,51 +31,149 @@ def _prev_row(t, b, reverse, batch_sizes, offsets):
 
 @jit
 def _store_hprev(d, t, b0, nr, r0, reverse, batch_sizes, offsets, y, h0, rmask, has_rmask,
-                 hprev):
-    """hprev[d, row] = the state each active row started step t from, masked as it entered W_hh."""
+                 hprev, j0, j1):
+    """hprev[d, row, j0:j1] = the state each active row started step t from, masked as it
+    entered W_hh."""
     proj = hprev.shape[2]
     for r in range(nr):
         b = b0 + r
         pr = _prev_row(t, b, reverse, batch_sizes, offsets)
         hp = hprev[d, r0 + r]
-        for j in range(proj):
+        for j in range(j0, j1):
             v = h0[d, b, j] if pr < 0 else y[pr, d * proj + j]
             hp[j] = v * rmask[d, b, j] if has_rmask else v
 
 
 @jit
-def _times_w_hh(is_double, nr, w_hh, wpb, d, a, accumulate, c):
-    """c[0:nr, 0:P] (+)= a[0:nr, 0:G*H] @ W_hh[d] (rows of G*H and P): on W_hh packed as it is
-    (wpb[d], float32 layers; rnn.packed_recurrent(..., transposed=False)) when there is one."""
+def _times_w_hh(is_double, nr, w_hh, wpb, d, a, accumulate, c, ldc, j0, j1):
+    """c[0:nr, 0:j1-j0] (+)= a[0:nr, 0:G*H] @ W_hh[d][:, j0:j1] (a: rows of G*H, c: rows ldc
+    apart): on W_hh packed as it is (wpb[d], float32 layers; rnn.packed_recurrent(...,
+    transposed=False); j0 a multiple of 16) when there is one."""
     gh, proj = w_hh.shape[1], w_hh.shape[2]
     if wpb.shape[1] > 0:
-        packed_gemm(nr, proj, gh, a, gh, wpb[d].ctypes.data, c, proj, 1 if accumulate else 0)
+        panel = wpb[d].ctypes.data + (j0 // PACKED_NR) * gh * PACKED_NR * 4
+        packed_gemm(nr, j1 - j0, gh, a, gh, panel, c, ldc, 1 if accumulate else 0)
     else:
-        gemm(is_double, 0, 0, nr, proj, gh, 1.0, a, gh, w_hh[d].ctypes.data, proj,
-             1.0 if accumulate else 0.0, c, proj)
+        gemm(is_double, 0, 0, nr, j1 - j0, gh, 1.0, a, gh, w_hh[d, 0, j0:].ctypes.data, proj,
+             1.0 if accumulate else 0.0, c, ldc)
 
 
 @jit
-def _carry_back(d, b0, nr, r0, dg, w_hh, wpb, rmask, has_rmask, dh, accumulate, tmp, is_double):
-    """dh[d, b0:b0+nr] (+)= (dg rows @ W_hh) (* rmask): the gradient reaching h_{t-1} through the
-    recurrent product. tmp: scratch of nr * P."""
-    gh, proj = w_hh.shape[1], w_hh.shape[2]
+def _carry_back(d, b0, nr, r0, dg, w_hh, wpb, rmask, has_rmask, dh, accumulate, tmp, is_double,
+                j0, j1):
+    """dh[d, b0:b0+nr, j0:j1] (+)= (dg rows @ W_hh[:, j0:j1]) (* rmask): the gradient reaching
+    h_{t-1} through the recurrent product. tmp: scratch of nr * P."""
+    proj = w_hh.shape[2]
     if not has_rmask:
         _times_w_hh(is_double, nr, w_hh, wpb, d, dg[d, r0].ctypes.data, accumulate,
-                    dh[d, b0].ctypes.data)
+                    dh[d, b0, j0:].ctypes.data, proj, j0, j1)
         return
-    _times_w_hh(is_double, nr, w_hh, wpb, d, dg[d, r0].ctypes.data, False, tmp.ctypes.data)
+    _times_w_hh(is_double, nr, w_hh, wpb, d, dg[d, r0].ctypes.data, False, tmp.ctypes.data,
+                proj, j0, j1)
     for r in range(nr):
         dr = dh[d, b0 + r]
         mr = rmask[d, b0 + r]
-        for j in range(proj):
-            v = tmp[r * proj + j] * mr[j]
+        for j in range(j0, j1):
+            v = tmp[r * proj + j - j0] * mr[j]
             dr[j] = dr[j] + v if accumulate else v
 
 
 @jit
-def _lstm_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wpb, w_hr, rmask, y, h0, c0, gates, cs,
-                        dy, dh, dc, dgates, hprev, dw_hr, hpre, dhp, is_double):
+def _add_dy(d, b0, nr, r0, dy, dh, j0, j1):
+    """dh[d, b0 + r, j0:j1] += dy of the step's rows (the gradient reaching h_t from the output)."""
+    proj = dh.shape[2]
+    for r in range(nr):
+        dhr = dh[d, b0 + r]
+        dyr = dy[r0 + r, d * proj:(d + 1) * proj]
+        for j in range(j0, j1):
+            dhr[j] += dyr[j]
+
+
+@jit
+def _lstm_units(d, t, b0, nr, r0, reverse, batch_sizes, offsets, gates, cs, c0, dgates, dc,
+                dh_rows, j0, j1):
+    """Units [j0, j1) of the LSTM gate gradients of step t's rows: dgates (4 gates), and dc
+    carried to c_{t-1}; dh_rows[r] the gradient reaching the row's o * tanh(c)."""
+    hid = cs.shape[2]
+    short = gates.itemsize == 4
+    for r in range(nr):
+        b = b0 + r
+        pr = _prev_row(t, b, reverse, batch_sizes, offsets)
+        gr = gates[d, r0 + r]
+        csr = cs[d, r0 + r]
+        cpr = c0[d, b] if pr < 0 else cs[d, pr]
+        dg = dgates[d, r0 + r]
+        dcr = dc[d, b]
+        dhr = dh_rows[r]
+        for j in range(j0, j1):
+            i_g = np.float64(gr[j])
+            f_g = np.float64(gr[hid + j])
+            g_g = np.float64(gr[2 * hid + j])
+            o_g = np.float64(gr[3 * hid + j])
+            tc = tanh(np.float64(csr[j]), short)
+            dhv = np.float64(dhr[j])
+            dcv = dcr[j] + dhv * o_g * (1.0 - tc * tc)
+            dg[j] = dcv * g_g * i_g * (1.0 - i_g)
+            dg[hid + j] = dcv * cpr[j] * f_g * (1.0 - f_g)
+            dg[2 * hid + j] = dcv * i_g * (1.0 - g_g * g_g)
+            dg[3 * hid + j] = dhv * tc * o_g * (1.0 - o_g)
+            dcr[j] = dcv * f_g
+
+
+@jit
+def _gru_units(d, t, b0, nr, r0, reverse, batch_sizes, offsets, y, h0, gates, hn_lin, dy, dh,
+               dgates, dgates_h, j0, j1):
+    """Units [j0, j1) of the GRU gate gradients of step t's rows (input side dgates, hidden side
+    dgates_h: they differ in the n gate); dh keeps the direct term dh_t * z (unmasked)."""
+    hid = hn_lin.shape[2]
+    for r in range(nr):
+        b = b0 + r
+        pr = _prev_row(t, b, reverse, batch_sizes, offsets)
+        dhr = dh[d, b]
+        dyr = dy[r0 + r, d * hid:(d + 1) * hid]
+        gr = gates[d, r0 + r]
+        lin = hn_lin[d, r0 + r]
+        dgi = dgates[d, r0 + r]
+        dgh = dgates_h[d, r0 + r]
+        for j in range(j0, j1):
+            hv = h0[d, b, j] if pr < 0 else y[pr, d * hid + j]
+            dht = np.float64(dhr[j]) + dyr[j]
+            r_g = np.float64(gr[j])
+            z_g = np.float64(gr[hid + j])
+            n_g = np.float64(gr[2 * hid + j])
+            dnp = dht * (1.0 - z_g) * (1.0 - n_g * n_g)
+            drp = dnp * lin[j] * r_g * (1.0 - r_g)
+            dzp = dht * (np.float64(hv) - n_g) * z_g * (1.0 - z_g)
+            dgi[j] = drp
+            dgi[hid + j] = dzp
+            dgi[2 * hid + j] = dnp
+            dgh[j] = drp
+            dgh[hid + j] = dzp
+            dgh[2 * hid + j] = dnp * r_g
+            dhr[j] = dht * z_g
+
+
+@jit
+def _vanilla_units(d, b0, nr, r0, use_relu, gates, dy, dh, dgates, j0, j1):
+    """Units [j0, j1) of the vanilla RNN's pre-activation gradient of the step's rows."""
+    hid = dh.shape[2]
+    for r in range(nr):
+        dhr = dh[d, b0 + r]
+        dyr = dy[r0 + r, d * hid:(d + 1) * hid]
+        gr = gates[d, r0 + r]
+        dg = dgates[d, r0 + r]
+        for j in range(j0, j1):
+            dht = np.float64(dhr[j]) + dyr[j]
+            hv = np.float64(gr[j])
+            if use_relu:
+                dg[j] = dht if hv > 0.0 else 0.0
+            else:
+                dg[j] = dht * (1.0 - hv * hv)
+
+
+@jit
+def _lstm_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wpb, w_hr, rmask, y, h0, c0,
+                        gates, cs, dy, dh, dc, dgates, hprev, dw_hr, hpre, dhp, is_double):
     """LSTM BPTT of rows [b0, b1) of direction d. dh/dc (D, B, P/H) enter holding the gradient of
     the final states and leave holding that of h0/c0; dgates (D, N, 4H) gets the gradient of the
     gate pre-activations; hprev (D, N, P) the (masked) state each step started from; dw_hr (P, H)
@@ -88,6 +186,7 @@ def _lstm_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wpb, w_hr, rmask,
     has_proj = w_hr.shape[1] > 0
     has_rmask = rmask.shape[1] > 0
     reverse = d == 1
+    dhp_rows = dhp[:(dhp.shape[0] // max(hid, 1)) * hid].reshape((-1, max(hid, 1)))
     for s in range(steps):
         t = s if reverse else steps - 1 - s
         nr = min(b1, batch_sizes[t]) - b0
@@ -95,12 +194,8 @@ def _lstm_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wpb, w_hr, rmask,
             continue
         r0 = offsets[t] + b0
         _store_hprev(d, t, b0, nr, r0, reverse, batch_sizes, offsets, y, h0, rmask, has_rmask,
-                     hprev)
-        for r in range(nr):
-            dhr = dh[d, b0 + r]
-            dyr = dy[r0 + r, d * proj:(d + 1) * proj]
-            for j in range(proj):
-                dhr[j] += dyr[j]
+                     hprev, 0, proj)
+        _add_dy(d, b0, nr, r0, dy, dh, 0, proj)
         if has_proj:
             for r in range(nr):
                 gr = gates[d, r0 + r]
@@ -113,40 +208,21 @@ def _lstm_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wpb, w_hr, rmask,
                  hpre.ctypes.data, hid, 1.0, dw_hr.ctypes.data, hid)
             gemm(is_double, 0, 0, nr, hid, proj, 1.0, dh[d, b0].ctypes.data, proj,
                  w_hr[d].ctypes.data, hid, 0.0, dhp.ctypes.data, hid)
-        for r in range(nr):
-            b = b0 + r
-            pr = _prev_row(t, b, reverse, batch_sizes, offsets)
-            gr = gates[d, r0 + r]
-            csr = cs[d, r0 + r]
-            cpr = c0[d, b] if pr < 0 else cs[d, pr]
-            dg = dgates[d, r0 + r]
-            dcr = dc[d, b]
-            dhr = dh[d, b] if not has_proj else dhp[r * hid:(r + 1) * hid]
-            for j in range(hid):
-                i_g = np.float64(gr[j])
-                f_g = np.float64(gr[hid + j])
-                g_g = np.float64(gr[2 * hid + j])
-                o_g = np.float64(gr[3 * hid + j])
-                tc = tanh(np.float64(csr[j]), short)
-                dhv = np.float64(dhr[j])
-                dcv = dcr[j] + dhv * o_g * (1.0 - tc * tc)
-                dg[j] = dcv * g_g * i_g * (1.0 - i_g)
-                dg[hid + j] = dcv * cpr[j] * f_g * (1.0 - f_g)
-                dg[2 * hid + j] = dcv * i_g * (1.0 - g_g * g_g)
-                dg[3 * hid + j] = dhv * tc * o_g * (1.0 - o_g)
-                dcr[j] = dcv * f_g
-        _carry_back(d, b0, nr, r0, dgates, w_hh, wpb, rmask, has_rmask, dh, False, hpre, is_double)
+            _lstm_units(d, t, b0, nr, r0, reverse, batch_sizes, offsets, gates, cs, c0, dgates,
+                        dc, dhp_rows, 0, hid)
+        else:
+            _lstm_units(d, t, b0, nr, r0, reverse, batch_sizes, offsets, gates, cs, c0, dgates,
+                        dc, dh[d, b0:b0 + nr], 0, hid)
+        _carry_back(d, b0, nr, r0, dgates, w_hh, wpb, rmask, has_rmask, dh, False, hpre,
+                    is_double, 0, proj)
 
 
 @jit
-def _gru_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wpb, rmask, y, h0, gates, hn_lin, dy,
-                       dh, dgates, dgates_h, hprev, hpre, is_double):
-    """GRU BPTT of rows [b0, b1) of direction d: dgates gets the gradient of the input-side gate
-    pre-activations, dgates_h that of the hidden-side ones (they differ in the n gate). The
-    direct term z * h_{t-1} carries its gradient unmasked."""
+def _gru_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wpb, rmask, y, h0, gates, hn_lin,
+                       dy, dh, dgates, dgates_h, hprev, hpre, is_double):
+    """GRU BPTT of rows [b0, b1) of direction d (see _gru_units)."""
     steps = batch_sizes.shape[0]
-    gh = w_hh.shape[1]
-    hid = gh // 3
+    hid = w_hh.shape[1] // 3
     has_rmask = rmask.shape[1] > 0
     reverse = d == 1
     for s in range(steps):
@@ -156,38 +232,16 @@ def _gru_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wpb, rmask, y, h0,
             continue
         r0 = offsets[t] + b0
         _store_hprev(d, t, b0, nr, r0, reverse, batch_sizes, offsets, y, h0, rmask, has_rmask,
-                     hprev)
-        for r in range(nr):
-            b = b0 + r
-            pr = _prev_row(t, b, reverse, batch_sizes, offsets)
-            dhr = dh[d, b]
-            dyr = dy[r0 + r, d * hid:(d + 1) * hid]
-            gr = gates[d, r0 + r]
-            lin = hn_lin[d, r0 + r]
-            dgi = dgates[d, r0 + r]
-            dgh = dgates_h[d, r0 + r]
-            for j in range(hid):
-                hv = h0[d, b, j] if pr < 0 else y[pr, d * hid + j]
-                dht = np.float64(dhr[j]) + dyr[j]
-                r_g = np.float64(gr[j])
-                z_g = np.float64(gr[hid + j])
-                n_g = np.float64(gr[2 * hid + j])
-                dnp = dht * (1.0 - z_g) * (1.0 - n_g * n_g)
-                drp = dnp * lin[j] * r_g * (1.0 - r_g)
-                dzp = dht * (np.float64(hv) - n_g) * z_g * (1.0 - z_g)
-                dgi[j] = drp
-                dgi[hid + j] = dzp
-                dgi[2 * hid + j] = dnp
-                dgh[j] = drp
-                dgh[hid + j] = dzp
-                dgh[2 * hid + j] = dnp * r_g
-                dhr[j] = dht * z_g
-        _carry_back(d, b0, nr, r0, dgates_h, w_hh, wpb, rmask, has_rmask, dh, True, hpre, is_double)
+                     hprev, 0, hid)
+        _gru_units(d, t, b0, nr, r0, reverse, batch_sizes, offsets, y, h0, gates, hn_lin, dy, dh,
+                   dgates, dgates_h, 0, hid)
+        _carry_back(d, b0, nr, r0, dgates_h, w_hh, wpb, rmask, has_rmask, dh, True, hpre,
+                    is_double, 0, hid)
 
 
 @jit
-def _vanilla_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wpb, use_relu, rmask, y, h0, gates,
-                           dy, dh, dgates, hprev, hpre, is_double):
+def _vanilla_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wpb, use_relu, rmask, y, h0,
+                           gates, dy, dh, dgates, hprev, hpre, is_double):
     """Vanilla RNN BPTT of rows [b0, b1) of direction d; gates holds each step's output h."""
     steps = batch_sizes.shape[0]
     hid = w_hh.shape[1]
@@ -200,20 +254,10 @@ def _vanilla_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wpb, use_relu,
             continue
         r0 = offsets[t] + b0
         _store_hprev(d, t, b0, nr, r0, reverse, batch_sizes, offsets, y, h0, rmask, has_rmask,
-                     hprev)
-        for r in range(nr):
-            dhr = dh[d, b0 + r]
-            dyr = dy[r0 + r, d * hid:(d + 1) * hid]
-            gr = gates[d, r0 + r]
-            dg = dgates[d, r0 + r]
-            for j in range(hid):
-                dht = np.float64(dhr[j]) + dyr[j]
-                hv = np.float64(gr[j])
-                if use_relu:
-                    dg[j] = dht if hv > 0.0 else 0.0
-                else:
-                    dg[j] = dht * (1.0 - hv * hv)
-        _carry_back(d, b0, nr, r0, dgates, w_hh, wpb, rmask, has_rmask, dh, False, hpre, is_double)
+                     hprev, 0, hid)
+        _vanilla_units(d, b0, nr, r0, use_relu, gates, dy, dh, dgates, 0, hid)
+        _carry_back(d, b0, nr, r0, dgates, w_hh, wpb, rmask, has_rmask, dh, False, hpre,
+                    is_double, 0, hid)
 
 
 @jit
@@ -242,6 +286,72 @@ def _backward_items(mode_id, batch_sizes, offsets, w_hh, wpb, w_hr, rmask, y, h0
                        offsets, w_hh, wpb, w_hr, rmask, y, h0, c0, gates, saved, dy, dh, dc, dgates,
                        dgates_h, hprev, dw_hr_parts[it], hpre[it], dhp[it], is_double)
         blas_set_local_threads(0)
+
+
+@jit
+def _split_units(mode_id, s, d, j0, j1, batch_sizes, offsets, rmask, y, h0, c0, gates, saved, dy,
+                 dh, dc, dgates, dgates_h, hprev):
+    """First half of backward step s for units [j0, j1) of direction d, every row: hprev, the
+    output's gradient, the gate gradients of these units (they read and write only these units
+    of dh and dc)."""
+    steps = batch_sizes.shape[0]
+    reverse = d == 1
+    t = s if reverse else steps - 1 - s
+    nr = min(dh.shape[1], batch_sizes[t])
+    if nr <= 0:
+        return
+    r0 = offsets[t]
+    _store_hprev(d, t, 0, nr, r0, reverse, batch_sizes, offsets, y, h0, rmask, rmask.shape[1] > 0,
+                 hprev, j0, j1)
+    if mode_id == 0:
+        _add_dy(d, 0, nr, r0, dy, dh, j0, j1)
+        _lstm_units(d, t, 0, nr, r0, reverse, batch_sizes, offsets, gates, saved, c0, dgates, dc,
+                    dh[d, 0:nr], j0, j1)
+    elif mode_id == 1:
+        _gru_units(d, t, 0, nr, r0, reverse, batch_sizes, offsets, y, h0, gates, saved, dy, dh,
+                   dgates, dgates_h, j0, j1)
+    else:
+        _vanilla_units(d, 0, nr, r0, mode_id == 3, gates, dy, dh, dgates, j0, j1)
+
+
+@jit
+def _split_carry(mode_id, s, d, j0, j1, batch_sizes, offsets, w_hh, wpb, rmask, dh, dgates,
+                 dgates_h, tmp, is_double):
+    """Second half: columns [j0, j1) of the gradient reaching h_{t-1} (every gate's gradient,
+    complete after the first half, times W_hh's columns)."""
+    steps = batch_sizes.shape[0]
+    t = s if d == 1 else steps - 1 - s
+    nr = min(dh.shape[1], batch_sizes[t])
+    if nr <= 0:
+        return
+    has_rmask = rmask.shape[1] > 0
+    if mode_id == 1:  # the GRU's dh holds the direct term dh_t * z: accumulate onto it
+        _carry_back(d, 0, nr, offsets[t], dgates_h, w_hh, wpb, rmask, has_rmask, dh, True, tmp,
+                    is_double, j0, j1)
+    else:
+        _carry_back(d, 0, nr, offsets[t], dgates, w_hh, wpb, rmask, has_rmask, dh, False, tmp,
+                    is_double, j0, j1)
+
+
+@jit_parallel
+def _backward_split(mode_id, batch_sizes, offsets, w_hh, wpb, rmask, y, h0, c0, gates, saved, dy,
+                    dh, dc, dgates, dgates_h, hprev, tmp, bounds, is_double):
+    """BPTT with each step split over (direction, units bounds[k]:bounds[k+1]) items, the
+    forward's split loop in reverse (no projection): two parallel regions per step, the gate
+    gradients of each item's units, then each item's columns of dg @ W_hh."""
+    slices = bounds.shape[0] - 1
+    items = dh.shape[0] * slices
+    for s in range(batch_sizes.shape[0]):
+        for it in numba.prange(items):
+            d, k = it // slices, it % slices
+            _split_units(mode_id, s, d, bounds[k], bounds[k + 1], batch_sizes, offsets, rmask, y,
+                         h0, c0, gates, saved, dy, dh, dc, dgates, dgates_h, hprev)
+        for it in numba.prange(items):
+            blas_set_local_threads(1)
+            d, k = it // slices, it % slices
+            _split_carry(mode_id, s, d, bounds[k], bounds[k + 1], batch_sizes, offsets, w_hh, wpb,
+                         rmask, dh, dgates, dgates_h, tmp[it], is_double)
+            blas_set_local_threads(0)
 
 
 @jit
@@ -382,14 +492,22 @@ def layer_backward(mode, x, batch_sizes, w_ih, w_hh, w_hr, rmask, h0, c0, y, gat
     offsets = step_offsets(batch_sizes)
     mode_id = _MODE_ID[mode]
     wpb = packed_recurrent(w_hh, batch_sizes.shape[0], transposed=False)
-    if small:
-        _backward_serial(mode_id, batch_sizes, offsets, x, w_ih, w_hh, wpb, w_hr, rmask, y, h0, c0,
-                         gates, saved, dy, dh, dc, dgates, dgates_h, hprev, dw_hr_parts, hpre, dhp,
-                         dx, dw_ih, dw_hh, db_ih, db_hh, is_double)
+    bounds = split_bounds(n_dir, batch, hid, gh, proj, x.itemsize, wpb.shape[1] > 0, has_proj,
+                          small)
+    if bounds is not None:
+        _backward_split(mode_id, batch_sizes, offsets, w_hh, wpb, rmask, y, h0, c0, gates, saved,
+                        dy, dh, dc, dgates, dgates_h, hprev,
+                        np.empty((n_dir * (bounds.shape[0] - 1), batch * proj), dtype=x.dtype),
+                        bounds, is_double)
+    elif small:
+        _backward_serial(mode_id, batch_sizes, offsets, x, w_ih, w_hh, wpb, w_hr, rmask, y, h0,
+                         c0, gates, saved, dy, dh, dc, dgates, dgates_h, hprev, dw_hr_parts, hpre,
+                         dhp, dx, dw_ih, dw_hh, db_ih, db_hh, is_double)
     else:
-        _backward_items(mode_id, batch_sizes, offsets, w_hh, wpb, w_hr, rmask, y, h0, c0, gates, saved,
-                        dy, dh, dc, dgates, dgates_h, hprev, dw_hr_parts, hpre, dhp, chunks, per,
-                        is_double)
+        _backward_items(mode_id, batch_sizes, offsets, w_hh, wpb, w_hr, rmask, y, h0, c0, gates,
+                        saved, dy, dh, dc, dgates, dgates_h, hprev, dw_hr_parts, hpre, dhp, chunks,
+                        per, is_double)
+    if bounds is not None or not small:  # (the serial loop did these on its thread)
         blocks = max(1, min(threads * 2 // n_dir, gh // 16))
         _weight_grads(dgates, dgates_h, x, hprev, dw_ih, dw_hh, db_ih, db_hh, blocks, is_double)
         if x.shape[1] > 0 and n_rows < COLUMN_SPLIT_ROWS and x.shape[1] >= 16 * threads:
