@@ -209,8 +209,8 @@ def _gru_gates(gr, hr, bi, bh, hs, act, hid, j0, j1):
 
 
 @jit
-def _gru_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wp, b_ih, b_hh, rmask, has_rmask, y, h_n,
-                      gates, hn_lin, hbuf, hmask, act, save, is_double):
+def _gru_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wp, b_ih, b_hh, rmask, has_rmask, y,
+                      h_n, gates, hn_lin, hbuf, hmask, act, save, is_double):
     """The GRU time loop of rows [b0, b1) of direction d; hbuf (rows * 3H) holds W_hh h, act
     (float64, 5H) a row's activations."""
     gh = w_hh.shape[1]
@@ -280,8 +280,8 @@ def _run_rows(mode_id, d, b0, b1, batch_sizes, offsets, w_hh, wp, b_ih, b_hh, w_
                            w_hr.shape[1] > 0, rmask, has_rmask, y, h_n, c_n, gates, saved, hbuf,
                            hmask, act, save, is_double)
     elif mode_id == 1:
-        _gru_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wp, b_ih, b_hh, rmask, has_rmask, y,
-                          h_n, gates, saved, hbuf, hmask, act, save, is_double)
+        _gru_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wp, b_ih, b_hh, rmask, has_rmask,
+                          y, h_n, gates, saved, hbuf, hmask, act, save, is_double)
     else:
         _vanilla_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wp, b_ih, b_hh, mode_id == 3,
                               rmask, has_rmask, y, h_n, gates, hmask, act, save, is_double)

@@ -1,7 +1,8 @@
 """Recurrent layers for the CPU, backward through time (layout and forward in ``rnn.py``).
 
 The work items of the forward (direction, block of batch rows, or direction and block of hidden
-units: the split loop, two parallel regions per step) run again in reverse time: each step turns the gradient reaching h_t (and c_t) into the gradient of the gate pre-activations
+units: the split loop, two parallel regions per step) run again in reverse time: each step turns
+the gradient reaching h_t (and c_t) into the gradient of the gate pre-activations
 (``dgates``, every step kept) and carries the gradient of h_{t-1} (and c_{t-1}) back with one
 small product with W_hh. With recurrent dropout that product's share is multiplied by the same
 mask as in the forward, and ``hprev`` keeps the masked state that entered W_hh. The weight
@@ -261,18 +262,18 @@ def _vanilla_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wpb, use_relu,
 
 
 @jit
-def _backward_rows(mode_id, d, b0, b1, batch_sizes, offsets, w_hh, wpb, w_hr, rmask, y, h0, c0, gates,
-                   saved, dy, dh, dc, dgates, dgates_h, hprev, dw_hr, hpre, dhp, is_double):
+def _backward_rows(mode_id, d, b0, b1, batch_sizes, offsets, w_hh, wpb, w_hr, rmask, y, h0, c0,
+                   gates, saved, dy, dh, dc, dgates, dgates_h, hprev, dw_hr, hpre, dhp, is_double):
     """BPTT of rows [b0, b1) of direction d in the mode's loop (mode_id: rnn._MODE_ID)."""
     if mode_id == 0:
-        _lstm_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wpb, w_hr, rmask, y, h0, c0, gates,
-                            saved, dy, dh, dc, dgates, hprev, dw_hr, hpre, dhp, is_double)
+        _lstm_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wpb, w_hr, rmask, y, h0, c0,
+                            gates, saved, dy, dh, dc, dgates, hprev, dw_hr, hpre, dhp, is_double)
     elif mode_id == 1:
-        _gru_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wpb, rmask, y, h0, gates, saved, dy,
-                           dh, dgates, dgates_h, hprev, hpre, is_double)
+        _gru_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wpb, rmask, y, h0, gates, saved,
+                           dy, dh, dgates, dgates_h, hprev, hpre, is_double)
     else:
-        _vanilla_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wpb, mode_id == 3, rmask, y, h0,
-                               gates, dy, dh, dgates, hprev, hpre, is_double)
+        _vanilla_backward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wpb, mode_id == 3, rmask, y,
+                               h0, gates, dy, dh, dgates, hprev, hpre, is_double)
 
 
 @jit_parallel
@@ -436,15 +437,15 @@ def _input_grads(dgi, w_ih, dx, row_blocks, is_double):
 
 
 @jit
-def _backward_serial(mode_id, batch_sizes, offsets, x, w_ih, w_hh, wpb, w_hr, rmask, y, h0, c0, gates,
-                     saved, dy, dh, dc, dgates, dgates_h, hprev, dw_hr_parts, hpre, dhp, dx, dw_ih,
-                     dw_hh, db_ih, db_hh, is_double):
+def _backward_serial(mode_id, batch_sizes, offsets, x, w_ih, w_hh, wpb, w_hr, rmask, y, h0, c0,
+                     gates, saved, dy, dh, dc, dgates, dgates_h, hprev, dw_hr_parts, hpre, dhp, dx,
+                     dw_ih, dw_hh, db_ih, db_hh, is_double):
     """The whole backward of a small layer on the calling thread (see rnn._forward_serial)."""
     blas_set_local_threads(1)
     n_dir, n_rows, gh = dgates.shape
     for d in range(n_dir):
-        _backward_rows(mode_id, d, 0, dh.shape[1], batch_sizes, offsets, w_hh, wpb, w_hr, rmask, y, h0,
-                       c0, gates, saved, dy, dh, dc, dgates, dgates_h, hprev, dw_hr_parts[d],
+        _backward_rows(mode_id, d, 0, dh.shape[1], batch_sizes, offsets, w_hh, wpb, w_hr, rmask, y,
+                       h0, c0, gates, saved, dy, dh, dc, dgates, dgates_h, hprev, dw_hr_parts[d],
                        hpre[d], dhp[d], is_double)
         _weight_grads_block(d, 0, gh, dgates, dgates_h, x, hprev, dw_ih, dw_hh, db_ih, db_hh,
                             is_double)
