@@ -192,20 +192,42 @@ def _lstm_forward_rows(d, b0, b1, batch_sizes, offsets, w_hh, wp, b_ih, b_hh, w_
 
 
 @jit
+def _gru_gate_pass(g, h, bi, bh, out, short):
+    """out = sigmoid(g + bi + h + bh) (the GRU's r and z gates)."""
+    for j in range(out.shape[0]):
+        out[j] = sigmoid(np.float64(g[j]) + bi[j] + h[j] + bh[j], short)
+
+
+@jit
+def _gru_new_pass(g, bi, h, bh, r, lin, out, short):
+    """lin = h + bh (W_hn h + b_hn), out = tanh(g + bi + r * lin) (the GRU's n gate)."""
+    for j in range(out.shape[0]):
+        lin[j] = np.float64(h[j]) + bh[j]
+    for j in range(out.shape[0]):
+        out[j] = tanh(np.float64(g[j]) + bi[j] + r[j] * lin[j], short)
+
+
+@jit
+def _gru_blend_pass(z, n, hs, out):
+    """out = (1 - z) * n + z * h_{t-1}."""
+    for j in range(out.shape[0]):
+        out[j] = (1.0 - z[j]) * n[j] + z[j] * hs[j]
+
+
+@jit
 def _gru_gates(gr, hr, bi, bh, hs, act, hid, j0, j1):
     """Units [j0, j1) of one row's GRU gates into act (float64: r, z, n, W_hn h + b_hn, h');
-    gr: the input projection, hr: W_hh h, hs: h_{t-1} (unmasked)."""
+    gr: the input projection, hr: W_hh h, hs: h_{t-1} (unmasked). One pass per stored stream,
+    each its own function (one loop storing five streams stayed scalar: 8 rows x 512 units
+    145 -> ~30 us)."""
     short = gr.itemsize == 4
-    for j in range(j0, j1):
-        rg = sigmoid(np.float64(gr[j]) + bi[j] + hr[j] + bh[j], short)
-        zg = sigmoid(np.float64(gr[hid + j]) + bi[hid + j] + hr[hid + j] + bh[hid + j], short)
-        hl = np.float64(hr[2 * hid + j]) + bh[2 * hid + j]
-        n = tanh(np.float64(gr[2 * hid + j]) + bi[2 * hid + j] + rg * hl, short)
-        act[j] = rg
-        act[hid + j] = zg
-        act[2 * hid + j] = n
-        act[3 * hid + j] = hl
-        act[4 * hid + j] = (1.0 - zg) * n + zg * hs[j]
+    for k in range(2):
+        a, b = k * hid + j0, k * hid + j1
+        _gru_gate_pass(gr[a:b], hr[a:b], bi[a:b], bh[a:b], act[a:b], short)
+    a, b = 2 * hid + j0, 2 * hid + j1
+    _gru_new_pass(gr[a:b], bi[a:b], hr[a:b], bh[a:b], act[j0:j1], act[3 * hid + j0:3 * hid + j1],
+                  act[a:b], short)
+    _gru_blend_pass(act[hid + j0:hid + j1], act[a:b], hs[j0:j1], act[4 * hid + j0:4 * hid + j1])
 
 
 @jit

@@ -94,64 +94,104 @@ def _add_dy(d, b0, nr, r0, dy, dh, j0, j1):
 def _lstm_units(d, t, b0, nr, r0, reverse, batch_sizes, offsets, gates, cs, c0, dgates, dc,
                 dh_rows, j0, j1):
     """Units [j0, j1) of the LSTM gate gradients of step t's rows: dgates (4 gates), and dc
-    carried to c_{t-1}; dh_rows[r] the gradient reaching the row's o * tanh(c)."""
+    carried to c_{t-1}; dh_rows[r] the gradient reaching the row's o * tanh(c). One loop per
+    stored stream: a single loop storing five streams stays scalar (8 rows x 512 units 71 ->
+    12 us)."""
     hid = cs.shape[2]
     short = gates.itemsize == 4
+    n = j1 - j0
+    tc = np.empty(n)
+    dcv = np.empty(n)
     for r in range(nr):
         b = b0 + r
         pr = _prev_row(t, b, reverse, batch_sizes, offsets)
         gr = gates[d, r0 + r]
-        csr = cs[d, r0 + r]
-        cpr = c0[d, b] if pr < 0 else cs[d, pr]
+        i_g = gr[j0:j1]
+        f_g = gr[hid + j0:hid + j1]
+        g_g = gr[2 * hid + j0:2 * hid + j1]
+        o_g = gr[3 * hid + j0:3 * hid + j1]
+        csr = cs[d, r0 + r, j0:j1]
+        cpr = c0[d, b, j0:j1] if pr < 0 else cs[d, pr, j0:j1]
         dg = dgates[d, r0 + r]
-        dcr = dc[d, b]
-        dhr = dh_rows[r]
-        for j in range(j0, j1):
-            i_g = np.float64(gr[j])
-            f_g = np.float64(gr[hid + j])
-            g_g = np.float64(gr[2 * hid + j])
-            o_g = np.float64(gr[3 * hid + j])
-            tc = tanh(np.float64(csr[j]), short)
-            dhv = np.float64(dhr[j])
-            dcv = dcr[j] + dhv * o_g * (1.0 - tc * tc)
-            dg[j] = dcv * g_g * i_g * (1.0 - i_g)
-            dg[hid + j] = dcv * cpr[j] * f_g * (1.0 - f_g)
-            dg[2 * hid + j] = dcv * i_g * (1.0 - g_g * g_g)
-            dg[3 * hid + j] = dhv * tc * o_g * (1.0 - o_g)
-            dcr[j] = dcv * f_g
+        dcr = dc[d, b, j0:j1]
+        dhr = dh_rows[r, j0:j1]
+        for j in range(n):
+            tc[j] = tanh(np.float64(csr[j]), short)
+        for j in range(n):
+            o = np.float64(o_g[j])
+            dcv[j] = dcr[j] + np.float64(dhr[j]) * o * (1.0 - tc[j] * tc[j])
+        di = dg[j0:j1]
+        for j in range(n):
+            i = np.float64(i_g[j])
+            di[j] = dcv[j] * g_g[j] * i * (1.0 - i)
+        df = dg[hid + j0:hid + j1]
+        for j in range(n):
+            f = np.float64(f_g[j])
+            df[j] = dcv[j] * cpr[j] * f * (1.0 - f)
+        dgg = dg[2 * hid + j0:2 * hid + j1]
+        for j in range(n):
+            g = np.float64(g_g[j])
+            dgg[j] = dcv[j] * i_g[j] * (1.0 - g * g)
+        do = dg[3 * hid + j0:3 * hid + j1]
+        for j in range(n):
+            o = np.float64(o_g[j])
+            do[j] = np.float64(dhr[j]) * tc[j] * o * (1.0 - o)
+        for j in range(n):
+            dcr[j] = dcv[j] * f_g[j]
 
 
 @jit
 def _gru_units(d, t, b0, nr, r0, reverse, batch_sizes, offsets, y, h0, gates, hn_lin, dy, dh,
                dgates, dgates_h, j0, j1):
     """Units [j0, j1) of the GRU gate gradients of step t's rows (input side dgates, hidden side
-    dgates_h: they differ in the n gate); dh keeps the direct term dh_t * z (unmasked)."""
+    dgates_h: they differ in the n gate); dh keeps the direct term dh_t * z (unmasked). One loop
+    per stored stream, as _lstm_units."""
     hid = hn_lin.shape[2]
+    n = j1 - j0
+    dht = np.empty(n)
+    dnp = np.empty(n)
     for r in range(nr):
         b = b0 + r
         pr = _prev_row(t, b, reverse, batch_sizes, offsets)
-        dhr = dh[d, b]
-        dyr = dy[r0 + r, d * hid:(d + 1) * hid]
+        dhr = dh[d, b, j0:j1]
+        dyr = dy[r0 + r, d * hid + j0:d * hid + j1]
         gr = gates[d, r0 + r]
-        lin = hn_lin[d, r0 + r]
+        r_g = gr[j0:j1]
+        z_g = gr[hid + j0:hid + j1]
+        n_g = gr[2 * hid + j0:2 * hid + j1]
+        lin = hn_lin[d, r0 + r, j0:j1]
+        hv = h0[d, b, j0:j1] if pr < 0 else y[pr, d * hid + j0:d * hid + j1]
         dgi = dgates[d, r0 + r]
         dgh = dgates_h[d, r0 + r]
-        for j in range(j0, j1):
-            hv = h0[d, b, j] if pr < 0 else y[pr, d * hid + j]
-            dht = np.float64(dhr[j]) + dyr[j]
-            r_g = np.float64(gr[j])
-            z_g = np.float64(gr[hid + j])
-            n_g = np.float64(gr[2 * hid + j])
-            dnp = dht * (1.0 - z_g) * (1.0 - n_g * n_g)
-            drp = dnp * lin[j] * r_g * (1.0 - r_g)
-            dzp = dht * (np.float64(hv) - n_g) * z_g * (1.0 - z_g)
-            dgi[j] = drp
-            dgi[hid + j] = dzp
-            dgi[2 * hid + j] = dnp
-            dgh[j] = drp
-            dgh[hid + j] = dzp
-            dgh[2 * hid + j] = dnp * r_g
-            dhr[j] = dht * z_g
+        for j in range(n):
+            dht[j] = np.float64(dhr[j]) + dyr[j]
+        for j in range(n):
+            ng = np.float64(n_g[j])
+            dnp[j] = dht[j] * (1.0 - z_g[j]) * (1.0 - ng * ng)
+        out = dgi[j0:j1]
+        for j in range(n):
+            rg = np.float64(r_g[j])
+            out[j] = dnp[j] * lin[j] * rg * (1.0 - rg)
+        out = dgh[j0:j1]
+        for j in range(n):
+            rg = np.float64(r_g[j])
+            out[j] = dnp[j] * lin[j] * rg * (1.0 - rg)
+        out = dgi[hid + j0:hid + j1]
+        for j in range(n):
+            zg = np.float64(z_g[j])
+            out[j] = dht[j] * (np.float64(hv[j]) - n_g[j]) * zg * (1.0 - zg)
+        out = dgh[hid + j0:hid + j1]
+        for j in range(n):
+            zg = np.float64(z_g[j])
+            out[j] = dht[j] * (np.float64(hv[j]) - n_g[j]) * zg * (1.0 - zg)
+        out = dgi[2 * hid + j0:2 * hid + j1]
+        for j in range(n):
+            out[j] = dnp[j]
+        out = dgh[2 * hid + j0:2 * hid + j1]
+        for j in range(n):
+            out[j] = dnp[j] * r_g[j]
+        for j in range(n):
+            dhr[j] = dht[j] * z_g[j]
 
 
 @jit
