@@ -64,14 +64,15 @@ def _packed_variants():
 def test_packed_gemm_every_shape_class(variant):
     """The packed product (packed_gemm.c) in each instruction-set variant this CPU runs: every
     row-tile size and panel grouping (1-3 rows take several panels per tile), partial last panels,
-    k of 0, below, at and across the k-block (256), strided A and C, overwrite and accumulate;
-    against float64 products, and C's columns past n untouched."""
+    k of 0, below, at and across the k-block (256), A read in place and A packed in blocks (more
+    than 4096 elements; up to 32 rows on the stack, 70 on the heap), strided A and C, overwrite
+    and accumulate; against float64 products, and C's columns past n untouched."""
     from dlkern.kernels.numba import packing
 
     rng = np.random.default_rng(1)
     try:
         assert gemm_module.use_packed_variant(variant) == variant
-        for m in (1, 2, 3, 4, 6, 7, 13, 14, 15, 29):
+        for m in (1, 2, 3, 4, 6, 7, 13, 14, 15, 29, 70):
             for n, k in ((1, 3), (15, 1), (16, 257), (17, 0), (33, 64), (64, 300), (100, 600)):
                 w = rng.standard_normal((n, k)).astype(np.float32)
                 a_wide = rng.standard_normal((m, k + 3)).astype(np.float32)
