@@ -9,10 +9,10 @@ import numba
 import numpy as np
 from numba import prange
 
-from dlkern.kernels.numba._jit import jit, jit_parallel
-from dlkern.kernels.numba.attention import _exp32
+from dlkern.kernels.numba._jit import jit, jit_parallel, jit_reduce
+from dlkern.kernels.numba.attention import _bits_as_float32, _exp32
 
-LANES = 64  # lanes of the row reductions: LLVM vectorises them 64 wide (4 x 16, unrolled)
+LANES = 64  # lanes of the float64 row maximum: LLVM vectorises them 64 wide (4 x 16, unrolled)
 
 
 @jit
@@ -30,28 +30,33 @@ def _fold_max(lanes):
 
 
 @jit
-def _fold_sum(lanes):
-    """sum of the lanes, folded in halves as _fold_max."""
-    h = lanes.shape[0] // 2
-    while h >= 8:
-        for t in range(h):
-            lanes[t] += lanes[t + h]
-        h //= 2
-    s = lanes[0]
-    for t in range(1, 2 * h):
-        s += lanes[t]
-    return s
+def _row_max32(x, n):
+    """max of float32 x[j], j < n, as an integer maximum of keys ordered as the floats (sign and
+    magnitude made two's complement): LLVM vectorises an integer max reduction, not a float one
+    (5x faster on 197-wide rows). A NaN of either sign never hides a larger number, but a
+    positive NaN is itself the largest key: the row's result is all NaN either way (its exp
+    term), as torch's."""
+    bits = x[:n].view(np.int32)
+    best = np.int32(-2147483648)
+    for j in range(n):
+        b = bits[j]
+        k = b ^ ((b >> np.int32(31)) & np.int32(0x7FFFFFFF))
+        best = k if k > best else best
+    return _bits_as_float32(best ^ ((best >> np.int32(31)) & np.int32(0x7FFFFFFF)))
 
 
 @jit
 def _row_max(x, n, lanes):
-    """max of x[j], j < n (NaN skipped; -inf if nothing else), in x's dtype.
+    """max of x[j], j < n (-inf if nothing else), in x's dtype: float32 by _row_max32; float64
+    skipping NaN, in lanes.
 
     One running maximum per lane (np.fmax: vectorised; a conditional store per lane stalls on
     store forwarding), over a (rows, lanes) view indexed by loop counters alone. The lane count
     is read from the array at run time: with a constant count LLVM unrolls the lane loop into
     scalar code.
     """
+    if x.itemsize == 4:
+        return _row_max32(x, n)
     w = lanes.shape[0]
     lanes[:] = -np.inf
     nw = n - n % w
@@ -64,19 +69,16 @@ def _row_max(x, n, lanes):
     return _fold_max(lanes)
 
 
-@jit
+@jit_reduce
 def _lane_sum(y, n, lanes):
-    """sum of y[j], j < n, in lanes (vectorised; the order differs from a sequential sum)."""
-    w = lanes.shape[0]
-    lanes[:] = 0.0
-    nw = n - n % w
-    blocks = y[:nw].reshape((nw // w, w))
-    for r in range(nw // w):
-        for t in range(w):
-            lanes[t] += blocks[r, t]
-    for j in range(nw, n):
-        lanes[j - nw] += y[j]
-    return _fold_sum(lanes)
+    """sum of y[j], j < n, accumulated in float64: a plain loop that LLVM vectorises into
+    per-lane partial sums (reassociation is allowed in this helper only; the order is fixed per
+    build). 10x faster than summing in explicit lanes on 197-wide rows. ``lanes`` is unused (the
+    signature of the lane reductions)."""
+    s = 0.0
+    for j in range(n):
+        s += y[j]
+    return s
 
 
 @jit
