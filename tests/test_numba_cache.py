@@ -61,3 +61,21 @@ def test_two_processes_compiling_one_function_keep_both_signatures(tmp_path, mon
             dict(kernel.affine.stats.cache_hits), misses)
     finally:
         sys.modules.pop("kernel", None)
+
+
+def test_cache_stamp_covers_every_kernel_module(tmp_path):
+    """A kernel's cache is stamped with the source of every kernel module, not only its own: a
+    change to a callee's module (rnn_math, inlined into rnn's loops) makes rnn's cache stale."""
+    import shutil
+
+    from dlkern.kernels.numba import _jit, rnn
+
+    assert rnn._forward_serial._cache._cache_file._source_stamp[1] == _jit._SOURCES
+    folder = os.path.dirname(_jit.__file__)
+    assert _jit._sources_digest(folder) == _jit._SOURCES
+    copy = tmp_path / "numba"
+    shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert _jit._sources_digest(str(copy)) == _jit._SOURCES
+    with open(copy / "rnn_math.py", "a") as handle:
+        handle.write("\n# changed\n")
+    assert _jit._sources_digest(str(copy)) != _jit._SOURCES

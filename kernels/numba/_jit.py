@@ -4,7 +4,9 @@
   (``cache=True``) so a new process loads it instead of compiling again. fastmath is off: results
   must match torch's float64 reference, and NaN/inf must propagate as they do in torch.
 * The disk cache is safe for processes that compile the same kernel at once (the test suite's
-  workers, DDP ranks on a cold cache): see ``_LockedCacheFile``.
+  workers, DDP ranks on a cold cache): see ``_LockedCacheFile``; and it is stamped with the
+  source of every kernel module, so a change to one module recompiles the kernels of the others
+  that call into it (``_cached``).
 * The threading layer is ``threadsafe`` (TBB or OpenMP): Numba's default fallback, workqueue,
   aborts the process when two Python threads run parallel kernels at once.
 * ``gemm``: the row-major strided GEMM of the Cython extension (no GIL), typed for nopython
@@ -25,6 +27,7 @@
 import contextlib
 import ctypes
 import glob
+import hashlib
 import importlib.util
 import itertools
 import os
@@ -85,11 +88,30 @@ class _LockedCacheFile(IndexDataCacheFile):
             self._save_index(overloads)
 
 
+def _sources_digest(folder=None):
+    """A hash of every kernel module's source (the .py files of this folder, or of ``folder``)."""
+    digest = hashlib.sha256()
+    folder = folder or os.path.dirname(os.path.abspath(__file__))
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py"):
+            with open(os.path.join(folder, name), "rb") as handle:
+                digest.update(name.encode() + b"\0" + handle.read())
+    return digest.hexdigest()
+
+
+_SOURCES = _sources_digest()
+
+
 def _cached(dispatcher):
+    """The dispatcher with the locked cache file, and its cache stamped with every kernel
+    module's source, not only its own file's (Numba's stamp): a kernel calling a function of
+    another module inlines that function's code, and a cache stamped with the caller's file
+    alone would keep running the old callee after the callee's module changed."""
     cache = getattr(dispatcher, "_cache", None)
     cache_file = getattr(cache, "_cache_file", None)
     if type(cache_file) is IndexDataCacheFile:
         cache_file.__class__ = _LockedCacheFile
+        cache_file._source_stamp = (cache_file._source_stamp, _SOURCES)
     return dispatcher
 
 
