@@ -109,13 +109,6 @@ def _phase_taps(kernel, stride, padding, phase):
     return first, count, count - 1 - shift
 
 
-def _conv_weight(w, groups):
-    """The transposed weight (C_in, C_out/g, ...) as a convolution weight (C_out, C_in/g, ...)."""
-    c_in, cout_g = w.shape[:2]
-    wg = w.reshape((groups, c_in // groups, cout_g) + w.shape[2:]).swapaxes(1, 2)
-    return wg.reshape((groups * cout_g, c_in // groups) + w.shape[2:])
-
-
 def pixel_forward(x, w, bias, groups, out):
     """out = conv_transpose(x, w) + bias for one input pixel, no padding and the output as large
     as the kernel (a generator's first layer): per group one product (N x C_in/g) @ (C_in/g x
@@ -140,15 +133,20 @@ def phase_forward(x, w, bias, stride, padding, groups, out):
 
     if out.size == 0:
         return out
-    wc = _conv_weight(w, groups)
+    c_in, cout_g = w.shape[:2]
+    w3 = w.reshape(c_in, cout_g, -1)
     for phase in itertools.product(*(range(min(s, o)) for s, o in zip(stride, out.shape[2:]))):
         taps = [_phase_taps(k, s, p, r) for k, s, p, r in zip(w.shape[2:], stride, padding, phase)]
         view = out[:, :, phase[0]::stride[0], phase[1]::stride[1], phase[2]::stride[2]]
         if any(count == 0 for _, count, _ in taps):
             view[...] = 0.0 if bias is None else bias.reshape(1, -1, 1, 1, 1)
             continue
-        sub = wc[:, :, taps[0][0]::stride[0], taps[1][0]::stride[1], taps[2][0]::stride[2]]
-        sub = np.ascontiguousarray(sub[:, :, ::-1, ::-1, ::-1])
+        # the phase's taps, reversed, as a convolution weight (C_out, C_in/g, taps)
+        axes = [first + s * np.arange(count)[::-1] for (first, count, _), s in zip(taps, stride)]
+        flat = np.ravel_multi_index(np.ix_(*axes), w.shape[2:]).ravel().astype(np.int64)
+        sub = np.empty((groups * cout_g, c_in // groups, flat.size), dtype=w.dtype)
+        numba_conv.gather_taps(w3, flat, groups, sub)
+        sub = sub.reshape(sub.shape[:2] + tuple(count for _, count, _ in taps))
         xs = x
         crop = [max(0, -pad) for _, _, pad in taps]
         if any(crop):
