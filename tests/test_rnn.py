@@ -255,14 +255,15 @@ def test_layer_sweep(item):
 def test_layer_time_loops(mode, loop, packed, dtype, bidirectional, monkeypatch):
     """Every time loop of the CPU layer, forced on a small layer: the serial one, items of batch
     rows, items of hidden units (a parallel region per step); W_hh packed for the float32 packed
-    product or BLAS's. Hidden 32: the packed split takes multiples of 16 units; variable lengths."""
+    product or BLAS's. Hidden 37: the split's unit blocks (18 and 19 units) end in partial
+    panels; variable lengths."""
     from dlkern.kernels.numba import rnn as numba_rnn
 
     monkeypatch.setenv("DLKERN_RNN_SPLIT", "1" if loop == "split" else "0")
     monkeypatch.setenv("DLKERN_RNN_PACKED", packed)
     if loop != "serial":
         monkeypatch.setattr(numba_rnn, "SERIAL_WORK", 0)
-    monkeypatch.setitem(globals(), "HIDDEN", 32)
+    monkeypatch.setitem(globals(), "HIDDEN", 37)
     cfg = dict(layers=2, bidirectional=bidirectional, batch_first=False, bias=True, hx=True,
                packed=True, sorted=True, proj=False)
     _run_layer(mode, cfg, dtype)
@@ -278,8 +279,8 @@ torch.manual_seed(0)
 for packed in ("1", "0"):
     os.environ["DLKERN_RNN_PACKED"] = packed
     for cls, ref_cls in ((dnn.LSTM, torch.nn.LSTM), (dnn.GRU, torch.nn.GRU)):
-        ref = ref_cls(5, 48, num_layers=2, bidirectional=True).double()
-        mod = cls(5, 48, num_layers=2, bidirectional=True)
+        ref = ref_cls(5, 45, num_layers=2, bidirectional=True).double()
+        mod = cls(5, 45, num_layers=2, bidirectional=True)
         mod.load_state_dict(ref.state_dict())
         x = torch.randn(9, 3, 5, requires_grad=True)
         x64 = x.detach().double().requires_grad_()
@@ -288,7 +289,7 @@ for packed in ("1", "0"):
         assert (a.double() - b).abs().max() < 1e-5, (a.double() - b).abs().max()
         assert (ga.double() - gb).abs().max() < 1e-4, (ga.double() - gb).abs().max()
 from dlkern.kernels.numba import rnn
-assert rnn.split_bounds(2, 3, 48, 192, 48, 4, True, False, True) is not None
+assert rnn.split_bounds(2, 3, 45, 180, 45, 4, False, True) is not None
 print("ok")
 """
     from helpers import run_isolated

@@ -11,7 +11,8 @@ weight here, a few time steps' worth of the product it speeds up).
 * ``pack_plain(b, out=None)``: B = b for b (K, N);
 * ``panels(n, k)``: the array they fill, C-contiguous float32 of shape (ceil(n / 16), k, 16);
 * ``scratch(key, count, n, k)``: ``count`` such arrays stacked, kept per thread and key between
-  calls (a fresh 4 MB array costs ~1000 page faults, more than packing into it).
+  calls (a fresh 4 MB array costs ~1000 page faults, more than packing into it); ``buffer(key,
+  shape)`` any float32 shape kept the same way.
 """
 import threading
 
@@ -24,6 +25,17 @@ _kept = threading.local()
 
 def panels(n, k):
     return np.empty((-(-n // PACKED_NR), k, PACKED_NR), dtype=np.float32)
+
+
+def buffer(key, shape):
+    """A float32 array of this shape, kept per thread and key between calls."""
+    kept = getattr(_kept, "arrays", None)
+    if kept is None:
+        kept = _kept.arrays = {}
+    out = kept.get(key)
+    if out is None or out.shape != shape:
+        out = kept[key] = np.empty(shape, dtype=np.float32)
+    return out
 
 
 def scratch(key, count, n, k):

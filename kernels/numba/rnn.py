@@ -359,25 +359,27 @@ def _forward_serial(mode_id, x, batch_sizes, offsets, w_ih, w_hh, wp, b_ih, b_hh
 
 
 @jit
-def _slice_product(is_double, nr, w_hh, wp, d, col, ncols, a, accumulate, c, ldc):
+def _slice_product(is_double, nr, w_hh, wp, off, d, col, ncols, a, accumulate, c, ldc):
     """Columns [col, col + ncols) of W_hh[d] h: c[0:nr, 0:ncols] (+)= a @ W_hh[d, col:col+ncols]^T;
-    on the packed W_hh (col a multiple of 16) when there is one."""
+    on the packed rows of W_hh starting ``off`` floats into wp[d] (packed_blocks) when there are
+    some, else BLAS."""
     proj = w_hh.shape[2]
     if wp.shape[1] > 0:
-        panel = wp[d].ctypes.data + (col // PACKED_NR) * proj * PACKED_NR * 4
-        packed_gemm(nr, ncols, proj, a, proj, panel, c, ldc, 1 if accumulate else 0)
+        packed_gemm(nr, ncols, proj, a, proj, wp[d].ctypes.data + off * 4, c, ldc,
+                    1 if accumulate else 0)
     else:
         gemm(is_double, 0, 1, nr, ncols, proj, 1.0, a, proj, w_hh[d, col].ctypes.data, proj,
              1.0 if accumulate else 0.0, c, ldc)
 
 
 @jit
-def _slice_step(mode_id, s, d, j0, j1, batch_sizes, offsets, w_hh, wp, b_ih, b_hh, rmask, h0, y,
-                h_n, c_n, gates, saved, prev, hbuf, act, save, is_double):
+def _slice_step(mode_id, s, d, j0, j1, batch_sizes, offsets, w_hh, wp, offs, b_ih, b_hh, rmask,
+                h0, y, h_n, c_n, gates, saved, prev, hbuf, act, save, is_double):
     """Step s of direction d for hidden units [j0, j1) of every row (the split time loop): gather
     h_{t-1} of every active row (from y's previous step or h0, times the recurrent mask) into
     prev, the gates' columns of these units from W_hh, their gate arithmetic, and writes of
-    these units only (h_n, c_n, y, the saved gates): no other item reads them during the step."""
+    these units only (h_n, c_n, y, the saved gates): no other item reads them during the step.
+    offs[g]: where gate g's rows of these units start in wp[d] (packed_blocks)."""
     gh = w_hh.shape[1]
     proj = w_hh.shape[2]
     hid = proj
@@ -399,11 +401,11 @@ def _slice_step(mode_id, s, d, j0, j1, batch_sizes, offsets, w_hh, wp, b_ih, b_h
     bh = b_hh[d]
     if mode_id == 1:  # GRU: W_hh h into hbuf (rows of gh), the gates read it
         for k in range(n_gates):
-            _slice_product(is_double, nr, w_hh, wp, d, k * hid + j0, width, a, False,
+            _slice_product(is_double, nr, w_hh, wp, offs[k], d, k * hid + j0, width, a, False,
                            hbuf[k * hid + j0:].ctypes.data, gh)
     else:  # accumulated onto the input projection
         for k in range(n_gates):
-            _slice_product(is_double, nr, w_hh, wp, d, k * hid + j0, width, a, True,
+            _slice_product(is_double, nr, w_hh, wp, offs[k], d, k * hid + j0, width, a, True,
                            g[0, k * hid + j0:].ctypes.data, gh)
     short = gates.itemsize == 4
     for r in range(nr):
@@ -434,8 +436,8 @@ def _slice_step(mode_id, s, d, j0, j1, batch_sizes, offsets, w_hh, wp, b_ih, b_h
 
 
 @jit_parallel
-def _split_forward(mode_id, batch_sizes, offsets, w_hh, wp, b_ih, b_hh, rmask, h0, y, h_n, c_n,
-                   gates, saved, prev, hbuf, act, bounds, save, is_double):
+def _split_forward(mode_id, batch_sizes, offsets, w_hh, wp, offs, b_ih, b_hh, rmask, h0, y, h_n,
+                   c_n, gates, saved, prev, hbuf, act, bounds, save, is_double):
     """The time loop with each step split over (direction, hidden units bounds[k]:bounds[k+1])
     items, one parallel region per step (its end is the barrier before the next step reads the
     new state). For a few batch rows per direction, where splitting rows leaves threads idle:
@@ -446,8 +448,8 @@ def _split_forward(mode_id, batch_sizes, offsets, w_hh, wp, b_ih, b_hh, rmask, h
             blas_set_local_threads(1)
             d, k = it // slices, it % slices
             _slice_step(mode_id, s, d, bounds[k], bounds[k + 1], batch_sizes, offsets, w_hh, wp,
-                        b_ih, b_hh, rmask, h0, y, h_n, c_n, gates, saved, prev[it], hbuf[it],
-                        act[it], save, is_double)
+                        offs[k], b_ih, b_hh, rmask, h0, y, h_n, c_n, gates, saved, prev[it],
+                        hbuf[it], act[it], save, is_double)
             blas_set_local_threads(0)
 
 
@@ -469,9 +471,9 @@ def _cell_split(mode_id, x, w_ih, batch_sizes, offsets, w_hh, b_ih, b_hh, rmask,
             col = k * hid + j0
             gemm(is_double, 0, 1, batch, j1 - j0, n_in, 1.0, x.ctypes.data, n_in,
                  w_ih[0, col].ctypes.data, n_in, 0.0, gates[0, 0, col:].ctypes.data, gh)
-        _slice_step(mode_id, 0, 0, j0, j1, batch_sizes, offsets, w_hh, NOT_PACKED, b_ih, b_hh,
-                    rmask, h0, y, h_n, c_n, gates, saved, prev[it], hbuf[it], act[it], save,
-                    is_double)
+        _slice_step(mode_id, 0, 0, j0, j1, batch_sizes, offsets, w_hh, NOT_PACKED, NO_OFFSETS[0],
+                    b_ih, b_hh, rmask, h0, y, h_n, c_n, gates, saved, prev[it], hbuf[it], act[it],
+                    save, is_double)
         blas_set_local_threads(0)
 
 
@@ -482,25 +484,54 @@ SPLIT_MAX_ROWS = 4
 SPLIT_MIN_WEIGHT = 1 << 20
 
 
-def split_bounds(n_dir, batch, hid, gh, proj, itemsize, packed, has_proj, small):
-    """Unit boundaries of the split time loop (multiples of 16 on a packed W_hh), or None when the
-    layer runs by rows (or serially: ``small``). DLKERN_RNN_SPLIT=1 splits every layer that can be
-    (the tests' way to run this loop on small shapes), =0 none."""
+def split_bounds(n_dir, batch, hid, gh, proj, itemsize, has_proj, small):
+    """Unit boundaries of the split time loop, or None when the layer runs by rows (or serially:
+    ``small``). DLKERN_RNN_SPLIT=1 splits every layer that can be (the tests' way to run this
+    loop on small shapes), =0 none."""
     threads = numba.get_num_threads()
-    slices = threads // n_dir
+    slices = min(threads // n_dir, hid)
     forced = os.environ.get("DLKERN_RNN_SPLIT", "")
-    if slices < 2 or has_proj or (packed and hid % PACKED_NR) or forced == "0":
+    if slices < 2 or has_proj or forced == "0":
         return None
     if forced != "1" and (small or -(-batch // max(1, -(-threads // n_dir))) > SPLIT_MAX_ROWS
                           or gh * proj * itemsize < SPLIT_MIN_WEIGHT):
         return None
-    unit = PACKED_NR if packed else 1
-    blocks = hid // unit
-    slices = min(slices, blocks)
-    if slices < 2:
-        return None
-    return np.array([unit * (blocks * k // slices) for k in range(slices)] + [hid],
-                    dtype=np.int64)
+    return np.array([hid * k // slices for k in range(slices + 1)], dtype=np.int64)
+
+
+def packed_blocks(w_hh, steps, bounds, transposed=True):
+    """W_hh (D, G*H, P) packed per direction in blocks for the split loops, with each block's
+    offset (floats into a direction's row): transposed, for the forward, block (k, g) holds gate
+    g's rows of units [bounds[k], bounds[k+1]) (offsets (slices, G)); else, for the backward,
+    block k holds those columns of W_hh itself (offsets (slices, 1)). Every block starts its own
+    panels, whatever the unit counts. (NOT_PACKED, NO_OFFSETS) where packed_recurrent would not
+    pack."""
+    if not _packs(w_hh, steps):
+        return NOT_PACKED, NO_OFFSETS
+    n_dir, gh, proj = w_hh.shape
+    hid = bounds[-1]
+    gates = gh // hid
+    widths = np.diff(bounds)
+    panels = -(-widths // PACKED_NR)
+    if transposed:
+        sizes = np.repeat(panels * proj * PACKED_NR, gates)
+        offs = np.concatenate(([0], np.cumsum(sizes)[:-1])).reshape(len(widths), gates)
+    else:
+        sizes = panels * gh * PACKED_NR
+        offs = np.concatenate(([0], np.cumsum(sizes)[:-1])).reshape(len(widths), 1)
+    out = packing.buffer("split^T" if transposed else "split", (n_dir, int(sizes.sum())))
+    for d in range(n_dir):
+        for k in range(len(widths)):
+            j0, j1 = bounds[k], bounds[k + 1]
+            if transposed:
+                for g in range(gates):
+                    block = out[d, offs[k, g]:offs[k, g] + sizes[k * gates + g]]
+                    pack_transposed(w_hh[d, g * hid + j0:g * hid + j1],
+                                    block.reshape(panels[k], proj, PACKED_NR))
+            else:
+                block = out[d, offs[k, 0]:offs[k, 0] + sizes[k]]
+                packing.pack_plain(w_hh[d, :, j0:j1], block.reshape(panels[k], gh, PACKED_NR))
+    return out, offs.astype(np.int64)
 
 
 _MODE_ID = {"lstm": 0, "gru": 1, "rnn_tanh": 2, "rnn_relu": 3}
@@ -550,6 +581,13 @@ def scratch(items, rows, gh, hid, proj, dtype):
 # it off (BLAS for every step, the way to compare the two).
 PACKED_MIN_STEPS = 4
 NOT_PACKED = np.empty((1, 0), dtype=np.float32)
+NO_OFFSETS = np.zeros((64, 4), dtype=np.int64)  # block offsets where nothing is packed
+
+
+def _packs(w_hh, steps):
+    """Whether W_hh is packed for the per-step products (float32, enough steps, not turned off)."""
+    return (w_hh.dtype == np.float32 and steps >= PACKED_MIN_STEPS and w_hh.shape[1] > 0
+            and w_hh.shape[2] > 0 and os.environ.get("DLKERN_RNN_PACKED", "1") != "0")
 
 
 def packed_recurrent(w_hh, steps, transposed=True):
@@ -557,8 +595,7 @@ def packed_recurrent(w_hh, steps, transposed=True):
     short sequences, or turned off): transposed, W_hh^T for the forward's h @ W_hh^T
     (recurrent_product); else W_hh itself for the backward's dg @ W_hh. Kept per thread between
     calls (packing.scratch)."""
-    if (w_hh.dtype != np.float32 or steps < PACKED_MIN_STEPS or w_hh.shape[1] == 0
-            or w_hh.shape[2] == 0 or os.environ.get("DLKERN_RNN_PACKED", "1") == "0"):
+    if not _packs(w_hh, steps):
         return NOT_PACKED
     n_dir, gh, proj = w_hh.shape
     if transposed:
@@ -587,7 +624,6 @@ def layer_forward(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, rmask, h0,
     threads = numba.get_num_threads()
     small = serial(x.shape[0], gh, x.shape[1], w_hh.shape[2])
     chunks, per = chunks_for(n_dir, batch)
-    wp = packed_recurrent(w_hh, batch_sizes.shape[0])
     forced = os.environ.get("DLKERN_RNN_SPLIT", "")
     if (batch_sizes.shape[0] == 1 and n_dir == 1 and w_hr.shape[1] == 0 and threads > 1
             and hid >= threads and forced != "0" and (forced == "1" or not small)):
@@ -599,16 +635,18 @@ def layer_forward(mode, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, rmask, h0,
                     np.empty((threads, batch * gh), x.dtype), np.empty((threads, 6 * hid)),
                     bounds, save, is_double)
         return
-    bounds = split_bounds(n_dir, batch, hid, gh, w_hh.shape[2], x.itemsize, wp.shape[1] > 0,
-                          w_hr.shape[1] > 0, small)
+    bounds = split_bounds(n_dir, batch, hid, gh, w_hh.shape[2], x.itemsize, w_hr.shape[1] > 0,
+                          small)
     if bounds is not None:
         items = n_dir * (bounds.shape[0] - 1)
+        wps, offs = packed_blocks(w_hh, batch_sizes.shape[0], bounds)
         _project(x, w_ih, gates, max(1, min(threads, x.shape[0] // 8)), is_double)
-        _split_forward(mode_id, batch_sizes, offsets, w_hh, wp, b_ih, b_hh, rmask, h0, y, h_n,
-                       c_n, gates, saved, np.empty((items, batch * w_hh.shape[2]), x.dtype),
+        _split_forward(mode_id, batch_sizes, offsets, w_hh, wps, offs, b_ih, b_hh, rmask, h0, y,
+                       h_n, c_n, gates, saved, np.empty((items, batch * w_hh.shape[2]), x.dtype),
                        np.empty((items, batch * gh), x.dtype), np.empty((items, 6 * hid)),
                        bounds, save, is_double)
         return
+    wp = packed_recurrent(w_hh, batch_sizes.shape[0])
     if small or n_dir * chunks == 1:
         if not small:
             _project(x, w_ih, gates, max(1, min(threads, x.shape[0] // 8)), is_double)

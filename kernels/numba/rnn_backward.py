@@ -13,8 +13,9 @@ import numba
 import numpy as np
 
 from ..rnn_modes import GATES
-from ._jit import PACKED_NR, blas_set_local_threads, gemm, jit, jit_parallel, packed_gemm
-from .rnn import _MODE_ID, chunks_for, packed_recurrent, serial, split_bounds, step_offsets
+from ._jit import blas_set_local_threads, gemm, jit, jit_parallel, packed_gemm
+from .rnn import (_MODE_ID, chunks_for, packed_blocks, packed_recurrent, serial, split_bounds,
+                  step_offsets)
 from .rnn_math import tanh
 
 
@@ -46,14 +47,15 @@ def _store_hprev(d, t, b0, nr, r0, reverse, batch_sizes, offsets, y, h0, rmask, 
 
 
 @jit
-def _times_w_hh(is_double, nr, w_hh, wpb, d, a, accumulate, c, ldc, j0, j1):
+def _times_w_hh(is_double, nr, w_hh, wpb, off, d, a, accumulate, c, ldc, j0, j1):
     """c[0:nr, 0:j1-j0] (+)= a[0:nr, 0:G*H] @ W_hh[d][:, j0:j1] (a: rows of G*H, c: rows ldc
-    apart): on W_hh packed as it is (wpb[d], float32 layers; rnn.packed_recurrent(...,
-    transposed=False); j0 a multiple of 16) when there is one."""
+    apart): on those columns of W_hh packed as it is, ``off`` floats into wpb[d] (float32 layers:
+    rnn.packed_recurrent(..., transposed=False), or rnn.packed_blocks for the split loop), when
+    there are some; else BLAS."""
     gh, proj = w_hh.shape[1], w_hh.shape[2]
     if wpb.shape[1] > 0:
-        panel = wpb[d].ctypes.data + (j0 // PACKED_NR) * gh * PACKED_NR * 4
-        packed_gemm(nr, j1 - j0, gh, a, gh, panel, c, ldc, 1 if accumulate else 0)
+        packed_gemm(nr, j1 - j0, gh, a, gh, wpb[d].ctypes.data + off * 4, c, ldc,
+                    1 if accumulate else 0)
     else:
         gemm(is_double, 0, 0, nr, j1 - j0, gh, 1.0, a, gh, w_hh[d, 0, j0:].ctypes.data, proj,
              1.0 if accumulate else 0.0, c, ldc)
@@ -61,15 +63,15 @@ def _times_w_hh(is_double, nr, w_hh, wpb, d, a, accumulate, c, ldc, j0, j1):
 
 @jit
 def _carry_back(d, b0, nr, r0, dg, w_hh, wpb, rmask, has_rmask, dh, accumulate, tmp, is_double,
-                j0, j1):
+                j0, j1, off=0):
     """dh[d, b0:b0+nr, j0:j1] (+)= (dg rows @ W_hh[:, j0:j1]) (* rmask): the gradient reaching
-    h_{t-1} through the recurrent product. tmp: scratch of nr * P."""
+    h_{t-1} through the recurrent product (off: see _times_w_hh). tmp: scratch of nr * P."""
     proj = w_hh.shape[2]
     if not has_rmask:
-        _times_w_hh(is_double, nr, w_hh, wpb, d, dg[d, r0].ctypes.data, accumulate,
+        _times_w_hh(is_double, nr, w_hh, wpb, off, d, dg[d, r0].ctypes.data, accumulate,
                     dh[d, b0, j0:].ctypes.data, proj, j0, j1)
         return
-    _times_w_hh(is_double, nr, w_hh, wpb, d, dg[d, r0].ctypes.data, False, tmp.ctypes.data,
+    _times_w_hh(is_double, nr, w_hh, wpb, off, d, dg[d, r0].ctypes.data, False, tmp.ctypes.data,
                 proj, j0, j1)
     for r in range(nr):
         dr = dh[d, b0 + r]
@@ -356,7 +358,7 @@ def _split_units(mode_id, s, d, j0, j1, batch_sizes, offsets, rmask, y, h0, c0, 
 
 
 @jit
-def _split_carry(mode_id, s, d, j0, j1, batch_sizes, offsets, w_hh, wpb, rmask, dh, dgates,
+def _split_carry(mode_id, s, d, j0, j1, batch_sizes, offsets, w_hh, wpb, off, rmask, dh, dgates,
                  dgates_h, tmp, is_double):
     """Second half: columns [j0, j1) of the gradient reaching h_{t-1} (every gate's gradient,
     complete after the first half, times W_hh's columns)."""
@@ -368,15 +370,15 @@ def _split_carry(mode_id, s, d, j0, j1, batch_sizes, offsets, w_hh, wpb, rmask, 
     has_rmask = rmask.shape[1] > 0
     if mode_id == 1:  # the GRU's dh holds the direct term dh_t * z: accumulate onto it
         _carry_back(d, 0, nr, offsets[t], dgates_h, w_hh, wpb, rmask, has_rmask, dh, True, tmp,
-                    is_double, j0, j1)
+                    is_double, j0, j1, off)
     else:
         _carry_back(d, 0, nr, offsets[t], dgates, w_hh, wpb, rmask, has_rmask, dh, False, tmp,
-                    is_double, j0, j1)
+                    is_double, j0, j1, off)
 
 
 @jit_parallel
-def _backward_split(mode_id, batch_sizes, offsets, w_hh, wpb, rmask, y, h0, c0, gates, saved, dy,
-                    dh, dc, dgates, dgates_h, hprev, tmp, bounds, is_double):
+def _backward_split(mode_id, batch_sizes, offsets, w_hh, wpb, offs, rmask, y, h0, c0, gates, saved,
+                    dy, dh, dc, dgates, dgates_h, hprev, tmp, bounds, is_double):
     """BPTT with each step split over (direction, units bounds[k]:bounds[k+1]) items, the
     forward's split loop in reverse (no projection): two parallel regions per step, the gate
     gradients of each item's units, then each item's columns of dg @ W_hh."""
@@ -391,7 +393,7 @@ def _backward_split(mode_id, batch_sizes, offsets, w_hh, wpb, rmask, y, h0, c0, 
             blas_set_local_threads(1)
             d, k = it // slices, it % slices
             _split_carry(mode_id, s, d, bounds[k], bounds[k + 1], batch_sizes, offsets, w_hh, wpb,
-                         rmask, dh, dgates, dgates_h, tmp[it], is_double)
+                         offs[k, 0], rmask, dh, dgates, dgates_h, tmp[it], is_double)
             blas_set_local_threads(0)
 
 
@@ -532,12 +534,14 @@ def layer_backward(mode, x, batch_sizes, w_ih, w_hh, w_hr, rmask, h0, c0, y, gat
         return
     offsets = step_offsets(batch_sizes)
     mode_id = _MODE_ID[mode]
-    wpb = packed_recurrent(w_hh, batch_sizes.shape[0], transposed=False)
-    bounds = split_bounds(n_dir, batch, hid, gh, proj, x.itemsize, wpb.shape[1] > 0, has_proj,
-                          small)
+    bounds = split_bounds(n_dir, batch, hid, gh, proj, x.itemsize, has_proj, small)
     if bounds is not None:
-        _backward_split(mode_id, batch_sizes, offsets, w_hh, wpb, rmask, y, h0, c0, gates, saved,
-                        dy, dh, dc, dgates, dgates_h, hprev,
+        wpb, offs = packed_blocks(w_hh, batch_sizes.shape[0], bounds, transposed=False)
+    else:
+        wpb = packed_recurrent(w_hh, batch_sizes.shape[0], transposed=False)
+    if bounds is not None:
+        _backward_split(mode_id, batch_sizes, offsets, w_hh, wpb, offs, rmask, y, h0, c0, gates,
+                        saved, dy, dh, dc, dgates, dgates_h, hprev,
                         np.empty((n_dir * (bounds.shape[0] - 1), batch * proj), dtype=x.dtype),
                         bounds, is_double)
     elif small:
