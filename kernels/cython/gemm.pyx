@@ -173,35 +173,33 @@ def sgemm_packed(a, bp, c, int n, bint accumulate=False):
     return c
 
 
+cdef object _pack(src, out, bint transposed):
+    import numpy as np
+    name = "pack_transposed" if transposed else "pack_plain"
+    if src.dtype != np.float32 or out.dtype != np.float32 or src.ndim != 2 or src.strides[1] != 4:
+        raise ValueError(f"{name}: the source must be 2-d float32 with contiguous rows")
+    cdef int rows = src.shape[0]
+    cdef int cols = src.shape[1]
+    cdef int n = rows if transposed else cols
+    cdef int k = cols if transposed else rows
+    if not out.flags.c_contiguous or out.shape != ((n + PACKED_NR - 1) // PACKED_NR, k, PACKED_NR):
+        raise ValueError(f"{name}: out has the wrong shape")
+    cdef uintptr_t s = <uintptr_t>src.ctypes.data
+    cdef uintptr_t d = <uintptr_t>out.ctypes.data
+    cdef int ld = max(1, src.strides[0] // 4)
+    with nogil:
+        if transposed:
+            dlkern_pack_transposed(n, k, s, ld, d)
+        else:
+            dlkern_pack_plain(k, n, s, ld, d)
+    return out
+
+
 def pack_transposed(w, out):
     """out (ceil(n / 16), k, 16) float32 = w (n, k)^T packed (packed_gemm.c), no GIL held."""
-    import numpy as np
-    if w.dtype != np.float32 or out.dtype != np.float32 or w.ndim != 2 or w.strides[1] != 4:
-        raise ValueError("pack_transposed: w must be 2-d float32 with contiguous rows")
-    cdef int n = w.shape[0]
-    cdef int k = w.shape[1]
-    if not out.flags.c_contiguous or out.shape != ((n + PACKED_NR - 1) // PACKED_NR, k, PACKED_NR):
-        raise ValueError("pack_transposed: out has the wrong shape")
-    cdef uintptr_t src = <uintptr_t>w.ctypes.data
-    cdef uintptr_t dst = <uintptr_t>out.ctypes.data
-    cdef int ldw = max(1, w.strides[0] // 4)
-    with nogil:
-        dlkern_pack_transposed(n, k, src, ldw, dst)
-    return out
+    return _pack(w, out, True)
 
 
 def pack_plain(b, out):
     """out (ceil(n / 16), k, 16) float32 = b (k, n) packed (packed_gemm.c), no GIL held."""
-    import numpy as np
-    if b.dtype != np.float32 or out.dtype != np.float32 or b.ndim != 2 or b.strides[1] != 4:
-        raise ValueError("pack_plain: b must be 2-d float32 with contiguous rows")
-    cdef int k = b.shape[0]
-    cdef int n = b.shape[1]
-    if not out.flags.c_contiguous or out.shape != ((n + PACKED_NR - 1) // PACKED_NR, k, PACKED_NR):
-        raise ValueError("pack_plain: out has the wrong shape")
-    cdef uintptr_t src = <uintptr_t>b.ctypes.data
-    cdef uintptr_t dst = <uintptr_t>out.ctypes.data
-    cdef int ldb = max(1, b.strides[0] // 4)
-    with nogil:
-        dlkern_pack_plain(k, n, src, ldb, dst)
-    return out
+    return _pack(b, out, False)

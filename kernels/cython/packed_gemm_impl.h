@@ -85,27 +85,16 @@ static inline __attribute__((always_inline)) TARGET void PG_FN(rows)(
     for (int m0 = 0; m0 < m; m0 += MR) {
         int mr = m - m0 < MR ? m - m0 : MR;
         float *ct = cp + (long)m0 * ldc;
-        if (ap != NULL) {
-            const float *at = ap + (long)m0 * kc;  /* tiles of mr rows, k-major */
-            switch (mr) {
-#define PG_CASE(i) case i: \
-                PG_FN(tile)(i, 1, kc, at, 1, i, panel, stride, ct, ldc, nvalid, accumulate); break;
-            PG_CASE(1) PG_CASE(2) PG_CASE(3)
-#if MR > 3
-            PG_CASE(4) PG_CASE(5) PG_CASE(6)
-#endif
-#if MR > 6
-            PG_CASE(7) PG_CASE(8) PG_CASE(9) PG_CASE(10) PG_CASE(11) PG_CASE(12) PG_CASE(13)
-            PG_CASE(14)
-#endif
-#undef PG_CASE
-            }
-            continue;
-        }
-        const float *at = a + (long)m0 * lda + k0;
+        /* A packed: tiles of mr rows, k-major (row stride 1, k stride mr); else A's rows */
+        const float *at = ap != NULL ? ap + (long)m0 * kc : a + (long)m0 * lda + k0;
+        int packed = ap != NULL;
         switch (mr) {
 #define PG_CASE(i) case i: \
-            PG_FN(tile)(i, 1, kc, at, lda, 1, panel, stride, ct, ldc, nvalid, accumulate); break;
+            if (packed) \
+                PG_FN(tile)(i, 1, kc, at, 1, i, panel, stride, ct, ldc, nvalid, accumulate); \
+            else \
+                PG_FN(tile)(i, 1, kc, at, lda, 1, panel, stride, ct, ldc, nvalid, accumulate); \
+            break;
         PG_CASE(1) PG_CASE(2) PG_CASE(3)
 #if MR > 3
         PG_CASE(4) PG_CASE(5) PG_CASE(6)

@@ -49,19 +49,17 @@ def scratch(key, count, n, k):
     return out
 
 
-def pack_transposed(w, out=None):
-    n, k = w.shape
+def _pack(pack, src, n, k, out):
     out = panels(n, k) if out is None else out
-    if w.size == 0:
+    if src.size == 0:
         out[...] = 0.0
         return out
-    return _gemm_module.pack_transposed(np.ascontiguousarray(w, dtype=np.float32), out)
+    return pack(np.ascontiguousarray(src, dtype=np.float32), out)
+
+
+def pack_transposed(w, out=None):
+    return _pack(_gemm_module.pack_transposed, w, w.shape[0], w.shape[1], out)
 
 
 def pack_plain(b, out=None):
-    k, n = b.shape
-    out = panels(n, k) if out is None else out
-    if b.size == 0:
-        out[...] = 0.0
-        return out
-    return _gemm_module.pack_plain(np.ascontiguousarray(b, dtype=np.float32), out)
+    return _pack(_gemm_module.pack_plain, b, b.shape[1], b.shape[0], out)

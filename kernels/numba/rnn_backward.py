@@ -15,20 +15,8 @@ import numpy as np
 from ..rnn_modes import GATES
 from ._jit import blas_set_local_threads, gemm, jit, jit_parallel, packed_gemm
 from .rnn import (_MODE_ID, chunks_for, packed_blocks, packed_recurrent, serial, split_bounds,
-                  step_offsets)
+                  step_before, step_offsets)
 from .rnn_math import tanh
-
-
-@jit
-def _prev_row(t, b, reverse, batch_sizes, offsets):
-    """The row of batch entry b at the step before t in this direction's order, or -1 (initial)."""
-    if reverse:
-        if t + 1 < batch_sizes.shape[0] and b < batch_sizes[t + 1]:
-            return offsets[t + 1] + b
-        return -1
-    if t > 0:
-        return offsets[t - 1] + b
-    return -1
 
 
 @jit
@@ -39,7 +27,7 @@ def _store_hprev(d, t, b0, nr, r0, reverse, batch_sizes, offsets, y, h0, rmask, 
     proj = hprev.shape[2]
     for r in range(nr):
         b = b0 + r
-        pr = _prev_row(t, b, reverse, batch_sizes, offsets)
+        pr = step_before(t, b, reverse, batch_sizes, offsets)
         hp = hprev[d, r0 + r]
         for j in range(j0, j1):
             v = h0[d, b, j] if pr < 0 else y[pr, d * proj + j]
@@ -106,7 +94,7 @@ def _lstm_units(d, t, b0, nr, r0, reverse, batch_sizes, offsets, gates, cs, c0, 
     dcv = np.empty(n)
     for r in range(nr):
         b = b0 + r
-        pr = _prev_row(t, b, reverse, batch_sizes, offsets)
+        pr = step_before(t, b, reverse, batch_sizes, offsets)
         gr = gates[d, r0 + r]
         i_g = gr[j0:j1]
         f_g = gr[hid + j0:hid + j1]
@@ -154,7 +142,7 @@ def _gru_units(d, t, b0, nr, r0, reverse, batch_sizes, offsets, y, h0, gates, hn
     dnp = np.empty(n)
     for r in range(nr):
         b = b0 + r
-        pr = _prev_row(t, b, reverse, batch_sizes, offsets)
+        pr = step_before(t, b, reverse, batch_sizes, offsets)
         dhr = dh[d, b, j0:j1]
         dyr = dy[r0 + r, d * hid + j0:d * hid + j1]
         gr = gates[d, r0 + r]
