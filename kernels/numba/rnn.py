@@ -504,10 +504,11 @@ def packed_blocks(w_hh, steps, bounds, transposed=True):
     offset (floats into a direction's row): transposed, for the forward, block (k, g) holds gate
     g's rows of units [bounds[k], bounds[k+1]) (offsets (slices, G)); else, for the backward,
     block k holds those columns of W_hh itself (offsets (slices, 1)). Every block starts its own
-    panels, whatever the unit counts. (NOT_PACKED, NO_OFFSETS) where packed_recurrent would not
+    panels, whatever the unit counts. (NOT_PACKED, zero offsets) where packed_recurrent would not
     pack."""
     if not _packs(w_hh, steps):
-        return NOT_PACKED, NO_OFFSETS
+        return NOT_PACKED, np.zeros((len(bounds) - 1, max(1, w_hh.shape[1] // bounds[-1])),
+                                    dtype=np.int64)
     n_dir, gh, proj = w_hh.shape
     hid = bounds[-1]
     gates = gh // hid
@@ -581,7 +582,7 @@ def scratch(items, rows, gh, hid, proj, dtype):
 # it off (BLAS for every step, the way to compare the two).
 PACKED_MIN_STEPS = 4
 NOT_PACKED = np.empty((1, 0), dtype=np.float32)
-NO_OFFSETS = np.zeros((64, 4), dtype=np.int64)  # block offsets where nothing is packed
+NO_OFFSETS = np.zeros((1, 4), dtype=np.int64)  # the block offsets of a cell step (not packed)
 
 
 def _packs(w_hh, steps):
