@@ -120,7 +120,6 @@ def masked_softmax_backward_op(y: Tensor, grad_y: Tensor) -> Tensor:
     with _dynamic(64):
         softmax_kernels.masked_softmax_backward(
             ya, grad_y.detach().contiguous().numpy(), grad_x.numpy(),
-            np.empty((nt, softmax_kernels.LANES), ya.dtype),
             np.empty((nt, max(y.shape[1], 1)), ya.dtype))
     return grad_x
 

@@ -70,11 +70,10 @@ def _row_max(x, n, lanes):
 
 
 @jit_reduce
-def _lane_sum(y, n, lanes):
+def _row_sum(y, n):
     """sum of y[j], j < n, accumulated in float64: a plain loop that LLVM vectorises into
     per-lane partial sums (reassociation is allowed in this helper only; the order is fixed per
-    build). 10x faster than summing in explicit lanes on 197-wide rows. ``lanes`` is unused (the
-    signature of the lane reductions)."""
+    build). 10x faster than summing in explicit lanes on 197-wide rows."""
     s = 0.0
     for j in range(n):
         s += y[j]
@@ -82,8 +81,8 @@ def _lane_sum(y, n, lanes):
 
 
 @jit
-def _exp_sum(src, y, m, n, lanes):
-    """y[j] = exp(src[j] - m) for j < n; returns their sum (lanes as in _lane_sum). src and y
+def _exp_sum(src, y, m, n):
+    """y[j] = exp(src[j] - m) for j < n; returns their sum (_row_sum). src and y
     are distinct arrays (in place, LLVM's overlap check fails and the loop runs scalar)."""
     if src.itemsize == 4:
         for j in range(n):
@@ -91,11 +90,11 @@ def _exp_sum(src, y, m, n, lanes):
     else:
         for j in range(n):
             y[j] = math.exp(src[j] - m)
-    return _lane_sum(y, n, lanes)
+    return _row_sum(y, n)
 
 
 @jit
-def _exp_sum_in_place(y, m, n, lanes):
+def _exp_sum_in_place(y, m, n):
     """_exp_sum(y, y, ...) written for one array (a loop LLVM vectorises)."""
     if y.itemsize == 4:
         for j in range(n):
@@ -103,7 +102,7 @@ def _exp_sum_in_place(y, m, n, lanes):
     else:
         for j in range(n):
             y[j] = math.exp(y[j] - m)
-    return _lane_sum(y, n, lanes)
+    return _row_sum(y, n)
 
 
 @jit
@@ -123,10 +122,10 @@ def _softmax_row(x, y, keep, has_mask, lanes):
         if m == -np.inf:
             y[:] = 0.0
             return
-        total = _exp_sum_in_place(y, m, n, lanes)
+        total = _exp_sum_in_place(y, m, n)
     else:
         m = _row_max(x, n, lanes)
-        total = _exp_sum(x, y, m, n, lanes)
+        total = _exp_sum(x, y, m, n)
     inv = 1.0 / total
     for j in range(n):
         y[j] *= inv
@@ -164,11 +163,11 @@ def masked_softmax_forward(x, mask, mask_row_offset, mask_col_stride, has_mask, 
 
 
 @jit_parallel
-def masked_softmax_backward(y, grad_y, grad_x, lane_scratch, product_scratch):
+def masked_softmax_backward(y, grad_y, grad_x, product_scratch):
     """grad_x = y * (grad_y - sum(grad_y * y)) per row; y, grad_y, grad_x (R, N) contiguous.
 
     Masked entries have y = 0, so their gradient is 0 with no mask needed. Scratch per thread t:
-    lane_scratch[t] (LANES,), product_scratch[t] (N,), y's dtype.
+    product_scratch[t] (N,), y's dtype.
     """
     rows, n = y.shape
     for r in prange(rows):
@@ -176,6 +175,6 @@ def masked_softmax_backward(y, grad_y, grad_x, lane_scratch, product_scratch):
         prod = product_scratch[tid]
         for j in range(n):
             prod[j] = grad_y[r, j] * y[r, j]
-        s = _lane_sum(prod, n, lane_scratch[tid])
+        s = _row_sum(prod, n)
         for j in range(n):
             grad_x[r, j] = y[r, j] * (grad_y[r, j] - s)

@@ -39,14 +39,7 @@ def buffer(key, shape):
 
 
 def scratch(key, count, n, k):
-    kept = getattr(_kept, "arrays", None)
-    if kept is None:
-        kept = _kept.arrays = {}
-    shape = (count, -(-n // PACKED_NR), k, PACKED_NR)
-    out = kept.get(key)
-    if out is None or out.shape != shape:
-        out = kept[key] = np.empty(shape, dtype=np.float32)
-    return out
+    return buffer(key, (count, -(-n // PACKED_NR), k, PACKED_NR))
 
 
 def _pack(pack, src, n, k, out):

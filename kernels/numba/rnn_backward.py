@@ -131,6 +131,12 @@ def _lstm_units(d, t, b0, nr, r0, reverse, batch_sizes, offsets, gates, cs, c0, 
 
 
 @jit
+def _copy_units(src, dst):
+    for j in range(dst.shape[0]):
+        dst[j] = src[j]
+
+
+@jit
 def _gru_units(d, t, b0, nr, r0, reverse, batch_sizes, offsets, y, h0, gates, hn_lin, dy, dh,
                dgates, dgates_h, j0, j1):
     """Units [j0, j1) of the GRU gate gradients of step t's rows (input side dgates, hidden side
@@ -162,18 +168,12 @@ def _gru_units(d, t, b0, nr, r0, reverse, batch_sizes, offsets, y, h0, gates, hn
         for j in range(n):
             rg = np.float64(r_g[j])
             out[j] = dnp[j] * lin[j] * rg * (1.0 - rg)
-        out = dgh[j0:j1]
-        for j in range(n):
-            rg = np.float64(r_g[j])
-            out[j] = dnp[j] * lin[j] * rg * (1.0 - rg)
         out = dgi[hid + j0:hid + j1]
         for j in range(n):
             zg = np.float64(z_g[j])
             out[j] = dht[j] * (np.float64(hv[j]) - n_g[j]) * zg * (1.0 - zg)
-        out = dgh[hid + j0:hid + j1]
-        for j in range(n):
-            zg = np.float64(z_g[j])
-            out[j] = dht[j] * (np.float64(hv[j]) - n_g[j]) * zg * (1.0 - zg)
+        for k in range(2):  # the r and z gradients are the same on both sides
+            _copy_units(dgi[k * hid + j0:k * hid + j1], dgh[k * hid + j0:k * hid + j1])
         out = dgi[2 * hid + j0:2 * hid + j1]
         for j in range(n):
             out[j] = dnp[j]
